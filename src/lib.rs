@@ -1,0 +1,11 @@
+//! rnmt: neural machine translation in the GNMT tradition.
+//!
+//! The modules follow the pipeline: corpus → subword → batch → model → train → search →
+//! metrics.
+
+pub mod batch;
+pub mod corpus;
+pub mod metrics;
+pub mod model;
+pub mod subword;
+pub mod train;

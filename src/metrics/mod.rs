@@ -1,0 +1,1 @@
+//! Translation quality metrics: sacreBLEU-exact BLEU, chrF and chrF++.

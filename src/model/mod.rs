@@ -1,0 +1,3 @@
+//! The stacked-LSTM encoder–decoder with attention.
+
+pub mod lstm;
