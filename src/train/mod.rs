@@ -1,1 +1,4 @@
 //! Training: loss, optimizer and schedules, checkpoints, validation.
+
+pub mod optim;
+pub mod schedule;
