@@ -7,5 +7,6 @@ pub mod batch;
 pub mod corpus;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod subword;
 pub mod train;
