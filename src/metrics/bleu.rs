@@ -198,24 +198,9 @@ impl Bleu {
         hyps: &[S],
         refs: &[Vec<R>],
     ) -> Result<BleuScore, MetricError> {
-        check_lengths(hyps.len(), refs, |r| r.len())?;
-        let totals = (0..hyps.len())
-            .into_par_iter()
-            .with_min_len(512)
-            .fold(
-                || (Scratch::default(), [0u64; STATS_WIDTH]),
-                |(mut scratch, mut acc), i| {
-                    let mut seg = [0u64; STATS_WIDTH];
-                    self.segment_into(hyps[i].as_ref(), refs.iter().map(|r| r[i].as_ref()), &mut scratch, &mut seg);
-                    acc.iter_mut().zip(seg).for_each(|(a, s)| *a += s);
-                    (scratch, acc)
-                },
-            )
-            .map(|(_, acc)| acc)
-            .reduce(|| [0u64; STATS_WIDTH], |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            });
+        let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
+        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(AsRef::as_ref).collect()).collect();
+        let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(self.score_stats(&totals, refs.len()))
     }
 
@@ -397,8 +382,37 @@ impl Metric for Bleu {
         Ok(stats)
     }
 
+    fn corpus_stats(&self, hyps: &[&str], refs: &[Vec<&str>]) -> Result<Vec<u64>, MetricError> {
+        check_lengths(hyps.len(), refs, |r| r.len())?;
+        let totals = (0..hyps.len())
+            .into_par_iter()
+            .with_min_len(512)
+            .fold(
+                || (Scratch::default(), [0u64; STATS_WIDTH]),
+                |(mut scratch, mut acc), i| {
+                    let mut seg = [0u64; STATS_WIDTH];
+                    self.segment_into(hyps[i], refs.iter().map(|r| r[i]), &mut scratch, &mut seg);
+                    acc.iter_mut().zip(seg).for_each(|(a, s)| *a += s);
+                    (scratch, acc)
+                },
+            )
+            .map(|(_, acc)| acc)
+            .reduce(
+                || [0u64; STATS_WIDTH],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        Ok(totals.to_vec())
+    }
+
     fn score_from_stats(&self, stats: &[u64]) -> f64 {
         self.score_stats(stats, 0).score
+    }
+
+    fn verbose_from_stats(&self, stats: &[u64]) -> String {
+        self.score_stats(stats, 0).verbose_score()
     }
 
     fn signature_with(&self, nrefs: usize, extra: &[(&str, String)], short: bool) -> String {

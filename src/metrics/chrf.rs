@@ -140,25 +140,9 @@ impl Chrf {
         hyps: &[S],
         refs: &[Vec<R>],
     ) -> Result<ChrfScore, MetricError> {
-        self.config.validate()?;
-        check_lengths(hyps.len(), refs, |r| r.len())?;
-        let w = self.width();
-        let totals = (0..hyps.len())
-            .into_par_iter()
-            .with_min_len(256)
-            .fold(
-                || (Scratch::default(), vec![0u64; w], vec![0u64; w]),
-                |(mut scratch, mut seg, mut acc), i| {
-                    self.segment_into(hyps[i].as_ref(), refs.iter().map(|r| r[i].as_ref()), &mut scratch, &mut seg);
-                    acc.iter_mut().zip(&seg).for_each(|(a, s)| *a += s);
-                    (scratch, seg, acc)
-                },
-            )
-            .map(|(_, _, acc)| acc)
-            .reduce(|| vec![0u64; w], |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            });
+        let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
+        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(AsRef::as_ref).collect()).collect();
+        let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(ChrfScore {
             score: self.f_score(&totals),
             nrefs: refs.len(),
@@ -322,6 +306,32 @@ impl Metric for Chrf {
                 self.segment_into(hyps[i], refs.iter().map(|r| r[i]), scratch, out);
             });
         Ok(stats)
+    }
+
+    fn corpus_stats(&self, hyps: &[&str], refs: &[Vec<&str>]) -> Result<Vec<u64>, MetricError> {
+        self.config.validate()?;
+        check_lengths(hyps.len(), refs, |r| r.len())?;
+        let w = self.width();
+        let totals = (0..hyps.len())
+            .into_par_iter()
+            .with_min_len(256)
+            .fold(
+                || (Scratch::default(), vec![0u64; w], vec![0u64; w]),
+                |(mut scratch, mut seg, mut acc), i| {
+                    self.segment_into(hyps[i], refs.iter().map(|r| r[i]), &mut scratch, &mut seg);
+                    acc.iter_mut().zip(&seg).for_each(|(a, s)| *a += s);
+                    (scratch, seg, acc)
+                },
+            )
+            .map(|(_, _, acc)| acc)
+            .reduce(
+                || vec![0u64; w],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        Ok(totals)
     }
 
     fn score_from_stats(&self, stats: &[u64]) -> f64 {

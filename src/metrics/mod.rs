@@ -49,8 +49,14 @@ pub trait Metric: Sync {
         hyps: &[&str],
         refs: &[Vec<&str>],
     ) -> Result<Vec<u64>, MetricError>;
+    /// Statistics summed over all segments, without keeping per-segment ones.
+    fn corpus_stats(&self, hyps: &[&str], refs: &[Vec<&str>]) -> Result<Vec<u64>, MetricError>;
     /// The corpus score (0–100) of statistics summed over any subset of segments.
     fn score_from_stats(&self, stats: &[u64]) -> f64;
+    /// What sacreBLEU prints after the score (empty for chrF).
+    fn verbose_from_stats(&self, _stats: &[u64]) -> String {
+        String::new()
+    }
     /// sacreBLEU's reproducibility signature; `extra` are global `(key, value)` pairs such as
     /// `bs:1000`, placed after `nrefs` as sacreBLEU does.
     fn signature_with(&self, nrefs: usize, extra: &[(&str, String)], short: bool) -> String;
