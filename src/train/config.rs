@@ -116,8 +116,7 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_toml(&text, overrides)
-            .with_context(|| format!("in config {}", path.display()))
+        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
     }
 
     /// Parses a config from TOML text plus overrides, then validates it.
@@ -126,8 +125,8 @@ impl TrainConfig {
             // Straight from the text, so errors point at the line of the bad key.
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?
         } else {
-            let mut table: toml::Table =
-                toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+            let mut table: toml::Table = toml::from_str(text)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
             for o in overrides {
                 apply_override(&mut table, o)?;
             }
@@ -163,7 +162,10 @@ impl TrainConfig {
             bail!("weight_decay = {}: must be >= 0", self.weight_decay);
         }
         if !(self.clip_norm >= 0.0) {
-            bail!("clip_norm = {}: must be >= 0 (0 turns clipping off)", self.clip_norm);
+            bail!(
+                "clip_norm = {}: must be >= 0 (0 turns clipping off)",
+                self.clip_norm
+            );
         }
         if !(self.min_lr >= 0.0) {
             bail!("min_lr = {}: must be >= 0", self.min_lr);
@@ -300,7 +302,11 @@ mod tests {
     fn defaults_and_overrides() {
         let cfg = TrainConfig::from_toml(
             "lr = 0.002\nschedule = \"plateau\"\n[model]\nhidden_size = 64\n",
-            &["model.embedding_size=32".into(), "run_dir=runs/x".into(), "clip_norm = 1".into()],
+            &[
+                "model.embedding_size=32".into(),
+                "run_dir=runs/x".into(),
+                "clip_norm = 1".into(),
+            ],
         )
         .unwrap();
         assert_eq!(cfg.lr, 0.002);
