@@ -127,8 +127,9 @@ impl TrainConfig {
         } else {
             let mut table: toml::Table = toml::from_str(text)
                 .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+            let known = toml::Table::try_from(Self::default())?;
             for o in overrides {
-                apply_override(&mut table, o)?;
+                apply_override(&mut table, &known, o)?;
             }
             let merged = toml::to_string(&table)?;
             toml::from_str(&merged).map_err(|e| {
@@ -228,8 +229,9 @@ impl TrainConfig {
     }
 }
 
-/// Sets `key=value` in `table`, creating intermediate tables for dotted keys.
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+/// Sets `key=value` in `table`, creating intermediate tables for dotted keys. `known`
+/// (the defaults, which hold every key) catches misspelt keys with their full name.
+fn apply_override(table: &mut toml::Table, known: &toml::Table, assignment: &str) -> Result<()> {
     let Some((key, raw)) = assignment.split_once('=') else {
         bail!("--set {assignment}: expected key=value");
     };
@@ -237,6 +239,17 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         bail!("--set {assignment}: bad key `{key}`");
+    }
+    let mut k = known;
+    for (i, part) in parts.iter().enumerate() {
+        match k.get(*part) {
+            Some(toml::Value::Table(t)) if i + 1 < parts.len() => k = t,
+            Some(toml::Value::Table(_)) => {
+                bail!("--set {assignment}: `{key}` is a table, not a key")
+            }
+            Some(_) if i + 1 == parts.len() => {}
+            _ => bail!("--set {assignment}: unknown key `{key}`"),
+        }
     }
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").expect("parsed one key"),
