@@ -5,7 +5,9 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod prepare;
 pub mod subword;
 pub mod train;

@@ -1,1 +1,76 @@
-fn main() {}
+//! The `rnmt` command line: parses arguments and calls the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rnmt",
+    version,
+    about = "Neural machine translation: stacked-LSTM encoder-decoder with attention"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a parallel corpus and learn subword models for training.
+    Prepare(rnmt::prepare::PrepareArgs),
+    /// Train a model (see `rnmt train --help`).
+    #[command(
+        after_help = "Example:\n  rnmt train --config configs/multi30k-de-en.toml --set max_minutes=60"
+    )]
+    Train,
+    /// Translate sentences given as arguments, or stdin line by line.
+    #[command(
+        after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
+    )]
+    Translate,
+    /// Score translations with sacreBLEU-compatible BLEU and chrF.
+    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en")]
+    Bleu,
+    /// Manage the known corpora.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
+}
+
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Download a corpus from the manifest and verify its checksums.
+    Fetch(rnmt::corpus::fetch::FetchArgs),
+    /// List the corpora of the manifest.
+    List(rnmt::corpus::fetch::ListArgs),
+}
+
+fn not_built(what: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`rnmt {what}` is not built yet")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Prepare(args) => {
+            let summary = rnmt::prepare::run(&args)?;
+            eprintln!("{summary}");
+            eprintln!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Train => not_built("train"),
+        Command::Translate => not_built("translate"),
+        Command::Bleu => not_built("bleu"),
+        Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
+        Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
