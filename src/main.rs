@@ -1,13 +1,14 @@
-//! Minimal entry point dispatching `rnmt bleu` (the full CLI replaces this on merge).
+//! The `rnmt` command line: parses arguments and calls the library.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rnmt::metrics::cli::{expand_sacrebleu_flags, run, BleuArgs};
 
 #[derive(Parser)]
 #[command(
     name = "rnmt",
     version,
-    about = "Neural machine translation in the GNMT tradition"
+    about = "Neural machine translation: stacked-LSTM encoder-decoder with attention"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -16,13 +17,69 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Score translations with sacreBLEU-exact BLEU, chrF and chrF++.
-    Bleu(BleuArgs),
+    /// Validate a parallel corpus and learn subword models for training.
+    Prepare(rnmt::prepare::PrepareArgs),
+    /// Train a model (see `rnmt train --help`).
+    #[command(
+        after_help = "Example:\n  rnmt train --config configs/multi30k-de-en.toml --set max_minutes=60"
+    )]
+    Train(rnmt::train::cli::TrainArgs),
+    /// Average the weights of checkpoints into a model folder.
+    #[command(
+        after_help = "Example:\n  rnmt average runs/multi30k-gnmt --last 5 -o models/multi30k-avg"
+    )]
+    Average(rnmt::train::cli::AverageArgs),
+    /// Draw a run's learning curve (RUN_DIR/curve.svg).
+    Plot(rnmt::train::cli::PlotArgs),
+    /// Translate sentences given as arguments, or stdin line by line.
+    #[command(
+        after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
+    )]
+    Translate,
+    /// Score translations with sacreBLEU-compatible BLEU and chrF.
+    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en")]
+    Bleu,
+    /// Manage the known corpora.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(expand_sacrebleu_flags(std::env::args()));
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Download a corpus from the manifest and verify its checksums.
+    Fetch(rnmt::corpus::fetch::FetchArgs),
+    /// List the corpora of the manifest.
+    List(rnmt::corpus::fetch::ListArgs),
+}
+
+fn not_built(what: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`rnmt {what}` is not built yet")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Bleu(args) => run(&args),
+        Command::Prepare(args) => {
+            let summary = rnmt::prepare::run(&args)?;
+            eprintln!("{summary}");
+            eprintln!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Train(args) => rnmt::train::cli::run_train(&args),
+        Command::Average(args) => rnmt::train::cli::run_average(&args),
+        Command::Plot(args) => rnmt::train::cli::run_plot(&args),
+        Command::Translate => not_built("translate"),
+        Command::Bleu => not_built("bleu"),
+        Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
+        Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

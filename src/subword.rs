@@ -1,4 +1,19 @@
 //! Subword models: learning, loading and applying Hugging Face `tokenizer.json` files.
+//!
+//! Every model rnmt learns is byte-level (GPT-2 style pre-tokenisation and decoding):
+//! any input string maps to ids without `<unk>` and `decode(encode(s)) == s` holds for
+//! every line, which a character-level vocabulary with unknown characters cannot promise.
+//! The files load unchanged in Python's `tokenizers` (`Tokenizer.from_file`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
 
 /// Special tokens and their fixed ids, the same in every vocabulary rnmt writes.
 pub const PAD: &str = "<pad>";
@@ -10,3 +25,281 @@ pub const UNK_ID: u32 = 1;
 pub const BOS_ID: u32 = 2;
 pub const EOS_ID: u32 = 3;
 pub const SPECIAL_TOKENS: [&str; 4] = [PAD, UNK, BOS, EOS];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SubwordKind {
+    Bpe,
+    Unigram,
+}
+
+/// How to learn a subword model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SubwordConfig {
+    pub kind: SubwordKind,
+    pub vocab_size: usize,
+    /// BPE only: merges seen fewer times are not learned.
+    pub min_frequency: u64,
+}
+
+/// A loaded subword model with rnmt's special tokens at their fixed ids.
+#[derive(Clone)]
+pub struct SubwordModel {
+    tokenizer: Tokenizer,
+}
+
+impl SubwordModel {
+    /// Learns a model from sentences.
+    pub fn learn<'a>(
+        config: &SubwordConfig,
+        sentences: impl Iterator<Item = &'a str> + Send,
+    ) -> anyhow::Result<Self> {
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let alphabet = ByteLevel::alphabet();
+        let (model, mut trainer): (tokenizers::ModelWrapper, TrainerWrapper) = match config.kind {
+            SubwordKind::Bpe => (
+                BPE::default().into(),
+                BpeTrainerBuilder::new()
+                    .vocab_size(config.vocab_size)
+                    .min_frequency(config.min_frequency)
+                    .special_tokens(specials)
+                    .initial_alphabet(alphabet.into_iter().collect())
+                    .show_progress(false)
+                    .build()
+                    .into(),
+            ),
+            SubwordKind::Unigram => (
+                Unigram::default().into(),
+                UnigramTrainerBuilder::default()
+                    .vocab_size(config.vocab_size as u32)
+                    .special_tokens(specials)
+                    .initial_alphabet(alphabet)
+                    .unk_token(Some(UNK.to_string()))
+                    .show_progress(false)
+                    .build()
+                    .context("configuring the unigram trainer")?
+                    .into(),
+            ),
+        };
+        let mut tokenizer = Tokenizer::new(model);
+        // No prefix space: the first word keeps its exact bytes, so decoding is lossless.
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        tokenizer
+            .train(&mut trainer, sentences)
+            .map_err(|e| anyhow::anyhow!("learning the subword model: {e}"))?;
+        let model = Self { tokenizer };
+        model
+            .check_specials()
+            .context("the learned subword model")?;
+        Ok(model)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot load subword model {}: {e}", path.display()))?;
+        let model = Self { tokenizer };
+        model
+            .check_specials()
+            .with_context(|| format!("subword model {}", path.display()))?;
+        Ok(model)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let json = self
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("serialising the subword model: {e}"))?;
+        crate::io::write_atomic(path, json.as_bytes())
+    }
+
+    fn check_specials(&self) -> anyhow::Result<()> {
+        for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
+            if self.tokenizer.token_to_id(token) != Some(id as u32) {
+                bail!("special token {token} must have id {id}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Subword ids of a sentence, without BOS/EOS.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("encoding {text:?}: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Encodes many sentences in parallel.
+    pub fn encode_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<u32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Text of ids; special tokens are skipped.
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
+    }
+
+    /// Decodes many sentences in parallel.
+    pub fn decode_batch(&self, ids: &[&[u32]]) -> anyhow::Result<Vec<String>> {
+        self.tokenizer
+            .decode_batch(ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
+    }
+
+    /// Subword strings of ids (for alignments and plots).
+    pub fn tokens(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                self.tokenizer
+                    .id_to_token(id)
+                    .unwrap_or_else(|| UNK.to_string())
+            })
+            .collect()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+}
+
+/// File names of the source and target subword models in a prepared or model folder.
+pub const SOURCE_TOKENIZER: &str = "tokenizer-src.json";
+pub const TARGET_TOKENIZER: &str = "tokenizer-tgt.json";
+/// What `rnmt prepare` records about its run.
+pub const PREPARE_FILE: &str = "prepare.json";
+
+/// What `rnmt prepare` wrote into a folder: enough for the trainer to read the same
+/// corpus with the same filters and the same subword models.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreparedManifest {
+    pub train: PathBuf,
+    pub valid: Option<PathBuf>,
+    pub src_lang: String,
+    pub tgt_lang: String,
+    pub filter: crate::corpus::FilterConfig,
+    pub subword: SubwordConfig,
+    pub joint_vocab: bool,
+}
+
+/// A prepared folder, loaded.
+pub struct PreparedData {
+    pub dir: PathBuf,
+    pub manifest: PreparedManifest,
+    source: SubwordModel,
+    target: SubwordModel,
+}
+
+impl PreparedData {
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(PREPARE_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (is {} a folder written by `rnmt prepare`?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let manifest: PreparedManifest = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid prepare manifest", path.display()))?;
+        Ok(Self {
+            source: SubwordModel::load(&dir.join(SOURCE_TOKENIZER))?,
+            target: SubwordModel::load(&dir.join(TARGET_TOKENIZER))?,
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn source_tokenizer(&self) -> &SubwordModel {
+        &self.source
+    }
+
+    pub fn target_tokenizer(&self) -> &SubwordModel {
+        &self.target
+    }
+
+    pub fn tokenizer_files(&self) -> [PathBuf; 2] {
+        [
+            self.dir.join(SOURCE_TOKENIZER),
+            self.dir.join(TARGET_TOKENIZER),
+        ]
+    }
+
+    /// The training corpus, read and filtered as `prepare` did.
+    pub fn read_train(&self) -> anyhow::Result<crate::corpus::ParallelCorpus> {
+        let m = &self.manifest;
+        Ok(crate::corpus::ParallelCorpus::read(
+            &m.train,
+            &m.src_lang,
+            &m.tgt_lang,
+            &m.filter,
+        )?)
+    }
+
+    /// The validation corpus, every line kept (it is scored against its references).
+    pub fn read_valid(&self) -> anyhow::Result<Option<crate::corpus::ParallelCorpus>> {
+        let m = &self.manifest;
+        match &m.valid {
+            Some(prefix) => Ok(Some(crate::corpus::ParallelCorpus::read_unfiltered(
+                prefix,
+                &m.src_lang,
+                &m.tgt_lang,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn encode_pairs(
+        &self,
+        corpus: &crate::corpus::ParallelCorpus,
+    ) -> anyhow::Result<Vec<crate::batch::EncodedPair>> {
+        let src: Vec<&str> = corpus.sources().collect();
+        let tgt: Vec<&str> = corpus.targets().collect();
+        let src = self.source.encode_batch(&src)?;
+        let tgt = self.target.encode_batch(&tgt)?;
+        Ok(src
+            .into_iter()
+            .zip(tgt)
+            .map(|(src, tgt)| crate::batch::EncodedPair { src, tgt })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_lossless_model_with_fixed_special_ids() {
+        let text = [
+            "Der Hund jagt die Katze.",
+            "Grüß Gott, Straße!",
+            "„Zitat“ – 1.000,50 €",
+            "  zwei  Leerzeichen ",
+        ];
+        for kind in [SubwordKind::Bpe, SubwordKind::Unigram] {
+            let cfg = SubwordConfig {
+                kind,
+                vocab_size: 300,
+                min_frequency: 1,
+            };
+            let model = SubwordModel::learn(&cfg, text.iter().copied()).unwrap();
+            for s in text.iter().chain(&["unseen: 日本語 ✓ \t tab"]) {
+                let ids = model.encode(s).unwrap();
+                assert!(!ids.contains(&UNK_ID), "{kind:?}: {s:?} has <unk>");
+                assert_eq!(&model.decode(&ids).unwrap(), s, "{kind:?}");
+            }
+            assert_eq!(model.tokenizer.token_to_id(EOS), Some(EOS_ID));
+        }
+    }
+}

@@ -70,7 +70,7 @@ pub fn corpora_dir_for_tests() -> Option<PathBuf> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

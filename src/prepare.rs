@@ -1,0 +1,173 @@
+//! `rnmt prepare`: validate and filter a parallel corpus, learn subword models, and write
+//! a folder the trainer reads (`prepare.json`, `tokenizer-src.json`, `tokenizer-tgt.json`,
+//! `summary.json`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::{resolve_prefix, FilterConfig, FilterReport, ParallelCorpus};
+use crate::subword::{
+    PreparedManifest, SubwordConfig, SubwordKind, SubwordModel, PREPARE_FILE, SOURCE_TOKENIZER,
+    TARGET_TOKENIZER,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Example:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
+)]
+pub struct PrepareArgs {
+    /// Training corpus prefix: PREFIX.SRC and PREFIX.TGT are aligned line by line.
+    #[arg(long, value_name = "PREFIX")]
+    pub train: PathBuf,
+    /// Validation corpus prefix (recorded for the trainer; not used to learn subwords).
+    #[arg(long, value_name = "PREFIX")]
+    pub valid: Option<PathBuf>,
+    #[arg(long)]
+    pub src_lang: String,
+    #[arg(long)]
+    pub tgt_lang: String,
+    /// Subword vocabulary size (of each side, or of the joint vocabulary).
+    #[arg(long, default_value_t = 8000)]
+    pub vocab_size: usize,
+    /// Learn one vocabulary from both sides (same file for source and target).
+    #[arg(long)]
+    pub joint_vocab: bool,
+    #[arg(long, value_enum, default_value_t = SubwordKind::Bpe)]
+    pub model_type: SubwordKind,
+    /// BPE: minimum frequency of a merge.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Drop pairs with more words than this on either side.
+    #[arg(long, default_value_t = FilterConfig::default().max_len)]
+    pub max_len: usize,
+    /// Drop pairs whose word-count ratio exceeds this (from 5 words on).
+    #[arg(long, default_value_t = FilterConfig::default().max_ratio)]
+    pub max_ratio: f64,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// What a prepare run did, printed on stderr and written to `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrepareSummary {
+    pub train: FilterReport,
+    pub valid: Option<FilterReport>,
+    pub src_vocab_size: usize,
+    pub tgt_vocab_size: usize,
+    pub mean_src_subwords: f64,
+    pub mean_tgt_subwords: f64,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for PrepareSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "train: {}", self.train)?;
+        if let Some(v) = &self.valid {
+            writeln!(f, "valid: {v}")?;
+        }
+        writeln!(
+            f,
+            "vocabulary: source {}, target {}",
+            self.src_vocab_size, self.tgt_vocab_size
+        )?;
+        writeln!(
+            f,
+            "mean subwords per sentence: source {:.2}, target {:.2}",
+            self.mean_src_subwords, self.mean_tgt_subwords
+        )?;
+        write!(f, "time: {:.1} s", self.seconds)
+    }
+}
+
+pub fn run(args: &PrepareArgs) -> anyhow::Result<PrepareSummary> {
+    let start = Instant::now();
+    let filter = FilterConfig {
+        max_len: args.max_len,
+        max_ratio: args.max_ratio,
+        ..FilterConfig::default()
+    };
+    let train = ParallelCorpus::read(&args.train, &args.src_lang, &args.tgt_lang, &filter)?;
+    if train.pairs.is_empty() {
+        anyhow::bail!(
+            "no training pairs left in {} after filtering ({})",
+            args.train.display(),
+            train.report
+        );
+    }
+    let valid = match &args.valid {
+        Some(prefix) => Some(ParallelCorpus::read_unfiltered(
+            prefix,
+            &args.src_lang,
+            &args.tgt_lang,
+        )?),
+        None => None,
+    };
+    let subword = SubwordConfig {
+        kind: args.model_type,
+        vocab_size: args.vocab_size,
+        min_frequency: args.min_frequency,
+    };
+    let (source, target) = if args.joint_vocab {
+        let joint = SubwordModel::learn(&subword, train.sources().chain(train.targets()))?;
+        (joint.clone(), joint)
+    } else {
+        (
+            SubwordModel::learn(&subword, train.sources())?,
+            SubwordModel::learn(&subword, train.targets())?,
+        )
+    };
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    source.save(&args.out.join(SOURCE_TOKENIZER))?;
+    target.save(&args.out.join(TARGET_TOKENIZER))?;
+    let manifest = PreparedManifest {
+        train: absolute(&resolve_prefix(&args.train, &args.src_lang)),
+        valid: args
+            .valid
+            .as_ref()
+            .map(|v| absolute(&resolve_prefix(v, &args.src_lang))),
+        src_lang: args.src_lang.clone(),
+        tgt_lang: args.tgt_lang.clone(),
+        filter,
+        subword,
+        joint_vocab: args.joint_vocab,
+    };
+    crate::io::write_atomic(
+        &args.out.join(PREPARE_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+
+    let mean = |model: &SubwordModel, texts: Vec<&str>| -> anyhow::Result<f64> {
+        let n = texts.len().max(1);
+        Ok(model
+            .encode_batch(&texts)?
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>() as f64
+            / n as f64)
+    };
+    let summary = PrepareSummary {
+        mean_src_subwords: mean(&source, train.sources().collect())?,
+        mean_tgt_subwords: mean(&target, train.targets().collect())?,
+        train: train.report,
+        valid: valid.map(|v| v.report),
+        src_vocab_size: source.vocab_size(),
+        tgt_vocab_size: target.vocab_size(),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    crate::io::write_atomic(
+        &args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// Stores prefixes as absolute paths so the trainer finds them from any directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

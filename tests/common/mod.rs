@@ -1,0 +1,96 @@
+//! Shared pieces of the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use rnmt::corpus::corpora_dir_for_tests;
+
+/// The `rnmt` binary built for these tests.
+pub fn rnmt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rnmt"))
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("rnmt runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A static file server on 127.0.0.1 for download tests: serves files under `root`, 404
+/// otherwise. It runs on a background thread for the rest of the test process.
+pub fn serve_dir(root: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                // Skip the headers.
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let file = root.join(path.trim_start_matches('/'));
+                let ok = !path.contains("..") && file.is_file();
+                let body = if ok {
+                    std::fs::read(&file).unwrap()
+                } else {
+                    b"not found".to_vec()
+                };
+                let status = if ok { "200 OK" } else { "404 Not Found" };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Multi30k de→en subword models learned once per test binary (a few seconds).
+pub fn prepared_multi30k(corpora: &Path) -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(rnmt()
+            .args([
+                "prepare",
+                "--src-lang",
+                "de",
+                "--tgt-lang",
+                "en",
+                "--vocab-size",
+                "8000",
+                "--train",
+            ])
+            .arg(corpora.join("multi30k/train"))
+            .arg("--valid")
+            .arg(corpora.join("multi30k/val"))
+            .arg("--out")
+            .arg(dir.path()));
+        assert!(out.status.success(), "prepare failed: {}", stderr(&out));
+        dir
+    })
+    .path()
+}
