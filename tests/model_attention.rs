@@ -93,7 +93,7 @@ fn check_gradients(kind: AttentionKind) {
         let original = var.as_tensor().copy().unwrap();
         let base: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
         for i in 0..base.len() {
-            let mut at = |delta: f64| {
+            let at = |delta: f64| {
                 let mut v = base.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())

@@ -99,3 +99,15 @@ fn tiny() -> ModelConfig {
 fn tiny_gnmt_model_learns_reverse_and_map() {
     learns(tiny(), 180);
 }
+
+#[test]
+fn tiny_input_feeding_model_learns_reverse_and_map() {
+    learns(
+        ModelConfig {
+            input_feeding: true,
+            attention: AttentionKind::General,
+            ..tiny()
+        },
+        180,
+    );
+}
