@@ -1,7 +1,8 @@
 //! Label-smoothed cross-entropy against a direct host computation with the explicit
-//! smoothed target distribution, and its gradient `softmax - q`.
+//! smoothed target distribution, and its gradient `softmax - q`: the fused CPU f32 path
+//! and the composite path (f64) alike.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::train::loss::LabelSmoothedLoss;
@@ -71,8 +72,10 @@ fn matches_cross_entropy_with_the_smoothed_distribution() {
 
         // d total / d logits = softmax - q on real tokens, 0 on padding.
         let grads = total.backward().unwrap();
-        let g: Vec<f32> = grads
+        let g: Vec<f64> = grads
             .get(logits_var.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F64)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -114,4 +117,43 @@ fn padding_does_not_change_the_loss() {
     // A real position does change it.
     logits[0] += 1.0;
     assert_ne!(loss(&logits, &targets).0, before.0);
+}
+
+#[test]
+fn gradient_scales_with_the_upstream_gradient() {
+    // The trainer divides the sum by the token count; the fused backward must honour it.
+    let (logits, targets, mask) = setup();
+    let dev = Device::Cpu;
+    let var = Var::from_tensor(&Tensor::from_vec(logits, (B, T, V), &dev).unwrap()).unwrap();
+    let t = Tensor::from_vec(targets, (B, T), &dev).unwrap();
+    let m = Tensor::from_vec(mask, (B, T), &dev).unwrap();
+    let grad = |scale: f64| -> Vec<f32> {
+        let (total, _) = LabelSmoothedLoss::new(0.1)
+            .forward(var.as_tensor(), &t, &m)
+            .unwrap();
+        let g = (total * scale).unwrap().backward().unwrap();
+        g.get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (one, quarter) = (grad(1.0), grad(0.25));
+    assert!(one.iter().any(|&x| x.abs() > 1e-3));
+    for (a, b) in one.iter().zip(&quarter) {
+        assert!((a * 0.25 - b).abs() < 1e-7, "{a} * 0.25 != {b}");
+    }
+}
+
+#[test]
+fn out_of_vocabulary_targets_are_errors() {
+    let dev = Device::Cpu;
+    let logits = Tensor::zeros((1, 2, V), DType::F32, &dev).unwrap();
+    let t = Tensor::new(&[[1u32, V as u32]], &dev).unwrap();
+    let m = Tensor::ones((1, 2), DType::F32, &dev).unwrap();
+    let err = LabelSmoothedLoss::new(0.1)
+        .forward(&logits, &t, &m)
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }
