@@ -26,7 +26,7 @@ enum Command {
     Train(rnmt::train::cli::TrainArgs),
     /// Average the weights of checkpoints into a model folder.
     #[command(
-        after_help = "Example:\n  rnmt average runs/multi30k-gnmt --last 5 -o models/multi30k-avg"
+        after_help = "Example:\n  rnmt average runs/multi30k-de-en --last 5 -o models/multi30k-avg"
     )]
     Average(rnmt::train::cli::AverageArgs),
     /// Draw a run's learning curve (RUN_DIR/curve.svg).

@@ -159,19 +159,19 @@ impl TrainConfig {
         unit("beta1", self.beta1)?;
         unit("beta2", self.beta2)?;
         unit("label_smoothing", self.label_smoothing)?;
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             bail!("weight_decay = {}: must be >= 0", self.weight_decay);
         }
-        if !(self.clip_norm >= 0.0) {
+        if self.clip_norm.is_nan() || self.clip_norm < 0.0 {
             bail!(
                 "clip_norm = {}: must be >= 0 (0 turns clipping off)",
                 self.clip_norm
             );
         }
-        if !(self.min_lr >= 0.0) {
+        if self.min_lr.is_nan() || self.min_lr < 0.0 {
             bail!("min_lr = {}: must be >= 0", self.min_lr);
         }
-        if !(self.max_minutes >= 0.0) {
+        if self.max_minutes.is_nan() || self.max_minutes < 0.0 {
             bail!("max_minutes = {}: must be >= 0", self.max_minutes);
         }
         if !(self.decay_factor > 0.0 && self.decay_factor <= 1.0) {

@@ -236,7 +236,7 @@ impl Trainer {
                     tokens_per_s,
                     lr,
                 );
-                if self.state.step % self.cfg.log_every == 0 {
+                if self.state.step.is_multiple_of(self.cfg.log_every) {
                     log.write(&Record::Train {
                         step: self.state.step,
                         epoch: self.state.epoch,
@@ -249,7 +249,8 @@ impl Trainer {
                         elapsed_s: elapsed(&started),
                     })?;
                 }
-                if self.cfg.valid_every > 0 && self.state.step % self.cfg.valid_every == 0 {
+                if self.cfg.valid_every > 0 && self.state.step.is_multiple_of(self.cfg.valid_every)
+                {
                     self.state.elapsed_s = elapsed(&started);
                     if self.validate_and_checkpoint(data, &mut log, &progress)? {
                         break 'run StopReason::EarlyStopping;

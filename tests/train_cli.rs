@@ -1,0 +1,231 @@
+//! `rnmt train`, `rnmt average` and `rnmt plot` end to end on a tiny Multi30k slice
+//! (cut from $RNMT_CORPORA by the test): a few steps of a tiny model, then resume,
+//! averaging, plotting and the errors a user meets first.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rnmt::train::log::{read_metrics, Record};
+
+/// The first `n` lines of `multi30k/{split}.{de,en}` as `dir/{split}.{de,en}`.
+fn slice(corpora: &Path, dir: &Path, split: &str, n: usize) {
+    for lang in ["de", "en"] {
+        let text =
+            std::fs::read_to_string(corpora.join(format!("multi30k/{split}.{lang}"))).unwrap();
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(dir.join(format!("{split}.{lang}")), lines.join("\n") + "\n").unwrap();
+    }
+}
+
+const CONFIG: &str = r#"
+seed = 5
+max_tokens = 400
+max_steps = 6
+max_epochs = 0
+lr = 0.003
+schedule = "inverse_sqrt"
+warmup_steps = 2
+valid_every = 3
+valid_max_sentences = 8
+keep_last = 2
+threads = 1
+
+[model]
+embedding_size = 16
+hidden_size = 16
+encoder_layers = 1
+decoder_layers = 1
+residual_from = 0
+dropout = 0.1
+"#;
+
+#[test]
+fn train_resume_average_plot() {
+    let Some(corpora) = corpora_dir_for_tests() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    slice(&corpora, t, "train", 300);
+    slice(&corpora, t, "val", 20);
+    let data = t.join("data");
+    let out = run(rnmt()
+        .args([
+            "prepare",
+            "--src-lang",
+            "de",
+            "--tgt-lang",
+            "en",
+            "--vocab-size",
+            "300",
+            "--train",
+        ])
+        .arg(t.join("train"))
+        .arg("--valid")
+        .arg(t.join("val"))
+        .arg("--out")
+        .arg(&data));
+    assert!(out.status.success(), "prepare: {}", stderr(&out));
+    let cfg = write(
+        t,
+        "tiny.toml",
+        format!("data = {:?}\n{CONFIG}", data.to_str().unwrap()).as_bytes(),
+    );
+    let run_dir = t.join("run");
+    let set_run = format!("run_dir={:?}", run_dir.to_str().unwrap());
+
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--set", &set_run]));
+    assert!(out.status.success(), "train: {}", stderr(&out));
+    let records = read_metrics(&run_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = records
+        .iter()
+        .filter_map(|r| matches!(r, Record::Train { .. }).then_some(r.step()))
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+    let valids: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(r, Record::Valid { .. }))
+        .collect();
+    assert_eq!(valids.len(), 2);
+    for v in valids {
+        let Record::Valid {
+            valid_ppl,
+            bleu,
+            bleu_signature,
+            sentences,
+            ..
+        } = v
+        else {
+            unreachable!()
+        };
+        assert!(valid_ppl.is_finite() && *valid_ppl > 1.0);
+        assert!((0.0..=100.0).contains(bleu));
+        assert!(bleu_signature.contains("tok:13a"), "{bleu_signature}");
+        assert_eq!(*sentences, 8);
+    }
+    let best = run_dir.join("best");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer-src.json",
+        "tokenizer-tgt.json",
+    ] {
+        assert!(best.join(f).is_file(), "best/{f} missing");
+    }
+    let (_, mcfg) = rnmt::model::load_model(&best, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(mcfg.hidden_size, 16);
+    assert!(
+        mcfg.src_vocab_size <= 300 && mcfg.src_vocab_size > 4,
+        "vocab from the tokenizers"
+    );
+    assert!(run_dir.join("curve.svg").is_file());
+
+    // A second fresh run into the same folder is refused.
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--set", &set_run]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+
+    // Resume with a higher step limit continues from step 6 to 8.
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--resume")
+        .arg(&run_dir)
+        .args(["--set", "max_steps=8"]));
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    let records = read_metrics(&run_dir.join("metrics.jsonl")).unwrap();
+    let last = records
+        .iter()
+        .rfind(|r| matches!(r, Record::Train { .. }))
+        .unwrap();
+    assert_eq!(last.step(), 8);
+    let ckpts = rnmt::train::checkpoint::list_checkpoints(&run_dir).unwrap();
+    let kept: Vec<u64> = ckpts.iter().map(|c| c.0).collect();
+    assert!(kept.ends_with(&[6, 8]), "{kept:?}");
+
+    // Average the last two checkpoints into a loadable model folder.
+    let avg = t.join("avg");
+    let out = run(rnmt()
+        .arg("average")
+        .arg(&run_dir)
+        .args(["--last", "2", "-o"])
+        .arg(&avg));
+    assert!(out.status.success(), "average: {}", stderr(&out));
+    assert!(avg.join("tokenizer-tgt.json").is_file());
+    rnmt::model::load_model(&avg, &candle_core::Device::Cpu).unwrap();
+
+    std::fs::remove_file(run_dir.join("curve.svg")).unwrap();
+    let out = run(rnmt().arg("plot").arg(&run_dir));
+    assert!(out.status.success(), "plot: {}", stderr(&out));
+    let svg = std::fs::read_to_string(run_dir.join("curve.svg")).unwrap();
+    assert!(svg.contains("validation BLEU"));
+}
+
+#[test]
+fn cli_errors_name_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "bad.toml", b"[model]\nhiden_size = 8\n");
+    let out = run(rnmt().arg("train").arg("--config").arg(&cfg));
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains("bad.toml") && e.contains("hiden_size"), "{e}");
+
+    let good = write(
+        tmp.path(),
+        "good.toml",
+        b"data = \"/nonexistent/prepared\"\n",
+    );
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--config")
+        .arg(&good)
+        .args(["--set", "label_smoothing=2"]));
+    assert!(
+        stderr(&out).contains("label_smoothing = 2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--config")
+        .arg(&good)
+        .args(["--device", "tpu:0"]));
+    assert!(stderr(&out).contains("tpu"), "{}", stderr(&out));
+    let out = run(rnmt().arg("train").arg("--config").arg(&good));
+    assert!(
+        stderr(&out).contains("/nonexistent/prepared"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(rnmt()
+        .arg("train")
+        .arg("--resume")
+        .arg(tmp.path().join("norun")));
+    assert!(
+        stderr(&out).contains("norun/config.toml"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(rnmt()
+        .arg("average")
+        .arg(tmp.path())
+        .args(["-o"])
+        .arg(tmp.path().join("o")));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("neither a run folder"),
+        "{}",
+        stderr(&out)
+    );
+}
