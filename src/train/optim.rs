@@ -59,7 +59,17 @@ impl Adam {
     /// Builds the optimizer over named f32 variables. Sorting by name makes the order,
     /// and so the floating-point summation order of the gradient norm, independent of
     /// hash-map iteration.
-    pub fn new(mut vars: Vec<(String, Var)>, hp: AdamParams) -> Result<Self> {
+    pub fn new(vars: Vec<(String, Var)>, hp: AdamParams) -> Result<Self> {
+        Self::build(vars, hp, false)
+    }
+
+    /// Like [`Adam::new`], but with the moments as tensors and the update as tensor
+    /// ops even on the CPU: the path every other device takes.
+    pub fn with_tensor_moments(vars: Vec<(String, Var)>, hp: AdamParams) -> Result<Self> {
+        Self::build(vars, hp, true)
+    }
+
+    fn build(mut vars: Vec<(String, Var)>, hp: AdamParams, tensor_moments: bool) -> Result<Self> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
             .into_iter()
@@ -72,7 +82,7 @@ impl Adam {
                 }
                 let n = var.elem_count();
                 let moments = match var.device() {
-                    Device::Cpu => Moments::Host {
+                    Device::Cpu if !tensor_moments => Moments::Host {
                         m: vec![0.0; n],
                         v: vec![0.0; n],
                     },
@@ -359,6 +369,43 @@ mod tests {
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() < 1e-5, "ours {x} vs candle_nn {y} (wd {wd})");
             }
+        }
+        Ok(())
+    }
+
+    /// The tensor-op path (GPUs) and the fused CPU path agree, through a save/restore
+    /// of the moments half-way.
+    #[test]
+    fn tensor_path_matches_fused_path() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let init: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+        let a = Var::from_tensor(&Tensor::from_slice(&init, (4, 6), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::from_slice(&init, (4, 6), &dev)?)?;
+        let hp = AdamParams {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let mut fused = Adam::new(vec![("w".into(), a.clone())], hp.clone())?;
+        let mut tensor = Adam::with_tensor_moments(vec![("w".into(), b.clone())], hp.clone())?;
+        for step in 0..10 {
+            if step == 5 {
+                let saved = fused.state_tensors()?;
+                let t = fused.t;
+                fused = Adam::new(vec![("w".into(), a.clone())], hp.clone())?;
+                fused.load_state_tensors(&saved, t, "test")?;
+            }
+            let la = (a.as_tensor().sqr()?.sin()? * 3.0)?.sum_all()?;
+            fused.step(&la.backward()?, 0.02, 0.5)?;
+            let lb = (b.as_tensor().sqr()?.sin()? * 3.0)?.sum_all()?;
+            tensor.step(&lb.backward()?, 0.02, 0.5)?;
+        }
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.as_tensor().flatten_all()?.to_vec1()?,
+            b.as_tensor().flatten_all()?.to_vec1()?,
+        );
+        assert!(a.iter().zip(&init).any(|(x, y)| (x - y).abs() > 0.05));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "fused {x} vs tensor ops {y}");
         }
         Ok(())
     }
