@@ -232,3 +232,48 @@ fn corrupt_and_mismatched_checkpoints_give_clear_errors() -> anyhow::Result<()> 
     assert!(e.contains("no checkpoint"), "{e}");
     Ok(())
 }
+
+/// With a learning rate too small to change BLEU, the first validation is the best and
+/// training stops after `patience` more; the plateau schedule halves the rate after
+/// each validation without improvement.
+#[test]
+fn early_stopping_and_plateau_decay() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let mut cfg = config(&run, 50);
+    cfg.lr = 1e-9;
+    cfg.min_lr = 0.0;
+    cfg.warmup_steps = 0;
+    cfg.valid_every = 1;
+    cfg.patience = 2;
+    cfg.plateau_patience = 1;
+    let reason = Trainer::new(cfg, candle_core::Device::Cpu)?.train(&data())?;
+    assert_eq!(reason, rnmt::train::trainer::StopReason::EarlyStopping);
+    let records = read_metrics(&run.join(METRICS_FILE))?;
+    let bests: Vec<bool> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Valid { best, .. } => Some(*best),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bests, vec![true, false, false]);
+    let lrs: Vec<f64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Train { lr, .. } => Some(*lr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lrs, vec![1e-9, 1e-9, 0.5e-9]);
+    // best/ is the step-1 model; checkpoints 2 and 3 are the last two, 1 is kept as best.
+    let steps: Vec<u64> = list_checkpoints(&run)?.into_iter().map(|c| c.0).collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+    let best = checkpoint::load_tensors(&run.join("best").join(MODEL_FILE))?;
+    let step1 = checkpoint::load_tensors(&checkpoint::checkpoint_dir(&run, 1).join(MODEL_FILE))?;
+    for (name, t) in &step1 {
+        let diff = (t - &best[name])?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "best/ differs from step 1 in {name}");
+    }
+    Ok(())
+}

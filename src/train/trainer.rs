@@ -179,8 +179,16 @@ impl Trainer {
             .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
         let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
-        let mut progress = Progress::new(limit, self.state.step);
         let batcher = TokenBatcher::new(self.cfg.max_tokens, self.cfg.seed);
+        // For the bar's ETA: the step limit, or the epoch limit in steps (epochs differ
+        // in batch count only slightly).
+        let per_epoch = batcher.epoch(&data.train, self.state.epoch).len() as u64;
+        let epoch_limit = (self.cfg.max_epochs > 0).then(|| self.cfg.max_epochs * per_epoch);
+        let total = match (limit, epoch_limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut progress = Progress::new(total, self.state.step);
         let loss_fn = LabelSmoothedLoss::new(self.cfg.label_smoothing);
         let nll_fn = LabelSmoothedLoss::new(0.0);
         let started = Instant::now();
