@@ -132,6 +132,9 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
 
     let run_dir = cfg.run_dir.clone();
+    if args.resume.is_some() {
+        warn_if_not_exact(&run_dir, &cfg);
+    }
     let mut trainer = if args.resume.is_some() {
         Trainer::resume(cfg.clone(), device)?
     } else {
@@ -162,6 +165,34 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     trainer.train(&data)?;
     eprintln!("best model: {}", run_dir.join("best").display());
     Ok(())
+}
+
+/// Resuming repeats the original batches only with the original seed and batch
+/// budget; say so when the config changed them.
+fn warn_if_not_exact(run_dir: &Path, cfg: &TrainConfig) {
+    let Ok(old) = TrainConfig::load(&run_dir.join(RUN_CONFIG_FILE), &[]) else {
+        return;
+    };
+    for (key, was, now) in [
+        ("seed", old.seed.to_string(), cfg.seed.to_string()),
+        (
+            "max_tokens",
+            old.max_tokens.to_string(),
+            cfg.max_tokens.to_string(),
+        ),
+        (
+            "data",
+            old.data.display().to_string(),
+            cfg.data.display().to_string(),
+        ),
+    ] {
+        if was != now {
+            eprintln!(
+                "warning: {key} changed from {was} to {now}: the resumed run will not repeat \
+                 the batches of an uninterrupted one"
+            );
+        }
+    }
 }
 
 /// The checkpoint folders `rnmt average` reads.
