@@ -238,9 +238,19 @@ impl Decoder {
         Ok((o, next, weights))
     }
 
+    /// `[..., hidden]` → `[..., vocab]`.
     fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
+        // One 2-D matmul: a broadcast matmul would materialise the weight's gradient once
+        // per batch row ([batch, hidden, vocab]) in the backward pass and then sum it.
+        let dims = attentional.dims();
+        let hidden = dims[dims.len() - 1];
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("at least one dim") = self.output_bias.dim(0)?;
         attentional
-            .broadcast_matmul(&self.output_weight.t()?)?
-            .broadcast_add(&self.output_bias)
+            .contiguous()?
+            .reshape(((), hidden))?
+            .matmul(&self.output_weight.t()?)?
+            .broadcast_add(&self.output_bias)?
+            .reshape(out_dims)
     }
 }

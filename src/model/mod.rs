@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 pub mod dropout;
 pub mod encoder;
+pub mod fastmath;
 pub mod init;
 pub mod lstm;
 pub mod persist;
