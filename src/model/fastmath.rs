@@ -22,7 +22,12 @@ pub fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k from the bits of k + 127 + ROUND, whose low mantissa bits hold k + 127: a float
+    // → int `as` cast would saturate lane by lane and stop vectorisation.
+    let biased = (k + (127.0 + ROUND))
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(biased << 23);
     p * scale
 }
 

@@ -1,5 +1,6 @@
 //! The stacked-LSTM encoder–decoder with attention.
 
+pub mod additive_score;
 pub mod attention;
 pub mod config;
 pub mod decoder;
