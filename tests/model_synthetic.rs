@@ -90,7 +90,7 @@ fn tiny() -> ModelConfig {
         encoder_layers: 1,
         decoder_layers: 1,
         dropout: 0.0,
-        attention: AttentionKind::Dot,
+        attention: AttentionKind::NormalizedAdditive,
         ..ModelConfig::default()
     }
 }
