@@ -238,9 +238,19 @@ impl Decoder {
         Ok((o, next, weights))
     }
 
+    /// `[..., hidden]` → `[..., vocab]`.
     fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
-        attentional
-            .broadcast_matmul(&self.output_weight.t()?)?
-            .broadcast_add(&self.output_bias)
+        // One 2-D matmul: a broadcast matmul would materialise the weight's gradient once
+        // per batch row ([batch, hidden, vocab]) in the backward pass and then sum it.
+        let dims = attentional.dims();
+        let hidden = dims[dims.len() - 1];
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("at least one dim") = self.output_bias.dim(0)?;
+        let x = attentional.contiguous()?.reshape(((), hidden))?;
+        // The bias enters as the rank-1 product `1 · bᵀ`: its gradient is then a gemm
+        // (`1ᵀ · g`) instead of candle's strided sum over the rows of `[tokens, vocab]`.
+        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+        let bias = ones.matmul(&self.output_bias.unsqueeze(0)?)?;
+        (x.matmul(&self.output_weight.t()?)? + bias)?.reshape(out_dims)
     }
 }

@@ -9,6 +9,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+use crate::model::fastmath::{exp, lanes_fold};
+
 /// The target keeps probability `1 - smoothing`; the rest is spread evenly over the
 /// other `vocab - 1` tokens. `smoothing = 0` is plain cross-entropy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -95,49 +97,6 @@ struct FusedLoss {
 /// Rows per rayon task: enough work to pay for the hand-off.
 const ROWS_PER_TASK: usize = 16;
 
-/// `exp` for the softmax: `f32::exp` is a libm call the compiler cannot vectorise, and
-/// the exponentials are most of the loss's time. Range reduction `x = k ln2 + r` with
-/// `|r| <= ln2 / 2`, then a degree-6 Taylor polynomial: relative error below 5e-7 (a few ulp) for
-/// `x` in [-87, 88]; smaller inputs give ~1e-38 instead of 0, harmless in a softmax.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5·2²³ rounds to an integer with plain float adds.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
-    p * scale
-}
-
-/// Independent accumulators: a single running max or sum is a dependency chain the
-/// compiler may not reorder (float addition is not associative), which leaves the
-/// loop latency-bound; eight lanes let it use SIMD.
-const LANES: usize = 8;
-
-fn lanes_fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; LANES] {
-    let mut acc = [init; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a = f(*a, x);
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(rest) {
-        *a = f(*a, x);
-    }
-    acc
-}
-
-/// (max, Σ exp(x - max), Σ x) of one row of logits.
 fn row_stats(row: &[f32]) -> (f32, f32, f64) {
     let max = lanes_fold(row, f32::NEG_INFINITY, f32::max)
         .into_iter()
@@ -245,23 +204,5 @@ impl CustomOp1 for FusedLossGrad<'_> {
                 g[t as usize] -= s * c.target as f32;
             });
         Ok((CpuStorage::F32(grad), layout.shape().clone()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fast_exp_is_accurate() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (fast, exact) = (super::exp(x) as f64, (x as f64).exp());
-            assert!(
-                ((fast - exact) / exact).abs() < 5e-7,
-                "exp({x}) = {fast}, not {exact}"
-            );
-            x += 0.013;
-        }
-        assert_eq!(super::exp(0.0), 1.0);
-        assert!(super::exp(-1e9) < 1e-37);
     }
 }
