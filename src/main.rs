@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use rnmt::metrics::cli::{expand_sacrebleu_flags, run, BleuArgs};
 
 #[derive(Parser)]
-#[command(name = "rnmt", version, about = "Neural machine translation in the GNMT tradition")]
+#[command(
+    name = "rnmt",
+    version,
+    about = "Neural machine translation in the GNMT tradition"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

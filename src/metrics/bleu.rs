@@ -147,7 +147,11 @@ pub(crate) fn signature(
     short: bool,
 ) -> String {
     let smooth = match cfg.smooth_method.default_value() {
-        Some(default) => format!("{}[{:.2}]", cfg.smooth_method, cfg.smooth_value.unwrap_or(default)),
+        Some(default) => format!(
+            "{}[{:.2}]",
+            cfg.smooth_method,
+            cfg.smooth_value.unwrap_or(default)
+        ),
         None => cfg.smooth_method.to_string(),
     };
     let case = if cfg.lowercase { "lc" } else { "mixed" };
@@ -199,7 +203,10 @@ impl Bleu {
         refs: &[Vec<R>],
     ) -> Result<BleuScore, MetricError> {
         let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
-        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(AsRef::as_ref).collect()).collect();
+        let refs: Vec<Vec<&str>> = refs
+            .iter()
+            .map(|r| r.iter().map(AsRef::as_ref).collect())
+            .collect();
         let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(self.score_stats(&totals, refs.len()))
     }
@@ -225,7 +232,10 @@ impl Bleu {
             correct[n] = stats[2 + n] as f64;
             total[n] = stats[2 + MAX_NGRAM_ORDER + n] as f64;
         }
-        let smooth_value = cfg.smooth_value.or(cfg.smooth_method.default_value()).unwrap_or(0.0);
+        let smooth_value = cfg
+            .smooth_value
+            .or(cfg.smooth_method.default_value())
+            .unwrap_or(0.0);
 
         let bp = if sys_len < ref_len {
             if sys_len > 0 {
@@ -336,9 +346,9 @@ impl Bleu {
         };
         s.units.clear();
         let units = &mut s.units;
-        self.config
-            .tokenize
-            .for_each_token(line, &mut s.tok, |t| units.push(ngram::hash_bytes(t.as_bytes())));
+        self.config.tokenize.for_each_token(line, &mut s.tok, |t| {
+            units.push(ngram::hash_bytes(t.as_bytes()))
+        });
         s.bag.clear();
         push_ngrams(&s.units, MAX_NGRAM_ORDER, 0, &mut s.prefix, &mut s.bag);
         s.bag.sort_unstable();
@@ -376,7 +386,8 @@ impl Metric for Bleu {
             .with_min_len(512)
             .enumerate()
             .for_each_init(Scratch::default, |scratch, (i, out)| {
-                let out: &mut [u64; STATS_WIDTH] = out.try_into().expect("chunk has the stats width");
+                let out: &mut [u64; STATS_WIDTH] =
+                    out.try_into().expect("chunk has the stats width");
                 self.segment_into(hyps[i], refs.iter().map(|r| r[i]), scratch, out);
             });
         Ok(stats)

@@ -50,7 +50,12 @@ pub fn resample_indices(n_lines: usize, cfg: &BootstrapConfig) -> Vec<u32> {
 }
 
 /// The metric's score on every resample of the per-segment `stats`.
-pub fn resampled_scores(metric: &dyn Metric, stats: &[u64], indices: &[u32], n_lines: usize) -> Vec<f64> {
+pub fn resampled_scores(
+    metric: &dyn Metric,
+    stats: &[u64],
+    indices: &[u32],
+    n_lines: usize,
+) -> Vec<f64> {
     let w = metric.stats_width();
     indices
         .par_chunks(n_lines)
@@ -90,7 +95,11 @@ pub fn sum_stats(stats: &[u64], width: usize) -> Vec<u64> {
 
 /// Compares every system with the baseline (`systems[0]`), each given as its per-segment
 /// statistics for `metric`. Returns one result per system, the baseline first.
-pub fn paired_bootstrap(metric: &dyn Metric, systems: &[Vec<u64>], cfg: &BootstrapConfig) -> Vec<PairedResult> {
+pub fn paired_bootstrap(
+    metric: &dyn Metric,
+    systems: &[Vec<u64>],
+    cfg: &BootstrapConfig,
+) -> Vec<PairedResult> {
     let w = metric.stats_width();
     let n_lines = systems[0].len() / w;
     if n_lines == 0 || cfg.n_samples == 0 {
@@ -110,7 +119,11 @@ pub fn paired_bootstrap(metric: &dyn Metric, systems: &[Vec<u64>], cfg: &Bootstr
         let score = metric.score_from_stats(&sum_stats(sys, w));
         let samples = resampled_scores(metric, sys, &indices, n_lines);
         let (mean, ci) = estimate_ci(&samples);
-        let diffs: Vec<f64> = samples.iter().zip(&base_samples).map(|(s, b)| (s - b).abs()).collect();
+        let diffs: Vec<f64> = samples
+            .iter()
+            .zip(&base_samples)
+            .map(|(s, b)| (s - b).abs())
+            .collect();
         let mean_diff = diffs.iter().sum::<f64>() / diffs.len() as f64;
         let real_diff = (base_score - score).abs();
         let exceed = diffs.iter().filter(|&&d| d - mean_diff > real_diff).count();

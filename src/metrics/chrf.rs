@@ -90,7 +90,11 @@ impl ChrfScore {
 fn signature(cfg: &ChrfConfig, nrefs: usize, extra: &[(&str, String)], short: bool) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
     let own = [
-        ("case", "c", if cfg.lowercase { "lc" } else { "mixed" }.to_string()),
+        (
+            "case",
+            "c",
+            if cfg.lowercase { "lc" } else { "mixed" }.to_string(),
+        ),
         ("eff", "e", yes_no(!cfg.eps_smoothing)),
         ("nc", "nc", cfg.char_order.to_string()),
         ("nw", "nw", cfg.word_order.to_string()),
@@ -141,7 +145,10 @@ impl Chrf {
         refs: &[Vec<R>],
     ) -> Result<ChrfScore, MetricError> {
         let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
-        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(AsRef::as_ref).collect()).collect();
+        let refs: Vec<Vec<&str>> = refs
+            .iter()
+            .map(|r| r.iter().map(AsRef::as_ref).collect())
+            .collect();
         let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(ChrfScore {
             score: self.f_score(&totals),
@@ -178,7 +185,11 @@ impl Chrf {
             let prec = if t[0] > 0 { n_match / n_hyp } else { eps };
             let rec = if t[1] > 0 { n_match / n_ref } else { eps };
             let denom = factor * prec + rec;
-            score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { eps };
+            score += if denom > 0.0 {
+                (1.0 + factor) * prec * rec / denom
+            } else {
+                eps
+            };
             if t[0] > 0 && t[1] > 0 {
                 avg_prec += prec;
                 avg_rec += rec;
@@ -253,7 +264,11 @@ impl Chrf {
         if cfg.whitespace {
             s.units.extend(line.chars().map(ngram::hash_char));
         } else {
-            s.units.extend(line.chars().filter(|&c| !is_py_space(c)).map(ngram::hash_char));
+            s.units.extend(
+                line.chars()
+                    .filter(|&c| !is_py_space(c))
+                    .map(ngram::hash_char),
+            );
         }
         push_ngrams(&s.units, cfg.char_order, 0, &mut s.prefix, &mut s.bag);
         if cfg.word_order > 0 {
@@ -278,7 +293,13 @@ impl Chrf {
                     Some(_) => push(w),
                 }
             });
-            push_ngrams(&s.units, cfg.word_order, cfg.char_order, &mut s.prefix, &mut s.bag);
+            push_ngrams(
+                &s.units,
+                cfg.word_order,
+                cfg.char_order,
+                &mut s.prefix,
+                &mut s.bag,
+            );
         }
         s.bag.sort_unstable();
     }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::bootstrap::{paired_bootstrap, BootstrapConfig, PairedResult};
-use super::{py_float_repr, py_rstrip, Bleu, BleuConfig, Chrf, ChrfConfig, Metric, SmoothMethod, Tokenizer};
+use super::{
+    py_float_repr, py_rstrip, Bleu, BleuConfig, Chrf, ChrfConfig, Metric, SmoothMethod, Tokenizer,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum MetricName {
@@ -133,7 +135,10 @@ fn decode_lines(bytes: Vec<u8>, name: &str) -> anyhow::Result<Vec<String>> {
         let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
         anyhow::anyhow!("{name}: line {line} is not valid UTF-8 (byte offset {at})")
     })?;
-    Ok(text.split_terminator('\n').map(|l| py_rstrip(l).to_string()).collect())
+    Ok(text
+        .split_terminator('\n')
+        .map(|l| py_rstrip(l).to_string())
+        .collect())
 }
 
 /// Reference streams: one per file, or `num_refs` tab-separated ones from a single file.
@@ -145,7 +150,11 @@ fn read_refs(args: &BleuArgs) -> anyhow::Result<Vec<Vec<String>>> {
         return args.refs.iter().map(|p| read_lines(p)).collect();
     }
     if args.refs.len() != 1 {
-        bail!("--num-refs {} needs exactly one reference file, got {}", args.num_refs, args.refs.len());
+        bail!(
+            "--num-refs {} needs exactly one reference file, got {}",
+            args.num_refs,
+            args.refs.len()
+        );
     }
     let path = &args.refs[0];
     let mut streams = vec![Vec::new(); args.num_refs];
@@ -181,15 +190,22 @@ fn read_systems(args: &BleuArgs) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         return Ok(systems);
     }
     let mut bytes = Vec::new();
-    std::io::stdin().read_to_end(&mut bytes).context("cannot read the hypothesis from stdin")?;
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("cannot read the hypothesis from stdin")?;
     let lines = decode_lines(bytes, "stdin")?;
     let n_sys = lines.first().map_or(1, |l| l.split('\t').count());
-    let mut systems: Vec<(String, Vec<String>)> =
-        (0..n_sys).map(|i| (format!("System {}", i + 1), Vec::with_capacity(lines.len()))).collect();
+    let mut systems: Vec<(String, Vec<String>)> = (0..n_sys)
+        .map(|i| (format!("System {}", i + 1), Vec::with_capacity(lines.len())))
+        .collect();
     for (n, line) in lines.iter().enumerate() {
         let fields: Vec<&str> = line.split('\t').collect();
         if fields.len() != n_sys {
-            bail!("stdin: line {}: {} tab-separated systems, but the first line has {n_sys}", n + 1, fields.len());
+            bail!(
+                "stdin: line {}: {} tab-separated systems, but the first line has {n_sys}",
+                n + 1,
+                fields.len()
+            );
         }
         for ((_, sys), f) in systems.iter_mut().zip(fields) {
             sys.push(py_rstrip(f).to_string());
@@ -256,7 +272,9 @@ fn json_str(s: &str) -> String {
 /// sacreBLEU's `Score.format` in JSON mode: `json.dumps(d, indent=1, ensure_ascii=False)`.
 /// rnmt always includes `verbose_score` (empty for chrF) so every object has the same keys.
 fn json_object(name: &str, sig: &str, score: f64, verbose: &str, width: usize) -> String {
-    let rounded: f64 = format!("{score:.width$}").parse().expect("a formatted float parses");
+    let rounded: f64 = format!("{score:.width$}")
+        .parse()
+        .expect("a formatted float parses");
     let mut fields = vec![
         ("name".to_string(), json_str(name)),
         ("score".to_string(), py_float_repr(rounded)),
@@ -268,7 +286,10 @@ fn json_object(name: &str, sig: &str, score: f64, verbose: &str, width: usize) -
             fields.push((k.to_string(), json_str(v)));
         }
     }
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!(" {}: {v}", json_str(k))).collect();
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!(" {}: {v}", json_str(k)))
+        .collect();
     format!("{{\n{}\n}}", body.join(",\n"))
 }
 
@@ -276,7 +297,10 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
     let metrics = build_metrics(args)?;
     let refs = read_refs(args)?;
     let systems = read_systems(args)?;
-    let ref_views: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let ref_views: Vec<Vec<&str>> = refs
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
     for (name, lines) in &systems {
         if lines.is_empty() {
             bail!("hypothesis {name} has no lines");
@@ -296,7 +320,10 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let views: Vec<Vec<&str>> = systems.iter().map(|(_, l)| l.iter().map(String::as_str).collect()).collect();
+    let views: Vec<Vec<&str>> = systems
+        .iter()
+        .map(|(_, l)| l.iter().map(String::as_str).collect())
+        .collect();
     let nrefs = refs.len();
 
     if args.sentence_level {
@@ -316,7 +343,13 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
         let mut out = String::new();
         for seg in stats.chunks_exact(w) {
             let score = metric.score_from_stats(seg);
-            out.push_str(&text_line(&name, &sig, score, &metric.verbose_from_stats(seg), args));
+            out.push_str(&text_line(
+                &name,
+                &sig,
+                score,
+                &metric.verbose_from_stats(seg),
+                args,
+            ));
             out.push('\n');
         }
         print!("{out}");
@@ -331,10 +364,20 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
             let verbose = metric.verbose_from_stats(&stats);
             let name = metric.name();
             results.push(match args.format {
-                OutputFormat::Json => {
-                    json_object(&name, &metric.signature_with(nrefs, &[], false), score, &verbose, args.width)
-                }
-                OutputFormat::Text => text_line(&name, &metric.signature_with(nrefs, &[], args.short), score, &verbose, args),
+                OutputFormat::Json => json_object(
+                    &name,
+                    &metric.signature_with(nrefs, &[], false),
+                    score,
+                    &verbose,
+                    args.width,
+                ),
+                OutputFormat::Text => text_line(
+                    &name,
+                    &metric.signature_with(nrefs, &[], args.short),
+                    score,
+                    &verbose,
+                    args,
+                ),
             });
         }
         print_single(&results, args.format);
@@ -351,14 +394,27 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
         }
         let mut columns = Vec::new();
         for metric in &metrics {
-            let stats: Vec<Vec<u64>> =
-                views.iter().map(|v| metric.segment_stats(v, &ref_views)).collect::<Result<_, _>>()?;
+            let stats: Vec<Vec<u64>> = views
+                .iter()
+                .map(|v| metric.segment_stats(v, &ref_views))
+                .collect::<Result<_, _>>()?;
             let results = paired_bootstrap(metric.as_ref(), &stats, &bs);
-            let extra = [("bs", bs.n_samples.to_string()), ("seed", bs.seed.to_string())];
-            columns.push((metric.name(), metric.signature_with(nrefs, &extra, args.short), results));
+            let extra = [
+                ("bs", bs.n_samples.to_string()),
+                ("seed", bs.seed.to_string()),
+            ];
+            columns.push((
+                metric.name(),
+                metric.signature_with(nrefs, &extra, args.short),
+                results,
+            ));
         }
         let mut names: Vec<String> = systems.iter().map(|(n, _)| n.clone()).collect();
-        names[0] = if args.input.is_some() { format!("Baseline: {}", names[0]) } else { "Baseline".to_string() };
+        names[0] = if args.input.is_some() {
+            format!("Baseline: {}", names[0])
+        } else {
+            "Baseline".to_string()
+        };
         if args.input.is_none() {
             for (i, n) in names.iter_mut().enumerate().skip(1) {
                 *n = format!("System {i}");
@@ -375,7 +431,11 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
         for v in &views {
             scores.push(metric.score_from_stats(&metric.corpus_stats(v, &ref_views)?));
         }
-        columns.push((metric.name(), metric.signature_with(nrefs, &[], args.short), scores));
+        columns.push((
+            metric.name(),
+            metric.signature_with(nrefs, &[], args.short),
+            scores,
+        ));
     }
     let names: Vec<&str> = systems.iter().map(|(n, _)| n.as_str()).collect();
     match args.format {
@@ -387,7 +447,10 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
                     let mut row = serde_json::Map::new();
                     row.insert("system".into(), (*n).into());
                     for (metric, _, scores) in &columns {
-                        row.insert(metric.clone(), format!("{:.*}", args.width, scores[i]).into());
+                        row.insert(
+                            metric.clone(),
+                            format!("{:.*}", args.width, scores[i]).into(),
+                        );
                     }
                     serde_json::Value::Object(row)
                 })
@@ -395,7 +458,9 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
             println!("{}", pretty_json(&serde_json::Value::Array(rows)));
         }
         OutputFormat::Text => {
-            let header: Vec<String> = std::iter::once("System".to_string()).chain(columns.iter().map(|c| c.0.clone())).collect();
+            let header: Vec<String> = std::iter::once("System".to_string())
+                .chain(columns.iter().map(|c| c.0.clone()))
+                .collect();
             let rows: Vec<Vec<String>> = names
                 .iter()
                 .enumerate()
@@ -418,10 +483,16 @@ fn print_single(results: &[String], format: OutputFormat) {
         OutputFormat::Json => println!("{}", results[0]),
         OutputFormat::Text => {
             // Align the lines on their '=' as sacreBLEU does.
-            let w = results.iter().filter_map(|l| l.find('=')).max().unwrap_or(0);
+            let w = results
+                .iter()
+                .filter_map(|l| l.find('='))
+                .max()
+                .unwrap_or(0);
             for line in results {
                 match line.find('=') {
-                    Some(at) if at > 0 => println!("{:>pad$}{}", &line[..at - 1], &line[at - 1..], pad = w - 1),
+                    Some(at) if at > 0 => {
+                        println!("{:>pad$}{}", &line[..at - 1], &line[at - 1..], pad = w - 1)
+                    }
                     _ => println!("{line}"),
                 }
             }
@@ -486,8 +557,15 @@ fn print_paired(names: &[String], columns: &[PairedColumn], args: &BleuArgs) {
                 })
                 .collect();
             print_table(&header, &rows);
-            let msg = format!("Paired bootstrap resampling test with {} resampling trials", args.paired_bs_n);
-            println!("{}\n{msg}\n{}", "-".repeat(msg.len()), "-".repeat(msg.len()));
+            let msg = format!(
+                "Paired bootstrap resampling test with {} resampling trials",
+                args.paired_bs_n
+            );
+            println!(
+                "{}\n{msg}\n{}",
+                "-".repeat(msg.len()),
+                "-".repeat(msg.len())
+            );
             println!(" - Each system is pairwise compared to {}.", names[0]);
             println!("   Actual system score / bootstrap estimated true mean / 95% CI are provided for each metric.");
             println!(" - p-values < 0.05 (marked with \"*\") mean the score difference is unlikely to be due to chance.");
@@ -499,13 +577,31 @@ fn print_paired(names: &[String], columns: &[PairedColumn], args: &BleuArgs) {
 
 fn print_table(header: &[String], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| std::iter::once(&header[c]).chain(rows.iter().map(|r| &r[c])).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            std::iter::once(&header[c])
+                .chain(rows.iter().map(|r| &r[c]))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String]| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" | ")
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
     println!("{}", line(header));
-    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
     for r in rows {
         println!("{}", line(r));
     }

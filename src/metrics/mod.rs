@@ -44,11 +44,7 @@ pub trait Metric: Sync {
     /// Number of `u64` statistics per segment.
     fn stats_width(&self) -> usize;
     /// Per-segment statistics, flattened: segment `i` occupies `[i * width, (i + 1) * width)`.
-    fn segment_stats(
-        &self,
-        hyps: &[&str],
-        refs: &[Vec<&str>],
-    ) -> Result<Vec<u64>, MetricError>;
+    fn segment_stats(&self, hyps: &[&str], refs: &[Vec<&str>]) -> Result<Vec<u64>, MetricError>;
     /// Statistics summed over all segments, without keeping per-segment ones.
     fn corpus_stats(&self, hyps: &[&str], refs: &[Vec<&str>]) -> Result<Vec<u64>, MetricError>;
     /// The corpus score (0–100) of statistics summed over any subset of segments.
@@ -81,12 +77,19 @@ pub(crate) fn format_signature(
     for (name, abbr, value) in own {
         parts.push(format!("{}:{value}", if short { abbr } else { name }));
     }
-    parts.push(format!("{}:{SIGNATURE_VERSION}", if short { "v" } else { "version" }));
+    parts.push(format!(
+        "{}:{SIGNATURE_VERSION}",
+        if short { "v" } else { "version" }
+    ));
     parts.join("|")
 }
 
 /// Checks that every reference stream has as many lines as the hypothesis.
-pub(crate) fn check_lengths<R>(hyps: usize, refs: &[R], len: impl Fn(&R) -> usize) -> Result<(), MetricError> {
+pub(crate) fn check_lengths<R>(
+    hyps: usize,
+    refs: &[R],
+    len: impl Fn(&R) -> usize,
+) -> Result<(), MetricError> {
     if refs.is_empty() {
         return Err(MetricError::NoReferences);
     }

@@ -92,7 +92,11 @@ pub(crate) fn runs(sorted: &[u64], out: &mut Vec<(u64, u32)>) {
 
 /// Merges `other` into `acc` (both sorted runs), keeping the larger count per key: the
 /// multi-reference clipping counts of BLEU.
-pub(crate) fn max_merge(acc: &mut Vec<(u64, u32)>, other: &[(u64, u32)], scratch: &mut Vec<(u64, u32)>) {
+pub(crate) fn max_merge(
+    acc: &mut Vec<(u64, u32)>,
+    other: &[(u64, u32)],
+    scratch: &mut Vec<(u64, u32)>,
+) {
     scratch.clear();
     let (mut i, mut j) = (0, 0);
     while i < acc.len() && j < other.len() {
@@ -116,7 +120,11 @@ pub(crate) fn max_merge(acc: &mut Vec<(u64, u32)>, other: &[(u64, u32)], scratch
 
 /// Calls `f(tag, hyp_count, ref_count)` for every key of either bag, in key order.
 #[inline]
-pub(crate) fn for_each_pair(hyp: &[(u64, u32)], refs: &[(u64, u32)], mut f: impl FnMut(usize, u32, u32)) {
+pub(crate) fn for_each_pair(
+    hyp: &[(u64, u32)],
+    refs: &[(u64, u32)],
+    mut f: impl FnMut(usize, u32, u32),
+) {
     let (mut i, mut j) = (0, 0);
     while i < hyp.len() || j < refs.len() {
         let h = hyp.get(i).copied();

@@ -119,7 +119,10 @@ fn tokenize_13a<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
     // The language-independent part: <skipped>, hyphenated line breaks and four entities.
     let needs_pre = line.contains(['<', '\n', '&']);
     let text: &str = if needs_pre {
-        let mut t = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+        let mut t = line
+            .replace("<skipped>", "")
+            .replace("-\n", "")
+            .replace('\n', " ");
         if t.contains('&') {
             t = t
                 .replace("&quot;", "\"")
@@ -147,17 +150,26 @@ fn tokenize_13a<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
     a.push(b' ');
 
     // Pass 2: `([^0-9])([\.,])` -> `\1 \2 ` (non-overlapping, left to right).
-    two_char_pass(a, b, |x, y| !x.is_ascii_digit() && (y == b'.' || y == b','), |out, x, y| {
-        out.extend_from_slice(&[x, b' ', y, b' '])
-    });
+    two_char_pass(
+        a,
+        b,
+        |x, y| !x.is_ascii_digit() && (y == b'.' || y == b','),
+        |out, x, y| out.extend_from_slice(&[x, b' ', y, b' ']),
+    );
     // Pass 3: `([\.,])([^0-9])` -> ` \1 \2`.
-    two_char_pass(b, a, |x, y| (x == b'.' || x == b',') && !y.is_ascii_digit(), |out, x, y| {
-        out.extend_from_slice(&[b' ', x, b' ', y])
-    });
+    two_char_pass(
+        b,
+        a,
+        |x, y| (x == b'.' || x == b',') && !y.is_ascii_digit(),
+        |out, x, y| out.extend_from_slice(&[b' ', x, b' ', y]),
+    );
     // Pass 4: `([0-9])(-)` -> `\1 \2 `.
-    two_char_pass(a, b, |x, y| x.is_ascii_digit() && y == b'-', |out, x, y| {
-        out.extend_from_slice(&[x, b' ', y, b' '])
-    });
+    two_char_pass(
+        a,
+        b,
+        |x, y| x.is_ascii_digit() && y == b'-',
+        |out, x, y| out.extend_from_slice(&[x, b' ', y, b' ']),
+    );
     as_str(b)
 }
 
@@ -243,8 +255,18 @@ fn tokenize_intl<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
     x.extend(line.chars());
 
     // `(\P{N})(\p{P})` -> `\1 \2 `, then `(\p{P})(\P{N})` -> ` \1 \2`.
-    char_pair_pass(x, y, |a, b| !is_n(a) && is_p(b), |o, a, b| o.extend([a, ' ', b, ' ']));
-    char_pair_pass(y, x, |a, b| is_p(a) && !is_n(b), |o, a, b| o.extend([' ', a, ' ', b]));
+    char_pair_pass(
+        x,
+        y,
+        |a, b| !is_n(a) && is_p(b),
+        |o, a, b| o.extend([a, ' ', b, ' ']),
+    );
+    char_pair_pass(
+        y,
+        x,
+        |a, b| is_p(a) && !is_n(b),
+        |o, a, b| o.extend([' ', a, ' ', b]),
+    );
     // `(\p{S})` -> ` \1 `.
     s.a.clear();
     let mut buf = [0u8; 4];
@@ -288,7 +310,10 @@ mod tests {
     fn v13a_handles_entities_numbers_and_dashes() {
         let t = Tokenizer::V13a;
         assert_eq!(t.tokenize("&quot;Hi&quot; &amp; bye."), "\" Hi \" & bye .");
-        assert_eq!(t.tokenize("It cost 1,000.50 in 1999."), "It cost 1,000.50 in 1999 .");
+        assert_eq!(
+            t.tokenize("It cost 1,000.50 in 1999."),
+            "It cost 1,000.50 in 1999 ."
+        );
         assert_eq!(t.tokenize("a 3-4 well-known"), "a 3 - 4 well-known");
     }
 
