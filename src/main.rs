@@ -30,8 +30,8 @@ enum Command {
     )]
     Translate,
     /// Score translations with sacreBLEU-compatible BLEU and chrF.
-    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en")]
-    Bleu,
+    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text")]
+    Bleu(rnmt::metrics::cli::BleuArgs),
     /// Manage the known corpora.
     #[command(subcommand)]
     Corpus(CorpusCommand),
@@ -59,14 +59,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train => not_built("train"),
         Command::Translate => not_built("translate"),
-        Command::Bleu => not_built("bleu"),
+        Command::Bleu(args) => rnmt::metrics::cli::run(&args),
         Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
         Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),
     }
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // sacreBLEU's single-dash long flags (-lc, -tok, ...) are accepted as users type them.
+    let cli = Cli::parse_from(rnmt::metrics::cli::expand_sacrebleu_flags(std::env::args()));
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
