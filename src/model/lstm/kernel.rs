@@ -4,11 +4,13 @@
 //! Autograd through per-step candle ops records ~20 small nodes per step; their backward is
 //! what made candle's LSTM 3x slower than PyTorch's. Here autograd sees a single node:
 //!
-//! * inputs: `xproj [B,T,4H]` (the input projection of every step, bias included, computed
-//!   outside by one ordinary matmul), `w_hh [4H,H]` and `aux`, a flat vector holding the
-//!   initial state and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`, then with layer
-//!   norm `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
-//!   inputs while every one of them still gets its gradient.
+//! * inputs: `xproj [B,T,4H]` (the input projection of every step, computed outside by one
+//!   ordinary matmul), `w_hh [4H,H]` and `aux`, a flat vector holding the initial state, the
+//!   bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`, `bias [4H]`, then with
+//!   layer norm `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
+//!   inputs while every one of them still gets its gradient. The bias is added in here
+//!   because candle's backward of a broadcast add (a strided sum over batch and time) cost
+//!   more than the whole gate computation.
 //! * output `[B, T+2, H]`: rows `0..T` are the hidden states (zero at padding), row `T` the
 //!   final `h`, row `T+1` the final `c`. Gradients flowing into any of them are honoured.
 //!
@@ -220,7 +222,7 @@ pub struct LstmRecurrence {
     saved: Mutex<Option<SavedAny>>,
 }
 
-/// Layer-norm parameters inside `aux`.
+/// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
 struct LnParams<'a, T> {
     gain_hh: &'a [T],
@@ -251,7 +253,16 @@ impl LstmRecurrence {
 
     /// Length of the `aux` input for these sizes.
     pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
-        2 * batch * hidden + if layer_norm { 6 * hidden } else { 0 }
+        2 * batch * hidden + Self::params_len(hidden, layer_norm)
+    }
+
+    /// Length of the parameter part of `aux` (bias, then layer-norm parameters).
+    fn params_len(hidden: usize, layer_norm: bool) -> usize {
+        if layer_norm {
+            10 * hidden
+        } else {
+            4 * hidden
+        }
     }
 
     fn time_at(&self, step: usize) -> usize {
@@ -262,9 +273,14 @@ impl LstmRecurrence {
         }
     }
 
+    fn bias<'a, T>(&self, aux: &'a [T]) -> &'a [T] {
+        let at = 2 * self.batch * self.hidden;
+        &aux[at..at + 4 * self.hidden]
+    }
+
     fn ln_params<'a, T>(&self, aux: &'a [T]) -> Option<LnParams<'a, T>> {
         let h = self.hidden;
-        let at = 2 * self.batch * h;
+        let at = 2 * self.batch * h + 4 * h;
         self.layer_norm.then(|| LnParams {
             gain_hh: &aux[at..at + 4 * h],
             gain_cell: &aux[at + 4 * h..at + 5 * h],
@@ -370,6 +386,7 @@ impl LstmRecurrence {
         let mut cs = aux[bh + rows.start * h..bh + rows.end * h].to_vec();
         let mut rec = vec![T::zero(); nb * g4];
         let ln = self.ln_params(aux);
+        let bias = self.bias(aux);
         for step in 0..tl {
             let t = self.time_at(step);
             // rec = h · W_hhᵀ for the whole block.
@@ -398,17 +415,17 @@ impl LstmRecurrence {
                 let r = &rec[i * g4..(i + 1) * g4];
                 match ln {
                     None => {
-                        for ((a, &x), &r) in act.iter_mut().zip(xp).zip(r) {
-                            *a = x + r;
+                        for (((a, &x), &r), &bias) in act.iter_mut().zip(xp).zip(r).zip(bias) {
+                            *a = x + bias + r;
                         }
                     }
                     Some(p) => {
                         let r_hat = &mut job.r_hat[bt * g4..(bt + 1) * g4];
                         job.r_rstd[bt] = normalise(r, r_hat);
-                        for (((a, &x), &n), &gain) in
-                            act.iter_mut().zip(xp).zip(&*r_hat).zip(p.gain_hh)
+                        for ((((a, &x), &n), &gain), &bias) in
+                            act.iter_mut().zip(xp).zip(&*r_hat).zip(p.gain_hh).zip(bias)
                         {
-                            *a = x + gain * n;
+                            *a = x + bias + gain * n;
                         }
                     }
                 }
@@ -480,7 +497,7 @@ impl LstmRecurrence {
             })
             .collect();
         let run = |job: BwdBlock<T>| self.backward_block_dispatch(job, s, grad_out, w_hh, aux);
-        let d_ln_parts: Vec<Vec<T>> = if jobs.len() == 1 {
+        let d_param_parts: Vec<Vec<T>> = if jobs.len() == 1 {
             jobs.into_iter().map(run).collect()
         } else {
             jobs.into_par_iter().map(run).collect()
@@ -504,20 +521,18 @@ impl LstmRecurrence {
         );
         let mut d_aux = d_h0;
         d_aux.extend_from_slice(&d_c0);
-        if ln {
-            let mut d_ln = vec![T::zero(); 6 * h];
-            for part in &d_ln_parts {
-                for (d, &p) in d_ln.iter_mut().zip(part) {
-                    *d += p;
-                }
+        let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
+        for part in &d_param_parts {
+            for (d, &p) in d_params.iter_mut().zip(part) {
+                *d += p;
             }
-            d_aux.extend_from_slice(&d_ln);
         }
+        d_aux.extend_from_slice(&d_params);
         Ok((d_xproj, d_w_hh, d_aux))
     }
 
     /// Backward through time for one batch block; returns this block's share of the
-    /// layer-norm parameter gradients (`γ_hh, γ_cell, β_cell`, empty without layer norm).
+    /// parameter gradients in `aux`'s layout (bias, then γ_hh, γ_cell, β_cell).
     #[inline(always)]
     fn backward_block<T: Real>(
         &self,
@@ -542,7 +557,8 @@ impl LstmRecurrence {
             dc[i * h..(i + 1) * h]
                 .copy_from_slice(&grad_out[base + (tl + 1) * h..base + (tl + 2) * h]);
         }
-        let mut d_ln = vec![T::zero(); if ln.is_some() { 6 * h } else { 0 }];
+        // This block's share of the gradients of bias, γ_hh, γ_cell, β_cell (aux's layout).
+        let mut d_params = vec![T::zero(); Self::params_len(h, ln.is_some())];
         let mut d_pre = vec![T::zero(); h]; // gradient w.r.t. the (normalised) cell before tanh
         let mut d_hprev = vec![T::zero(); nb * h];
         for step in (0..tl).rev() {
@@ -574,7 +590,7 @@ impl LstmRecurrence {
                 }
                 if let Some(p) = ln {
                     let c_hat = &s.c_hat[bt * h..(bt + 1) * h];
-                    let (_, d_cell) = d_ln.split_at_mut(4 * h);
+                    let (_, d_cell) = d_params.split_at_mut(8 * h);
                     let (d_gain, d_bias) = d_cell.split_at_mut(h);
                     for j in 0..h {
                         d_gain[j] += d_pre[j] * c_hat[j];
@@ -592,6 +608,10 @@ impl LstmRecurrence {
                     d_g[j] = d_c * ig * (one - gg * gg);
                     dcrow[j] = d_c * fg;
                 }
+                let d_gates = &job.d_xproj[lt * g4..(lt + 1) * g4];
+                for (d_b, &d_a) in d_params[..g4].iter_mut().zip(d_gates) {
+                    *d_b += d_a;
+                }
                 if let Some(p) = ln {
                     let r_hat = &s.r_hat[bt * g4..(bt + 1) * g4];
                     let d_r = &mut job.d_rec[lt * g4..(lt + 1) * g4];
@@ -599,7 +619,7 @@ impl LstmRecurrence {
                         .iter_mut()
                         .zip(&job.d_xproj[lt * g4..(lt + 1) * g4])
                         .zip(r_hat)
-                        .zip(d_ln[..g4].iter_mut().zip(p.gain_hh))
+                        .zip(d_params[g4..2 * g4].iter_mut().zip(p.gain_hh))
                     {
                         *dgain += da * n;
                         *dr = da * gain;
@@ -626,7 +646,7 @@ impl LstmRecurrence {
         }
         job.d_h0.copy_from_slice(&dh);
         job.d_c0.copy_from_slice(&dc);
-        d_ln
+        d_params
     }
 }
 

@@ -171,7 +171,7 @@ impl Lstm {
                 );
             }
         }
-        let xproj = self.input_projection(xs)?;
+        let xproj = self.input_projection_unbiased(xs)?;
         let fused = recurrence == Recurrence::Auto
             && xs.device().is_cpu()
             && matches!(xs.dtype(), DType::F32 | DType::F64)
@@ -179,24 +179,35 @@ impl Lstm {
         if fused {
             self.fused_recurrence(&xproj, mask, reverse, &init)
         } else {
+            let xproj = xproj.broadcast_add(&self.bias)?;
             self.stepwise_recurrence(&xproj, mask, reverse, init)
         }
     }
 
     /// One step for decoding: `x: [batch, input]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let xproj = self.input_projection(x)?;
+        let xproj = self
+            .input_projection_unbiased(x)?
+            .broadcast_add(&self.bias)?;
         self.cell(&xproj, state)
     }
 
-    /// `x·W_ihᵀ (+ layer norm) + bias` for every position at once.
-    fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
-        let proj = x.broadcast_matmul(&self.weight_ih.t()?)?;
-        let proj = match &self.layer_norm {
-            Some(ln) => normalise(&proj)?.broadcast_mul(&ln.ih)?,
-            None => proj,
-        };
-        proj.broadcast_add(&self.bias)
+    /// `x·W_ihᵀ` (layer-normalised if asked) for every position at once; the bias is left
+    /// to the recurrence.
+    fn input_projection_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        // One 2-D matmul over all positions: `broadcast_matmul` would broadcast W_ih over
+        // the batch, and its backward would then build a [batch, 4H, I] gradient and sum it.
+        let mut rows_shape = x.dims().to_vec();
+        let input = rows_shape.pop().unwrap_or(0);
+        rows_shape.push(4 * self.hidden_size);
+        let proj = x
+            .reshape(((), input))?
+            .matmul(&self.weight_ih.t()?)?
+            .reshape(rows_shape)?;
+        match &self.layer_norm {
+            Some(ln) => normalise(&proj)?.broadcast_mul(&ln.ih),
+            None => Ok(proj),
+        }
     }
 
     fn fused_recurrence(
@@ -215,7 +226,11 @@ impl Lstm {
             .into_iter()
             .map(|m| m > 0.5)
             .collect();
-        let mut aux = vec![init.h.flatten_all()?, init.c.flatten_all()?];
+        let mut aux = vec![
+            init.h.flatten_all()?,
+            init.c.flatten_all()?,
+            self.bias.clone(),
+        ];
         if let Some(ln) = &self.layer_norm {
             aux.extend([ln.hh.clone(), ln.cell_weight.clone(), ln.cell_bias.clone()]);
         }
