@@ -73,17 +73,37 @@ fn best_ms(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-fn sgemm_gflops(m: usize, n: usize, k: usize, threads: usize, iters: usize) -> Result<f64> {
+/// How one matmul operand is laid out in memory.
+#[derive(Clone, Copy)]
+enum Layout {
+    RowMajor,
+    ColMajor,
+}
+
+/// GFLOP/s of `gemm` on an `m×k · k×n` product with the given operand layouts (row-major
+/// destination), best of `iters`.
+fn sgemm_gflops(
+    (m, n, k): (usize, usize, usize),
+    (lhs_layout, rhs_layout): (Layout, Layout),
+    threads: usize,
+    iters: usize,
+) -> Result<f64> {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
     let mut c = vec![0f32; m * n];
+    let strides = |layout, rows: usize, cols: usize| match layout {
+        Layout::RowMajor => (cols as isize, 1),
+        Layout::ColMajor => (1, rows as isize),
+    };
+    let (a_rs, a_cs) = strides(lhs_layout, m, k);
+    let (b_rs, b_cs) = strides(rhs_layout, k, n);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     let ms = best_ms(iters, || {
-        // SAFETY: a, b, c are row-major m×k, k×n, m×n buffers of exactly those sizes.
+        // SAFETY: a, b, c hold exactly m×k, k×n, m×n elements and the strides stay inside.
         unsafe {
             gemm::gemm(
                 m,
@@ -94,11 +114,11 @@ fn sgemm_gflops(m: usize, n: usize, k: usize, threads: usize, iters: usize) -> R
                 n as isize,
                 false,
                 a.as_ptr(),
-                1,
-                k as isize,
+                a_cs,
+                a_rs,
                 b.as_ptr(),
-                1,
-                n as isize,
+                b_cs,
+                b_rs,
                 0.0,
                 1.0,
                 false,
@@ -166,11 +186,35 @@ fn main() -> Result<()> {
     );
     println!("speed-up fused vs step-by-step: {:.2}x", stepwise / fused);
     println!("fused      fwd only (no grad) {fused_fwd:6.2} ms/iter");
+    use Layout::{ColMajor, RowMajor};
     println!(
-        "gemm sgemm 1024^3 on {threads} thread(s): {:6.1} GFLOP/s; per-step shape {b}x{h}x{} on 1 thread: {:6.1} GFLOP/s",
-        sgemm_gflops(1024, 1024, 1024, threads, 5)?,
-        4 * h,
-        sgemm_gflops(b, 4 * h, h, 1, 50)?
+        "gemm 1024^3 on {threads} thread(s): {:6.1} GFLOP/s",
+        sgemm_gflops((1024, 1024, 1024), (RowMajor, RowMajor), threads, 5)?
     );
+    // The products the layer runs, with the layouts it gives gemm (1 thread each).
+    let bt = b * t;
+    for (what, dims, layouts, reps) in [
+        (
+            "step fwd  h·W_hhᵀ",
+            (b, 4 * h, h),
+            (RowMajor, ColMajor),
+            args.time,
+        ),
+        (
+            "step bwd  dA·W_hh",
+            (b, h, 4 * h),
+            (RowMajor, RowMajor),
+            args.time,
+        ),
+        ("dW_hh = dAᵀ·H", (4 * h, h, bt), (ColMajor, RowMajor), 1),
+        ("xproj = X·W_ihᵀ", (bt, 4 * h, i), (RowMajor, ColMajor), 1),
+    ] {
+        let gf = sgemm_gflops(dims, layouts, 1, 20)?;
+        let ms = reps as f64 * 2.0 * (dims.0 * dims.1 * dims.2) as f64 / gf / 1e6;
+        println!(
+            "gemm {what:18} {:>4}x{:>4}x{:>4}: {gf:6.1} GFLOP/s, {ms:5.2} ms per layer pass",
+            dims.0, dims.1, dims.2
+        );
+    }
     Ok(())
 }

@@ -39,6 +39,7 @@ pub trait Real:
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
     + std::ops::AddAssign
+    + std::ops::MulAssign
 {
     fn sigmoid(self) -> Self;
     fn tanh_(self) -> Self;
@@ -92,7 +93,7 @@ fn fast_exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits((((k as i32) + 127) << 23) as u32)
 }
@@ -595,7 +596,7 @@ impl LstmRecurrence {
                     for j in 0..h {
                         d_gain[j] += d_pre[j] * c_hat[j];
                         d_bias[j] += d_pre[j];
-                        d_pre[j] = d_pre[j] * p.gain_cell[j];
+                        d_pre[j] *= p.gain_cell[j];
                     }
                     normalise_backward(&mut d_pre, c_hat, s.c_rstd[bt]);
                 }
