@@ -61,16 +61,41 @@ fn parse_args() -> Result<Args> {
 
 /// Fastest wall time of `f` in milliseconds, after two warm-up runs: on a machine shared
 /// with other jobs the minimum is the figure least disturbed by them.
-fn best_ms(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn best_ms(iters: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(timed(iters, f)?.0)
+}
+
+/// (fastest wall ms, mean process CPU ms) per call of `f`. CPU time is what the work costs
+/// whatever else the machine runs; with 2 threads it includes rayon's spin-waiting.
+fn timed(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     f()?;
     f()?;
-    let mut times = Vec::with_capacity(iters);
+    let cpu_start = process_cpu_ms();
+    let mut best = f64::INFINITY;
     for _ in 0..iters {
         let start = Instant::now();
         f()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        best = best.min(start.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(times.into_iter().fold(f64::INFINITY, f64::min))
+    Ok((best, (process_cpu_ms() - cpu_start) / iters as f64))
+}
+
+/// User + system CPU time of this process from `/proc/self/stat` (10 ms ticks; NaN where
+/// there is no procfs).
+fn process_cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) * 10.0
 }
 
 /// How one matmul operand is laid out in memory.
@@ -167,25 +192,29 @@ fn main() -> Result<()> {
     // input and weight gradients of both (the x-gradient of the input projection included).
     let flops = 3.0 * 2.0 * (b * t * 4 * h * (i + h)) as f64;
     let gflops = |ms: f64| flops / (ms * 1e-3) / 1e9;
-    let fused = best_ms(args.iters, || train_step(Recurrence::Auto))?;
+    let (fused, fused_cpu) = timed(args.iters, || train_step(Recurrence::Auto))?;
     println!(
-        "fused      fwd+bwd {fused:8.2} ms/iter  ({:6.1} GFLOP/s of matmul work)",
+        "fused        fwd+bwd {fused:7.2} ms/iter best wall ({:5.1} GFLOP/s of matmul work), {fused_cpu:7.2} ms CPU/iter",
         gflops(fused)
     );
     if args.fused_only {
         return Ok(());
     }
-    let stepwise = best_ms(args.iters, || train_step(Recurrence::StepByStep))?;
-    let fused_fwd = best_ms(args.iters, || {
+    let (stepwise, stepwise_cpu) = timed(args.iters, || train_step(Recurrence::StepByStep))?;
+    println!(
+        "step-by-step fwd+bwd {stepwise:7.2} ms/iter best wall ({:5.1} GFLOP/s of matmul work), {stepwise_cpu:7.2} ms CPU/iter",
+        gflops(stepwise)
+    );
+    println!(
+        "speed-up fused vs step-by-step: {:.2}x wall, {:.2}x CPU",
+        stepwise / fused,
+        stepwise_cpu / fused_cpu
+    );
+    let (fused_fwd, fused_fwd_cpu) = timed(args.iters, || {
         lstm.forward_with(&xs.detach(), &mask, false, None, Recurrence::Auto)?;
         Ok(())
     })?;
-    println!(
-        "step-by-step fwd+bwd {stepwise:6.2} ms/iter  ({:6.1} GFLOP/s)",
-        gflops(stepwise)
-    );
-    println!("speed-up fused vs step-by-step: {:.2}x", stepwise / fused);
-    println!("fused      fwd only (no grad) {fused_fwd:6.2} ms/iter");
+    println!("fused        fwd only (no grad) {fused_fwd:7.2} ms/iter best wall, {fused_fwd_cpu:7.2} ms CPU/iter");
     use Layout::{ColMajor, RowMajor};
     println!(
         "gemm 1024^3 on {threads} thread(s): {:6.1} GFLOP/s",
