@@ -1,3 +1,19 @@
 //! The stacked-LSTM encoder–decoder with attention.
 
+pub mod attention;
+pub mod config;
+pub mod decoder;
+pub mod dropout;
+pub mod encoder;
+pub mod init;
 pub mod lstm;
+pub mod persist;
+pub mod seq2seq;
+
+pub use attention::{Attention, AttentionMemory};
+pub use config::{AttentionKind, Bidirectional, ModelConfig};
+pub use decoder::{Decoder, DecoderState};
+pub use encoder::Encoder;
+pub use init::init_weights;
+pub use persist::{load_model, load_model_with_vars, save_model, CONFIG_FILE, WEIGHTS_FILE};
+pub use seq2seq::{EncoderOutput, Seq2Seq};

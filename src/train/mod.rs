@@ -1,1 +1,3 @@
 //! Training: loss, optimizer and schedules, checkpoints, validation.
+
+pub mod loss;

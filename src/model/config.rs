@@ -1,0 +1,173 @@
+//! The model's hyper-parameters, saved as `config.json` beside `model.safetensors`.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which encoder layers read the source in both directions.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Bidirectional {
+    /// Only the bottom layer (GNMT): the layers above stay unidirectional, so they can
+    /// be pipelined in the paper's setting and cost half as much.
+    Bottom,
+    /// Every layer (RNMT+).
+    All,
+}
+
+/// How decoder queries are scored against the encoder memory.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKind {
+    /// Bahdanau: `vᵀ tanh(W q + U m)`.
+    Additive,
+    /// GNMT: additive with a bias and `v` replaced by `g · v / ‖v‖`.
+    NormalizedAdditive,
+    /// Luong dot: `qᵀ m`.
+    Dot,
+    /// Luong general: `qᵀ W m`.
+    General,
+    /// RNMT+: additive attention in `attention_heads` heads, each over its own slice
+    /// of the projections, contexts concatenated.
+    MultiHeadAdditive,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub src_vocab_size: usize,
+    pub tgt_vocab_size: usize,
+    pub embedding_size: usize,
+    /// Width of every LSTM layer's output. A bidirectional layer splits it between its
+    /// two directions (each `hidden_size / 2`) so that every layer, the encoder memory
+    /// and the decoder agree on one width: residuals and dot attention need no
+    /// projections.
+    pub hidden_size: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub bidirectional: Bidirectional,
+    /// 1-based index of the first layer (in encoder and decoder) whose input is added
+    /// to its output; 0 turns residual connections off. GNMT uses 3. Layer 1 reads the
+    /// embeddings and never has one.
+    pub residual_from: usize,
+    /// Dropout probability on embeddings, between layers and before the output layer.
+    pub dropout: f32,
+    /// Layer-normalised LSTM cells (RNMT+).
+    pub layer_norm: bool,
+    pub attention: AttentionKind,
+    /// Heads of `MultiHeadAdditive`; must divide `hidden_size`. Ignored otherwise.
+    pub attention_heads: usize,
+    /// `true`: Luong wiring — attention from the top decoder layer, its attentional
+    /// vector fed back into the bottom layer at the next step (sequential in time).
+    /// `false`: GNMT wiring — attention from the bottom layer's output, the context fed
+    /// to every layer above (whole-sequence in time during training).
+    pub input_feeding: bool,
+    /// Share the output projection with the target embeddings (needs
+    /// `embedding_size == hidden_size`).
+    pub tie_target_embeddings: bool,
+    /// Longest output greedy decoding and search produce when the caller gives no
+    /// bound: `max_decode_len_a * source_len + max_decode_len_b`.
+    pub max_decode_len_a: f32,
+    pub max_decode_len_b: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            src_vocab_size: 8000,
+            tgt_vocab_size: 8000,
+            embedding_size: 256,
+            hidden_size: 256,
+            encoder_layers: 2,
+            decoder_layers: 2,
+            bidirectional: Bidirectional::Bottom,
+            residual_from: 3,
+            dropout: 0.2,
+            layer_norm: false,
+            attention: AttentionKind::NormalizedAdditive,
+            attention_heads: 4,
+            input_feeding: false,
+            tie_target_embeddings: false,
+            max_decode_len_a: 1.5,
+            max_decode_len_b: 10,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks every value, naming the offending key.
+    pub fn validate(&self) -> Result<()> {
+        // The four special tokens (PAD, UNK, BOS, EOS) occupy ids 0..4.
+        for (key, v) in [
+            ("src_vocab_size", self.src_vocab_size),
+            ("tgt_vocab_size", self.tgt_vocab_size),
+        ] {
+            if v < 5 {
+                bail!(
+                    "model config: {key} = {v}, but it must be at least 5 (4 special tokens + 1)"
+                );
+            }
+        }
+        for (key, v) in [
+            ("embedding_size", self.embedding_size),
+            ("hidden_size", self.hidden_size),
+            ("encoder_layers", self.encoder_layers),
+            ("decoder_layers", self.decoder_layers),
+        ] {
+            if v == 0 {
+                bail!("model config: {key} must be at least 1");
+            }
+        }
+        if !self.hidden_size.is_multiple_of(2) {
+            bail!(
+                "model config: hidden_size = {} must be even: a bidirectional layer gives half to each direction",
+                self.hidden_size
+            );
+        }
+        if self.residual_from == 1 {
+            bail!("model config: residual_from = 1 is not possible (layer 1 reads the embeddings); use 0 for none or 2 and above");
+        }
+        if !(0.0..1.0).contains(&self.dropout) || self.dropout.is_nan() {
+            bail!("model config: dropout = {} must be in [0, 1)", self.dropout);
+        }
+        if self.attention == AttentionKind::MultiHeadAdditive
+            && (self.attention_heads == 0 || !self.hidden_size.is_multiple_of(self.attention_heads))
+        {
+            bail!(
+                "model config: attention_heads = {} must be at least 1 and divide hidden_size = {}",
+                self.attention_heads,
+                self.hidden_size
+            );
+        }
+        if self.tie_target_embeddings && self.embedding_size != self.hidden_size {
+            bail!(
+                "model config: tie_target_embeddings needs embedding_size ({}) == hidden_size ({})",
+                self.embedding_size,
+                self.hidden_size
+            );
+        }
+        if !(self.max_decode_len_a >= 0.0 && self.max_decode_len_a.is_finite()) {
+            bail!(
+                "model config: max_decode_len_a = {} must be a finite number >= 0",
+                self.max_decode_len_a
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether layer `layer` (0-based) of a stack adds its input to its output.
+    pub fn has_residual(&self, layer: usize) -> bool {
+        self.residual_from != 0 && layer + 1 >= self.residual_from && layer > 0
+    }
+
+    /// The decoding bound for a source of `src_len` tokens.
+    pub fn max_decode_len(&self, src_len: usize) -> usize {
+        (self.max_decode_len_a * src_len as f32).ceil() as usize + self.max_decode_len_b
+    }
+
+    /// Parses a `config.json` text; unknown keys and bad values are errors.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

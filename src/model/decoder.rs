@@ -1,0 +1,241 @@
+//! The stacked-LSTM decoder with attention, in two wirings:
+//!
+//! * GNMT (`input_feeding = false`): the bottom layer's output queries the attention and
+//!   the context is concatenated to the input of every layer above. Nothing in the
+//!   recurrence depends on the attention of the previous step, so teacher forcing runs
+//!   every layer over the whole target sequence and scores all steps in one matmul.
+//! * Luong input feeding: the top layer's output queries the attention, and the
+//!   attentional vector of step `t-1` is concatenated to the bottom layer's input at step
+//!   `t`. This is inherently sequential.
+//!
+//! Both end in the attentional vector `tanh(W [h_top; context])` and the output
+//! projection. One decoder step ([`Decoder::step`]) is shared by greedy and beam search.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, Module, VarBuilder};
+
+use super::attention::{Attention, AttentionMemory};
+use super::config::ModelConfig;
+use super::dropout::Dropout;
+use super::lstm::{Lstm, LstmState};
+
+/// The decoder's recurrent state for a batch (or a beam).
+#[derive(Clone, Debug)]
+pub struct DecoderState {
+    /// One state per layer, bottom first; each `[batch, hidden]`.
+    pub layers: Vec<LstmState>,
+    /// The previous attentional vector `[batch, hidden]` (input feeding; zeros at the
+    /// start, unused in the GNMT wiring).
+    pub feed: Tensor,
+}
+
+impl DecoderState {
+    /// Rows `rows` (u32 indices) of the state: reorders/expands/shrinks the batch.
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|s| {
+                Ok(LstmState {
+                    h: s.h.index_select(rows, 0)?,
+                    c: s.c.index_select(rows, 0)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            feed: self.feed.index_select(rows, 0)?,
+        })
+    }
+}
+
+pub struct Decoder {
+    embedding: Embedding,
+    layers: Vec<Lstm>,
+    residual: Vec<bool>,
+    attention: Attention,
+    /// `[h_top; context] → hidden`, followed by tanh: Luong's attentional vector.
+    combine: Linear,
+    /// `[vocab, hidden]`; the target embeddings themselves when tied.
+    output_weight: Tensor,
+    output_bias: Tensor,
+    input_feeding: bool,
+    hidden_size: usize,
+}
+
+impl Decoder {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let embedding = embedding(cfg.tgt_vocab_size, cfg.embedding_size, vb.pp("embedding"))?;
+        let layers = (0..cfg.decoder_layers)
+            .map(|l| {
+                let input = match (l, cfg.input_feeding) {
+                    (0, true) => cfg.embedding_size + h,
+                    (0, false) => cfg.embedding_size,
+                    (_, true) => h,
+                    (_, false) => 2 * h,
+                };
+                Lstm::new(input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let residual = (0..cfg.decoder_layers)
+            .map(|l| cfg.has_residual(l))
+            .collect();
+        let attention =
+            Attention::new(cfg.attention, cfg.attention_heads, h, h, vb.pp("attention"))?;
+        let combine = linear(2 * h, h, vb.pp("combine"))?;
+        let output_weight = if cfg.tie_target_embeddings {
+            embedding.embeddings().clone()
+        } else {
+            vb.get((cfg.tgt_vocab_size, h), "output.weight")?
+        };
+        let output_bias = vb.get(cfg.tgt_vocab_size, "output.bias")?;
+        Ok(Self {
+            embedding,
+            layers,
+            residual,
+            attention,
+            combine,
+            output_weight,
+            output_bias,
+            input_feeding: cfg.input_feeding,
+            hidden_size: h,
+        })
+    }
+
+    /// The dtype the decoder computes in (that of its parameters).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.output_bias.dtype()
+    }
+
+    /// Precomputes the attention's memory side for an encoder output.
+    pub fn attention_memory(&self, memory: &Tensor, mask: &Tensor) -> Result<AttentionMemory> {
+        self.attention.memory(memory, mask)
+    }
+
+    /// The start state: zeros (the whole-sequence LSTM starts from zeros, and teacher
+    /// forcing and search must agree).
+    pub fn init(&self, batch: usize, mem: &AttentionMemory) -> Result<DecoderState> {
+        let (dtype, device) = (mem.values.dtype(), mem.values.device());
+        let zero = LstmState::zeros(batch, self.hidden_size, dtype, device)?;
+        Ok(DecoderState {
+            layers: vec![zero.clone(); self.layers.len()],
+            feed: zero.h,
+        })
+    }
+
+    /// Teacher-forced logits `[batch, tgt, vocab]` for `tgt_in: u32 [batch, tgt]` and
+    /// `tgt_mask: [batch, tgt]` in the model's dtype.
+    pub fn forward(
+        &self,
+        mem: &AttentionMemory,
+        tgt_in: &Tensor,
+        tgt_mask: &Tensor,
+        dropout: &mut Dropout,
+    ) -> Result<Tensor> {
+        let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
+        let attentional = if self.input_feeding {
+            let (batch, steps, _) = emb.dims3()?;
+            let mut state = self.init(batch, mem)?;
+            let mut outputs = Vec::with_capacity(steps);
+            for t in 0..steps {
+                let x = emb.narrow(1, t, 1)?.squeeze(1)?;
+                let (o, next, _) = self.advance(mem, &state, &x, dropout)?;
+                outputs.push(o);
+                state = next;
+            }
+            Tensor::stack(&outputs, 1)?
+        } else {
+            let (mut h, _) = self.layers[0].forward(&emb, tgt_mask, false)?;
+            let (context, _) = self.attention.forward(&h, mem)?;
+            for (l, layer) in self.layers.iter().enumerate().skip(1) {
+                let input = dropout.apply(&Tensor::cat(&[&h, &context], 2)?)?;
+                let (out, _) = layer.forward(&input, tgt_mask, false)?;
+                h = if self.residual[l] { (out + h)? } else { out };
+            }
+            self.combine
+                .forward(&Tensor::cat(&[&h, &context], 2)?)?
+                .tanh()?
+        };
+        self.logits(&dropout.apply(&attentional)?)
+    }
+
+    /// One step for search: `prev: u32 [batch]` → (log-probabilities `[batch, vocab]`,
+    /// the next state, attention weights `[batch, src]`).
+    pub fn step(
+        &self,
+        mem: &AttentionMemory,
+        state: &DecoderState,
+        prev: &Tensor,
+    ) -> Result<(Tensor, DecoderState, Tensor)> {
+        let x = self.embedding.forward(prev)?;
+        let (o, next, weights) = self.advance(mem, state, &x, &mut Dropout::inactive())?;
+        let log_probs = candle_nn::ops::log_softmax(&self.logits(&o)?, D::Minus1)?;
+        Ok((log_probs, next, weights))
+    }
+
+    /// One time step of the stack from the embedded input `x: [batch, embedding]` →
+    /// (attentional vector `[batch, hidden]`, next state, attention weights).
+    fn advance(
+        &self,
+        mem: &AttentionMemory,
+        state: &DecoderState,
+        x: &Tensor,
+        dropout: &mut Dropout,
+    ) -> Result<(Tensor, DecoderState, Tensor)> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let attend = |h: &Tensor| -> Result<(Tensor, Tensor)> {
+            let (context, weights) = self.attention.forward(&h.unsqueeze(1)?, mem)?;
+            Ok((context.squeeze(1)?, weights.squeeze(1)?))
+        };
+        let (h, context, weights) = if self.input_feeding {
+            let mut input = Tensor::cat(&[x, &state.feed], 1)?;
+            let mut h = input.clone();
+            for (l, layer) in self.layers.iter().enumerate() {
+                if l > 0 {
+                    input = dropout.apply(&h)?;
+                }
+                let s = layer.step(&input, &state.layers[l])?;
+                h = if self.residual[l] {
+                    (&s.h + &h)?
+                } else {
+                    s.h.clone()
+                };
+                layers.push(s);
+            }
+            let (context, weights) = attend(&h)?;
+            (h, context, weights)
+        } else {
+            let s = self.layers[0].step(x, &state.layers[0])?;
+            let mut h = s.h.clone();
+            layers.push(s);
+            let (context, weights) = attend(&h)?;
+            for (l, layer) in self.layers.iter().enumerate().skip(1) {
+                let input = dropout.apply(&Tensor::cat(&[&h, &context], 1)?)?;
+                let s = layer.step(&input, &state.layers[l])?;
+                h = if self.residual[l] {
+                    (&s.h + &h)?
+                } else {
+                    s.h.clone()
+                };
+                layers.push(s);
+            }
+            (h, context, weights)
+        };
+        let o = self
+            .combine
+            .forward(&Tensor::cat(&[&h, &context], 1)?)?
+            .tanh()?;
+        let next = DecoderState {
+            layers,
+            feed: o.clone(),
+        };
+        Ok((o, next, weights))
+    }
+
+    fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
+        attentional
+            .broadcast_matmul(&self.output_weight.t()?)?
+            .broadcast_add(&self.output_bias)
+    }
+}

@@ -1,0 +1,148 @@
+//! The encoder–decoder: teacher-forced training forward, the encode / step API that
+//! search builds on, and greedy decoding for validation.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+
+use super::attention::AttentionMemory;
+use super::config::ModelConfig;
+use super::decoder::{Decoder, DecoderState};
+use super::dropout::Dropout;
+use super::encoder::Encoder;
+use crate::batch::BatchTensors;
+use crate::subword::{BOS_ID, EOS_ID};
+
+/// The encoded source batch, with the attention's memory side precomputed.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    /// `[batch, src, hidden]`, zero at padding.
+    pub memory: Tensor,
+    /// `[batch, src]` in the model's dtype, 1 for real tokens.
+    pub mask: Tensor,
+    pub attention: AttentionMemory,
+}
+
+impl EncoderOutput {
+    /// Rows `rows` (u32 indices): reorders/expands/shrinks the batch for search.
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            memory: self.memory.index_select(rows, 0)?,
+            mask: self.mask.index_select(rows, 0)?,
+            attention: self.attention.select(rows)?,
+        })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.memory.dims()[0]
+    }
+}
+
+pub struct Seq2Seq {
+    cfg: ModelConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+impl Seq2Seq {
+    /// Builds the model; the config must be valid (see [`ModelConfig::validate`]).
+    /// Variables are named `encoder.*` and `decoder.*`.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Teacher-forced logits `[batch, tgt, vocab]`. `dropout`: None at inference,
+    /// Some(rng) in training (the masks come from it, so training is reproducible).
+    pub fn forward(
+        &self,
+        batch: &BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let mut dropout = Dropout::new(self.cfg.dropout, dropout);
+        let enc = self.encode_with(&batch.src, &batch.src_mask, &mut dropout)?;
+        let tgt_mask = batch.tgt_mask.to_dtype(enc.memory.dtype())?;
+        self.decoder
+            .forward(&enc.attention, &batch.tgt_in, &tgt_mask, &mut dropout)
+    }
+
+    /// Encodes `src: u32 [batch, src]` with `src_mask: [batch, src]` (f32) for search.
+    pub fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<EncoderOutput> {
+        self.encode_with(src, src_mask, &mut Dropout::inactive())
+    }
+
+    fn encode_with(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        dropout: &mut Dropout,
+    ) -> Result<EncoderOutput> {
+        let dtype = self.decoder_dtype();
+        let mask = src_mask.to_dtype(dtype)?;
+        let memory = self.encoder.forward(src, &mask, dropout)?;
+        let attention = self.decoder.attention_memory(&memory, &mask)?;
+        Ok(EncoderOutput {
+            memory,
+            mask,
+            attention,
+        })
+    }
+
+    fn decoder_dtype(&self) -> candle_core::DType {
+        self.decoder.dtype()
+    }
+
+    pub fn decoder_init(&self, enc: &EncoderOutput) -> Result<DecoderState> {
+        self.decoder.init(enc.batch_size(), &enc.attention)
+    }
+
+    /// One decoder step for search: `prev: u32 [batch]` → (log-probs `[batch, vocab]`,
+    /// the new state, attention weights `[batch, src]`).
+    pub fn decoder_step(
+        &self,
+        enc: &EncoderOutput,
+        state: &DecoderState,
+        prev: &Tensor,
+    ) -> Result<(Tensor, DecoderState, Tensor)> {
+        self.decoder.step(&enc.attention, state, prev)
+    }
+
+    /// Greedy decoding: ids without BOS/EOS, at most `max_len` tokens per sentence.
+    pub fn greedy(&self, src: &Tensor, src_mask: &Tensor, max_len: usize) -> Result<Vec<Vec<u32>>> {
+        let enc = self.encode(src, src_mask)?;
+        let batch = enc.batch_size();
+        let device = src.device();
+        let mut state = self.decoder_init(&enc)?;
+        let mut prev = Tensor::full(BOS_ID, batch, device)?;
+        let mut out = vec![Vec::new(); batch];
+        let mut done = vec![false; batch];
+        for _ in 0..max_len {
+            let (log_probs, next, _) = self.decoder_step(&enc, &state, &prev)?;
+            let best = log_probs.argmax(D::Minus1)?;
+            for (i, id) in best.to_vec1::<u32>()?.into_iter().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                if id == EOS_ID {
+                    done[i] = true;
+                } else {
+                    out[i].push(id);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            state = next;
+            prev = best;
+        }
+        Ok(out)
+    }
+}
