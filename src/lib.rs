@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod prepare;
 pub mod subword;
 pub mod train;

@@ -23,14 +23,24 @@ enum Command {
     #[command(
         after_help = "Example:\n  rnmt train --config configs/multi30k-de-en.toml --set max_minutes=60"
     )]
-    Train,
+    Train(rnmt::train::cli::TrainArgs),
+    /// Average the weights of checkpoints into a model folder.
+    #[command(
+        after_help = "Example:\n  rnmt average runs/multi30k --last 5 -o models/multi30k-avg"
+    )]
+    Average(rnmt::train::cli::AverageArgs),
+    /// Draw a run's learning curve (loss and validation BLEU) as RUN_DIR/curve.svg.
+    #[command(after_help = "Example:\n  rnmt plot runs/multi30k")]
+    Plot(rnmt::train::cli::PlotArgs),
     /// Translate sentences given as arguments, or stdin line by line.
     #[command(
         after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
     )]
     Translate,
     /// Score translations with sacreBLEU-compatible BLEU and chrF.
-    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text")]
+    #[command(
+        after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text"
+    )]
     Bleu(rnmt::metrics::cli::BleuArgs),
     /// Manage the known corpora.
     #[command(subcommand)]
@@ -57,7 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {}", args.out.display());
             Ok(())
         }
-        Command::Train => not_built("train"),
+        Command::Train(args) => rnmt::train::cli::run_train(&args),
+        Command::Average(args) => rnmt::train::cli::run_average(&args),
+        Command::Plot(args) => rnmt::train::cli::run_plot(&args),
         Command::Translate => not_built("translate"),
         Command::Bleu(args) => rnmt::metrics::cli::run(&args),
         Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),

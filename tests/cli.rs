@@ -10,14 +10,20 @@ fn help_shows_an_example_for_each_subcommand() {
         let out = run(rnmt().args(sub.split(' ')).arg("--help"));
         assert!(out.status.success(), "{sub}");
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("Example:") && text.contains(&format!("rnmt {sub}")), "{sub} --help:\n{text}");
+        assert!(
+            text.contains("Example:") && text.contains(&format!("rnmt {sub}")),
+            "{sub} --help:\n{text}"
+        );
     }
 }
 
 #[test]
 fn version_is_the_crate_version() {
     let out = run(rnmt().arg("--version"));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), format!("rnmt {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("rnmt {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

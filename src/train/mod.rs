@@ -1,3 +1,9 @@
 //! Training: loss, optimizer and schedules, checkpoints, validation.
 
+pub mod checkpoint;
+pub mod config;
+pub mod log;
 pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;

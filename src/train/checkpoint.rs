@@ -1,0 +1,382 @@
+//! Checkpoints: atomic files, the training state, keeping the last K and the best,
+//! loading with shape checks, and checkpoint averaging.
+//!
+//! Layout of a run folder:
+//! ```text
+//! RUN/config.toml                    the effective training config
+//! RUN/tokenizer-{src,tgt}.json       copied from the prepared data
+//! RUN/checkpoints/step-N/            model.safetensors, config.json,
+//!                                    optimizer.safetensors, train_state.json
+//! RUN/best/                          model folder of the best checkpoint (by BLEU)
+//! RUN/metrics.jsonl, RUN/curve.svg
+//! ```
+//! A checkpoint is assembled in `step-N.tmp` (each file itself written to a temporary
+//! name, fsynced and renamed) and then renamed to `step-N`, so a crash never leaves a
+//! half-written `step-N`. `train_state.json` is the last file written.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::train::schedule::PlateauState;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "train_state.json";
+
+/// Everything besides weights and moments needed to continue a run exactly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Updates done.
+    pub step: u64,
+    /// The epoch of the next batch, and its index in that epoch's batch list.
+    pub epoch: u64,
+    pub batch_index: usize,
+    /// The dropout RNG (ChaCha8): seed, stream and position in the key stream.
+    pub rng_seed: [u8; 32],
+    pub rng_stream: u64,
+    pub rng_word_pos: u128,
+    /// Adam's update count (bias correction).
+    pub adam_t: u64,
+    pub plateau: PlateauState,
+    pub best_bleu: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Validations since the best BLEU (early stopping).
+    pub bad_validations: u64,
+    pub target_tokens_seen: u64,
+    pub elapsed_s: f64,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder: write, fsync,
+/// rename, fsync the folder. Readers see either the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = File::create(tmp)?;
+        f.write_all(bytes)?;
+        Ok(())
+    })
+}
+
+/// Like [`write_atomic`], with `write` filling the temporary file at the given path.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    write(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes renames in `dir` durable. Best effort: not every platform can fsync a folder.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
+    })
+}
+
+/// Reads a safetensors file; a truncated or garbled file gives an error naming it.
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))
+}
+
+/// Copies the values of a weights file into the variables of `varmap`. Every variable
+/// must be present with its shape; extra tensors are errors too (a different model).
+pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tensors = load_tensors(path)?;
+    let vars = varmap.data().lock().unwrap();
+    for (name, var) in vars.iter() {
+        let t = tensors
+            .get(name)
+            .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, the model needs {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            );
+        }
+        if t.dtype() != var.dtype() {
+            bail!(
+                "{}: tensor `{name}` is {:?}, the model needs {:?}",
+                path.display(),
+                t.dtype(),
+                var.dtype()
+            );
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
+        bail!(
+            "{}: unexpected tensor `{extra}` (a different model?)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn read_state(path: &Path) -> Result<TrainState> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: bad training state", path.display()))
+}
+
+/// `RUN/checkpoints`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step-{step}"))
+}
+
+/// Complete checkpoints of a run (those with a training state), oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if path.join(STATE_FILE).is_file() {
+                out.push((step, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Publishes a checkpoint folder assembled by `fill` (which writes the files into the
+/// folder it is given) as `RUN/checkpoints/step-N`.
+pub fn publish_checkpoint(
+    run_dir: &Path,
+    step: u64,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let final_dir = checkpoint_dir(run_dir, step);
+    let tmp = final_dir.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fill(&tmp)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+    sync_dir(&checkpoints_dir(run_dir));
+    Ok(final_dir)
+}
+
+/// Deletes all checkpoints but the last `keep_last` and `keep` (the best).
+pub fn prune_checkpoints(run_dir: &Path, keep_last: usize, keep: Option<u64>) -> Result<()> {
+    let all = list_checkpoints(run_dir)?;
+    let n = all.len();
+    for (i, (step, path)) in all.into_iter().enumerate() {
+        if i + keep_last.max(1) < n && Some(step) != keep {
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `dst` (a folder) by a copy of `files`, going through `dst.tmp` so that a
+/// crash leaves either the old or the new folder.
+pub fn replace_dir_with_copies(dst: &Path, files: &[PathBuf]) -> Result<()> {
+    let tmp = dst.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    for f in files {
+        let name = f
+            .file_name()
+            .with_context(|| format!("{} has no name", f.display()))?;
+        let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        write_atomic(&tmp.join(name), &bytes)?;
+    }
+    let old = dst.with_extension("old");
+    if dst.exists() {
+        if old.exists() {
+            fs::remove_dir_all(&old)?;
+        }
+        fs::rename(dst, &old)?;
+    }
+    fs::rename(&tmp, dst)?;
+    if old.exists() {
+        fs::remove_dir_all(&old)?;
+    }
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+/// The element-wise mean of the weights of several checkpoints (or model folders).
+/// All must hold the same tensors with the same shapes and the same `config.json`.
+/// Returns the averaged tensors and the config text.
+pub fn average_checkpoints(dirs: &[PathBuf]) -> Result<(HashMap<String, Tensor>, String)> {
+    let Some(first) = dirs.first() else {
+        bail!("nothing to average: no checkpoints given");
+    };
+    let config_path = first.join(CONFIG_FILE);
+    let config = fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config_value: serde_json::Value = serde_json::from_str(&config)
+        .with_context(|| format!("{}: bad JSON", config_path.display()))?;
+    let mut sum: HashMap<String, Tensor> = HashMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let cp = dir.join(CONFIG_FILE);
+        let other: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(&cp).with_context(|| format!("cannot read {}", cp.display()))?,
+        )
+        .with_context(|| format!("{}: bad JSON", cp.display()))?;
+        if other != config_value {
+            bail!(
+                "{} differs from {}: only checkpoints of one model can be averaged",
+                cp.display(),
+                config_path.display()
+            );
+        }
+        let path = dir.join(MODEL_FILE);
+        let tensors = load_tensors(&path)?;
+        if i == 0 {
+            for (name, t) in tensors {
+                sum.insert(name, t.to_dtype(DType::F64)?);
+            }
+            continue;
+        }
+        if let Some(missing) = sum.keys().find(|k| !tensors.contains_key(*k)) {
+            bail!("{}: tensor `{missing}` is missing", path.display());
+        }
+        for (name, t) in tensors {
+            let acc = sum
+                .get_mut(&name)
+                .with_context(|| format!("{}: unexpected tensor `{name}`", path.display()))?;
+            if acc.dims() != t.dims() {
+                bail!(
+                    "{}: tensor `{name}` has shape {:?}, {} has {:?}",
+                    path.display(),
+                    t.dims(),
+                    first.join(MODEL_FILE).display(),
+                    acc.dims()
+                );
+            }
+            *acc = (&*acc + t.to_dtype(DType::F64)?)?;
+        }
+    }
+    let n = dirs.len() as f64;
+    let avg = sum
+        .into_iter()
+        .map(|(k, t)| Ok((k, (t / n)?.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok((avg, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporaries() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one")?;
+        write_atomic(&p, b"two")?;
+        assert_eq!(fs::read_to_string(&p)?, "two");
+        let names: Vec<_> = fs::read_dir(dir.path())?
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+        Ok(())
+    }
+
+    #[test]
+    fn keeps_last_k_and_best() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for step in [10, 20, 30, 40, 50] {
+            publish_checkpoint(dir.path(), step, |d| {
+                write_atomic(&d.join(STATE_FILE), b"{}")
+            })?;
+        }
+        // An unfinished checkpoint (no state) is not listed.
+        fs::create_dir_all(checkpoint_dir(dir.path(), 60))?;
+        prune_checkpoints(dir.path(), 2, Some(20))?;
+        let steps: Vec<u64> = list_checkpoints(dir.path())?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(steps, vec![20, 40, 50]);
+        Ok(())
+    }
+
+    #[test]
+    fn averaging_and_its_errors() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let dev = Device::Cpu;
+        let mk = |name: &str, w: Vec<f32>, shape: (usize, usize)| -> Result<PathBuf> {
+            let d = dir.path().join(name);
+            fs::create_dir_all(&d)?;
+            write_atomic(&d.join(CONFIG_FILE), b"{\"hidden_size\": 4}")?;
+            let mut t = HashMap::new();
+            t.insert("w".to_string(), Tensor::from_vec(w, shape, &dev)?);
+            save_tensors(&d.join(MODEL_FILE), &t)?;
+            Ok(d)
+        };
+        let a = mk("a", vec![1.0, 2.0, 3.0, 4.0], (2, 2))?;
+        let b = mk("b", vec![3.0, 2.0, 1.0, 0.0], (2, 2))?;
+        let (avg, _) = average_checkpoints(&[a.clone(), b])?;
+        assert_eq!(avg["w"].flatten_all()?.to_vec1::<f32>()?, vec![2.0; 4]);
+
+        let c = mk("c", vec![1.0; 4], (4, 1))?;
+        let e = format!(
+            "{:#}",
+            average_checkpoints(&[a.clone(), c.clone()]).unwrap_err()
+        );
+        assert!(
+            e.contains("`w`") && e.contains("[4, 1]") && e.contains("c/model.safetensors"),
+            "{e}"
+        );
+
+        fs::write(c.join(MODEL_FILE), b"garbage, not safetensors")?;
+        let e = format!("{:#}", average_checkpoints(&[a, c]).unwrap_err());
+        assert!(e.contains("c/model.safetensors"), "{e}");
+        Ok(())
+    }
+}

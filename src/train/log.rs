@@ -1,0 +1,237 @@
+//! The training log: `metrics.jsonl` (one JSON object per logged step and per
+//! validation), and what the user sees on stderr (a progress bar on a terminal, plain
+//! periodic lines otherwise).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::train::checkpoint::write_atomic;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// One update. `loss` is the training objective (label-smoothed cross-entropy per
+    /// target token); `ppl` is `exp` of the plain cross-entropy per token.
+    Train {
+        step: u64,
+        epoch: u64,
+        loss: f64,
+        ppl: f64,
+        lr: f64,
+        grad_norm: f64,
+        target_tokens: usize,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    },
+    /// One validation on the dev set.
+    Valid {
+        step: u64,
+        epoch: u64,
+        valid_loss: f64,
+        valid_ppl: f64,
+        bleu: f64,
+        bleu_signature: String,
+        sentences: usize,
+        best: bool,
+    },
+}
+
+impl Record {
+    pub fn step(&self) -> u64 {
+        match self {
+            Record::Train { step, .. } | Record::Valid { step, .. } => *step,
+        }
+    }
+}
+
+/// Appends records to `RUN/metrics.jsonl`, one flushed line each.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens the log of a run. `resume_step`: when continuing from a checkpoint, lines
+    /// after that step (written before an interruption, for updates that will be
+    /// redone) are dropped first, so the log reads as one uninterrupted run.
+    pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        match resume_step {
+            Some(step) if path.exists() => {
+                let kept: Vec<String> = read_lines(&path)?
+                    .into_iter()
+                    .filter(|(_, r)| r.step() <= step)
+                    .map(|(line, _)| line + "\n")
+                    .collect();
+                write_atomic(&path, kept.concat().as_bytes())?;
+            }
+            Some(_) => {}
+            None => write_atomic(&path, b"")?,
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { path, file })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        let line = serde_json::to_string(record)?;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+fn read_lines(path: &Path) -> Result<Vec<(String, Record)>> {
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: unreadable", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))?;
+        out.push((line, r));
+    }
+    Ok(out)
+}
+
+/// All records of a metrics file, in order.
+pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
+    Ok(read_lines(path)?.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Progress display: an indicatif bar when stderr is a terminal, otherwise a plain line
+/// every `interval`.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+    interval: Duration,
+}
+
+impl Progress {
+    /// `total_steps`: the step limit, if any, for the bar's length and ETA.
+    pub fn new(total_steps: Option<u64>, start_step: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total_steps {
+                Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            };
+            let template = if total_steps.is_some() {
+                "{bar:30} {pos}/{len} {msg} ETA {eta}"
+            } else {
+                "{spinner} step {pos} {msg} {elapsed}"
+            };
+            bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+            bar.set_position(start_step);
+            bar
+        });
+        Self {
+            bar,
+            last_line: Instant::now(),
+            interval: Duration::from_secs(30),
+        }
+    }
+
+    pub fn update(&mut self, step: u64, epoch: u64, loss: f64, ppl: f64, tok_s: f64, lr: f64) {
+        let msg = format!("epoch {epoch} loss {loss:.3} ppl {ppl:.2} {tok_s:.0} tok/s lr {lr:.2e}");
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step);
+                bar.set_message(msg);
+            }
+            None if self.last_line.elapsed() >= self.interval => {
+                eprintln!("step {step} {msg}");
+                self.last_line = Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    /// A line that must not be overwritten by the bar (validations, checkpoints).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(step: u64, loss: f64) -> Record {
+        Record::Train {
+            step,
+            epoch: 0,
+            loss,
+            ppl: loss.exp(),
+            lr: 1e-3,
+            grad_norm: 1.0,
+            target_tokens: 10,
+            tokens_per_s: 100.0,
+            elapsed_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn roundtrip_exactly_and_truncate_on_resume() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut log = MetricsLog::open(dir.path(), None)?;
+        let loss = 2.345_678_9_f32 as f64;
+        for s in 1..=5 {
+            log.write(&train(s, loss / s as f64))?;
+        }
+        drop(log);
+        let back = read_metrics(&dir.path().join(METRICS_FILE))?;
+        assert_eq!(
+            back,
+            (1..=5)
+                .map(|s| train(s, loss / s as f64))
+                .collect::<Vec<_>>()
+        );
+        let mut log = MetricsLog::open(dir.path(), Some(3))?;
+        log.write(&train(4, 9.0))?;
+        let back = read_metrics(&dir.path().join(METRICS_FILE))?;
+        assert_eq!(
+            back.iter().map(Record::step).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(back[3], train(4, 9.0));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_line_is_reported_with_its_number() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join(METRICS_FILE);
+        std::fs::write(
+            &p,
+            format!(
+                "{}\n{{\"kind\":\"oops\"}}\n",
+                serde_json::to_string(&train(1, 1.0))?
+            ),
+        )?;
+        let e = format!("{:#}", read_metrics(&p).unwrap_err());
+        assert!(e.contains("metrics.jsonl:2"), "{e}");
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Learning-rate schedules: the constant, inverse-square-root (Transformer), GNMT
+//! (staircase halving) and RNMT+ (exponential decay) schedules, and decay on plateau.
+//! Every schedule starts with a linear warmup.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// `lr` after warmup.
+    Constant,
+    /// `lr · sqrt(warmup / step)` after warmup.
+    InverseSqrt,
+    /// GNMT (Wu et al. 2016): constant, then from `decay_start` multiplied by
+    /// `decay_factor` every `decay_interval` steps, at most `decay_times` times.
+    Gnmt,
+    /// RNMT+ (Chen et al. 2018, one replica): constant, then from `decay_start` an
+    /// exponential decay by `decay_factor` per `decay_end - decay_start` steps.
+    RnmtPlus,
+    /// Constant, multiplied by `decay_factor` whenever validation BLEU has not improved
+    /// for `plateau_patience` validations.
+    Plateau,
+}
+
+/// Schedule parameters, all top-level keys of the training config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleParams {
+    pub kind: ScheduleKind,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub decay_start: u64,
+    pub decay_end: u64,
+    pub decay_interval: u64,
+    pub decay_times: u64,
+    pub decay_factor: f64,
+    pub plateau_patience: u64,
+    pub min_lr: f64,
+}
+
+/// What the plateau schedule remembers between validations (saved in checkpoints).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PlateauState {
+    /// Product of the decays applied so far.
+    pub scale: f64,
+    pub best: Option<f64>,
+    pub bad_validations: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub p: ScheduleParams,
+    pub plateau: PlateauState,
+}
+
+impl Schedule {
+    pub fn new(p: ScheduleParams) -> Self {
+        Self {
+            p,
+            plateau: PlateauState {
+                scale: 1.0,
+                best: None,
+                bad_validations: 0,
+            },
+        }
+    }
+
+    /// The learning rate for update number `step` (1-based).
+    pub fn lr(&self, step: u64) -> f64 {
+        let p = &self.p;
+        let step = step.max(1);
+        let warm = if p.warmup_steps > 0 && step < p.warmup_steps {
+            step as f64 / p.warmup_steps as f64
+        } else {
+            1.0
+        };
+        let decay = match p.kind {
+            ScheduleKind::Constant => 1.0,
+            ScheduleKind::InverseSqrt => {
+                (p.warmup_steps.max(1) as f64 / step.max(p.warmup_steps) as f64).sqrt()
+            }
+            ScheduleKind::Gnmt => {
+                if step < p.decay_start {
+                    1.0
+                } else {
+                    let times =
+                        ((step - p.decay_start) / p.decay_interval.max(1) + 1).min(p.decay_times);
+                    p.decay_factor.powi(times as i32)
+                }
+            }
+            ScheduleKind::RnmtPlus => {
+                if step < p.decay_start {
+                    1.0
+                } else {
+                    let span = p.decay_end.saturating_sub(p.decay_start).max(1) as f64;
+                    p.decay_factor.powf((step - p.decay_start) as f64 / span)
+                }
+            }
+            ScheduleKind::Plateau => self.plateau.scale,
+        };
+        let lr = p.lr * warm * decay;
+        // The floor applies to the decay, not to the warmup ramp.
+        if warm < 1.0 {
+            lr
+        } else {
+            lr.max(p.min_lr.min(p.lr))
+        }
+    }
+
+    /// Tells the plateau schedule about a validation score (higher is better).
+    /// Returns true when the learning rate was decayed.
+    pub fn observe(&mut self, score: f64) -> bool {
+        if self.p.kind != ScheduleKind::Plateau {
+            return false;
+        }
+        let st = &mut self.plateau;
+        if st.best.is_none_or(|b| score > b) {
+            st.best = Some(score);
+            st.bad_validations = 0;
+            return false;
+        }
+        st.bad_validations += 1;
+        if st.bad_validations >= self.p.plateau_patience.max(1) {
+            st.bad_validations = 0;
+            st.scale *= self.p.decay_factor;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kind: ScheduleKind) -> ScheduleParams {
+        ScheduleParams {
+            kind,
+            lr: 1e-3,
+            warmup_steps: 100,
+            decay_start: 1000,
+            decay_end: 2000,
+            decay_interval: 500,
+            decay_times: 3,
+            decay_factor: 0.5,
+            plateau_patience: 2,
+            min_lr: 1e-5,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn warmup_then_schedule() {
+        let s = Schedule::new(params(ScheduleKind::Constant));
+        assert!(close(s.lr(1), 1e-5));
+        assert!(close(s.lr(50), 5e-4));
+        assert!(close(s.lr(100), 1e-3));
+        assert!(close(s.lr(100_000), 1e-3));
+
+        let s = Schedule::new(params(ScheduleKind::InverseSqrt));
+        assert!(close(s.lr(100), 1e-3));
+        assert!(close(s.lr(400), 5e-4));
+
+        let s = Schedule::new(params(ScheduleKind::Gnmt));
+        assert!(close(s.lr(999), 1e-3));
+        assert!(close(s.lr(1000), 5e-4));
+        assert!(close(s.lr(1499), 5e-4));
+        assert!(close(s.lr(1500), 2.5e-4));
+        assert!(close(s.lr(2000), 1.25e-4));
+        assert!(close(s.lr(90_000), 1.25e-4), "at most decay_times halvings");
+
+        let s = Schedule::new(params(ScheduleKind::RnmtPlus));
+        assert!(close(s.lr(1000), 1e-3));
+        assert!(close(s.lr(2000), 5e-4));
+        assert!(close(s.lr(3000), 2.5e-4));
+        assert!(close(s.lr(1500), 1e-3 * 0.5f64.sqrt()));
+        assert!(close(s.lr(100_000), 1e-5), "floored at min_lr");
+    }
+
+    #[test]
+    fn plateau_decays_after_patience() {
+        let mut s = Schedule::new(params(ScheduleKind::Plateau));
+        assert!(!s.observe(10.0));
+        assert!(!s.observe(12.0));
+        assert!(!s.observe(11.0));
+        assert!(close(s.lr(500), 1e-3));
+        assert!(s.observe(11.5), "second validation without improvement");
+        assert!(close(s.lr(500), 5e-4));
+        assert!(!s.observe(13.0));
+        assert_eq!(s.plateau.bad_validations, 0);
+    }
+}

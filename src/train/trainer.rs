@@ -1,0 +1,410 @@
+//! The training loop: batches → forward → label-smoothed loss → backward → clipping →
+//! Adam, with validation, checkpoints, early stopping and exact resume.
+//!
+//! Everything that influences an update is a function of the config and the saved
+//! state: weights come from `init_weights(seed)`, the batch order from
+//! `TokenBatcher::epoch(seed, epoch)` and the position `(epoch, batch_index)`, dropout
+//! masks from a ChaCha8 stream whose position is saved. So an interrupted run resumed
+//! from a checkpoint performs bit-identical updates to an uninterrupted one (on the same
+//! device and thread count).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::batch::{Batch, EncodedPair, TokenBatcher};
+use crate::metrics::{Bleu, BleuConfig};
+use crate::model::{init_weights, save_model, ModelConfig, Seq2Seq};
+use crate::train::checkpoint::{
+    self, list_checkpoints, load_tensors, load_weights_into, publish_checkpoint, read_state,
+    save_tensors, write_atomic, TrainState, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+};
+use crate::train::config::TrainConfig;
+use crate::train::log::{MetricsLog, Progress, Record};
+use crate::train::loss::LabelSmoothedLoss;
+use crate::train::optim::{clip_scale, global_grad_norm, Adam};
+use crate::train::schedule::Schedule;
+
+/// Dropout gets its own stream, so changing the dropout rate does not change the
+/// initial weights.
+const DROPOUT_SEED_MIX: u64 = 0x5EED_D80F_0000_0001;
+
+/// The dev set: encoded pairs for perplexity and translation, and the reference text.
+pub struct ValidSet {
+    pub pairs: Vec<EncodedPair>,
+    /// `references[i]` is the target text of `pairs[i]`.
+    pub references: Vec<String>,
+}
+
+/// Turns target ids (without BOS/EOS) into text for BLEU.
+pub type Detokenize<'a> = dyn Fn(&[u32]) -> Result<String> + 'a;
+
+/// What a training run reads besides the config.
+pub struct TrainData<'a> {
+    pub train: Vec<EncodedPair>,
+    pub valid: Option<ValidSet>,
+    pub detokenize: Box<Detokenize<'a>>,
+    /// Files copied into every model folder written (`best/`): the tokenizers.
+    pub model_files: Vec<PathBuf>,
+}
+
+/// Why training stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    MaxSteps,
+    MaxEpochs,
+    MaxMinutes,
+    EarlyStopping,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    device: Device,
+    varmap: VarMap,
+    vars: Vec<Var>,
+    model: Seq2Seq,
+    adam: Adam,
+    schedule: Schedule,
+    pub state: TrainState,
+    rng: ChaCha8Rng,
+    /// Step of the last checkpoint written or resumed from.
+    last_checkpoint: Option<u64>,
+    resumed: bool,
+}
+
+impl Trainer {
+    /// A fresh run: weights from `init_weights(cfg.seed)`, zero moments.
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let model = Seq2Seq::new(
+            &cfg.model,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )
+        .context("building the model of [model]")?;
+        init_weights(&varmap, cfg.seed)?;
+        let named = named_vars(&varmap);
+        let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let adam = Adam::new(named, cfg.adam_params())?;
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DROPOUT_SEED_MIX);
+        let schedule = Schedule::new(cfg.schedule_params());
+        let mut state = TrainState {
+            plateau: schedule.plateau.clone(),
+            ..Default::default()
+        };
+        save_rng(&rng, &mut state);
+        Ok(Self {
+            cfg,
+            device,
+            varmap,
+            vars,
+            model,
+            adam,
+            schedule,
+            state,
+            rng,
+            last_checkpoint: None,
+            resumed: false,
+        })
+    }
+
+    /// Continues the run in `cfg.run_dir` from its latest checkpoint. The model config
+    /// must be the checkpoint's; the rest of `cfg` (step limits, validation, …) may
+    /// differ.
+    pub fn resume(cfg: TrainConfig, device: Device) -> Result<Self> {
+        let checkpoints = list_checkpoints(&cfg.run_dir)?;
+        let Some((_, dir)) = checkpoints.last() else {
+            bail!(
+                "cannot resume: no checkpoint in {}",
+                checkpoint::checkpoints_dir(&cfg.run_dir).display()
+            );
+        };
+        Self::resume_from(cfg, device, dir)
+    }
+
+    /// Continues from the checkpoint folder `dir`.
+    pub fn resume_from(cfg: TrainConfig, device: Device, dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        let saved = ModelConfig::from_json(&text)
+            .with_context(|| format!("{}: invalid model config", config_path.display()))?;
+        if saved != cfg.model {
+            bail!(
+                "{}: the checkpoint's model differs from [model] of the config \
+                 (checkpoint {saved:?}, config {:?})",
+                config_path.display(),
+                cfg.model
+            );
+        }
+        let mut t = Self::new(cfg, device)?;
+        load_weights_into(&t.varmap, &dir.join(MODEL_FILE))?;
+        let state = read_state(&dir.join(STATE_FILE))?;
+        let opt_path = dir.join(OPTIMIZER_FILE);
+        t.adam.load_state_tensors(
+            &load_tensors(&opt_path)?,
+            state.adam_t,
+            &opt_path.display().to_string(),
+        )?;
+        t.rng = ChaCha8Rng::from_seed(state.rng_seed);
+        t.rng.set_stream(state.rng_stream);
+        t.rng.set_word_pos(state.rng_word_pos);
+        t.schedule.plateau = state.plateau.clone();
+        t.last_checkpoint = Some(state.step);
+        t.state = state;
+        t.resumed = true;
+        Ok(t)
+    }
+
+    pub fn model(&self) -> &Seq2Seq {
+        &self.model
+    }
+
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Trains until a limit or early stopping; writes checkpoints, `best/`, the metrics
+    /// log and the learning curve into `cfg.run_dir`.
+    pub fn train(&mut self, data: &TrainData) -> Result<StopReason> {
+        if data.train.is_empty() {
+            bail!("no training pairs");
+        }
+        let run_dir = self.cfg.run_dir.clone();
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
+        let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
+        let mut progress = Progress::new(limit, self.state.step);
+        let batcher = TokenBatcher::new(self.cfg.max_tokens, self.cfg.seed);
+        let loss_fn = LabelSmoothedLoss::new(self.cfg.label_smoothing);
+        let nll_fn = LabelSmoothedLoss::new(0.0);
+        let started = Instant::now();
+        let elapsed_before = self.state.elapsed_s;
+        let elapsed = |s: &Instant| elapsed_before + s.elapsed().as_secs_f64();
+
+        let reason = 'run: loop {
+            if self.cfg.max_epochs > 0 && self.state.epoch >= self.cfg.max_epochs {
+                break 'run StopReason::MaxEpochs;
+            }
+            let batches = batcher.epoch(&data.train, self.state.epoch);
+            while self.state.batch_index < batches.len() {
+                if limit.is_some_and(|n| self.state.step >= n) {
+                    break 'run StopReason::MaxSteps;
+                }
+                if self.cfg.max_minutes > 0.0 && elapsed(&started) >= self.cfg.max_minutes * 60.0 {
+                    break 'run StopReason::MaxMinutes;
+                }
+                let step_started = Instant::now();
+                let batch = Batch::new(&data.train, &batches[self.state.batch_index]);
+                let t = batch.to_tensors(&self.device)?;
+                let logits = self.model.forward(&t, Some(&mut self.rng))?;
+                let (sum, tokens) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
+                let objective = (sum / tokens.max(1) as f64)?;
+                let grads = objective.backward()?;
+                let norm = global_grad_norm(&grads, &self.vars)?;
+                let loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !norm.is_finite() || !loss.is_finite() {
+                    bail!(
+                        "training diverged at step {}: loss {loss}, gradient norm {norm} \
+                         (try a lower lr or clip_norm)",
+                        self.state.step + 1
+                    );
+                }
+                let lr = self.schedule.lr(self.state.step + 1);
+                self.adam
+                    .step(&grads, lr, clip_scale(norm, self.cfg.clip_norm))?;
+                self.state.step += 1;
+                self.state.batch_index += 1;
+                self.state.target_tokens_seen += tokens as u64;
+                let nll = if self.cfg.label_smoothing == 0.0 {
+                    loss
+                } else {
+                    let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
+                    s.to_dtype(DType::F64)?.to_scalar::<f64>()? / tokens.max(1) as f64
+                };
+                let tokens_per_s = tokens as f64 / step_started.elapsed().as_secs_f64();
+                progress.update(
+                    self.state.step,
+                    self.state.epoch,
+                    loss,
+                    nll.exp(),
+                    tokens_per_s,
+                    lr,
+                );
+                if self.state.step % self.cfg.log_every == 0 {
+                    log.write(&Record::Train {
+                        step: self.state.step,
+                        epoch: self.state.epoch,
+                        loss,
+                        ppl: nll.exp(),
+                        lr,
+                        grad_norm: norm,
+                        target_tokens: tokens,
+                        tokens_per_s,
+                        elapsed_s: elapsed(&started),
+                    })?;
+                }
+                if self.cfg.valid_every > 0 && self.state.step % self.cfg.valid_every == 0 {
+                    self.state.elapsed_s = elapsed(&started);
+                    if self.validate_and_checkpoint(data, &mut log, &progress)? {
+                        break 'run StopReason::EarlyStopping;
+                    }
+                }
+            }
+            self.state.epoch += 1;
+            self.state.batch_index = 0;
+        };
+        if self.last_checkpoint != Some(self.state.step) {
+            self.state.elapsed_s = elapsed(&started);
+            self.validate_and_checkpoint(data, &mut log, &progress)?;
+        }
+        progress.finish();
+        progress.println(&format!(
+            "training stopped ({reason:?}) after {} steps",
+            self.state.step
+        ));
+        crate::plot::plot_run(&run_dir)?;
+        Ok(reason)
+    }
+
+    /// Validates (when there is a dev set), writes a checkpoint, updates `best/` and the
+    /// early-stopping state. Returns true when patience has run out.
+    fn validate_and_checkpoint(
+        &mut self,
+        data: &TrainData,
+        log: &mut MetricsLog,
+        progress: &Progress,
+    ) -> Result<bool> {
+        let mut is_best = data.valid.is_none();
+        let mut stop = false;
+        if let Some(valid) = &data.valid {
+            let v = self.validate(valid, &*data.detokenize)?;
+            is_best = self.state.best_bleu.is_none_or(|b| v.bleu > b);
+            if is_best {
+                self.state.best_bleu = Some(v.bleu);
+                self.state.best_step = Some(self.state.step);
+                self.state.bad_validations = 0;
+            } else {
+                self.state.bad_validations += 1;
+                stop = self.cfg.patience > 0 && self.state.bad_validations >= self.cfg.patience;
+            }
+            if self.schedule.observe(v.bleu) {
+                progress.println(&format!(
+                    "no BLEU improvement: learning rate decayed to {:.3e}",
+                    self.schedule.lr(self.state.step + 1)
+                ));
+            }
+            progress.println(&format!(
+                "step {} valid loss {:.4} ppl {:.2} BLEU {:.2}{}",
+                self.state.step,
+                v.loss,
+                v.loss.exp(),
+                v.bleu,
+                if is_best { " (best)" } else { "" }
+            ));
+            log.write(&Record::Valid {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                valid_loss: v.loss,
+                valid_ppl: v.loss.exp(),
+                bleu: v.bleu,
+                bleu_signature: v.signature,
+                sentences: v.sentences,
+                best: is_best,
+            })?;
+        } else {
+            self.state.best_step = Some(self.state.step);
+        }
+        self.write_checkpoint(is_best, &data.model_files)?;
+        Ok(stop)
+    }
+
+    fn write_checkpoint(&mut self, is_best: bool, model_files: &[PathBuf]) -> Result<()> {
+        let run_dir = self.cfg.run_dir.clone();
+        self.state.adam_t = self.adam.t;
+        self.state.plateau = self.schedule.plateau.clone();
+        save_rng(&self.rng, &mut self.state);
+        let state_json = serde_json::to_string_pretty(&self.state)?;
+        let moments = self.adam.state_tensors()?;
+        let dir = publish_checkpoint(&run_dir, self.state.step, |dir| {
+            save_model(dir, &self.cfg.model, &self.varmap)?;
+            for f in [MODEL_FILE, CONFIG_FILE] {
+                std::fs::File::open(dir.join(f))?.sync_all()?;
+            }
+            save_tensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+            write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
+        })?;
+        self.last_checkpoint = Some(self.state.step);
+        if is_best {
+            let mut files = vec![dir.join(MODEL_FILE), dir.join(CONFIG_FILE)];
+            files.extend(model_files.iter().cloned());
+            checkpoint::replace_dir_with_copies(&run_dir.join("best"), &files)?;
+        }
+        checkpoint::prune_checkpoints(&run_dir, self.cfg.keep_last, self.state.best_step)
+    }
+
+    /// Perplexity on the whole dev set, BLEU of greedy translations of its first
+    /// `valid_max_sentences` sentences.
+    pub fn validate(&self, valid: &ValidSet, detokenize: &Detokenize) -> Result<Validation> {
+        let nll_fn = LabelSmoothedLoss::new(0.0);
+        // Bucketed batches; their order does not matter for sums.
+        let batcher = TokenBatcher::new(self.cfg.valid_max_tokens, 0);
+        let (mut sum, mut tokens) = (0f64, 0usize);
+        for idx in batcher.epoch(&valid.pairs, 0) {
+            let t = Batch::new(&valid.pairs, &idx).to_tensors(&self.device)?;
+            let logits = self.model.forward(&t, None)?;
+            let (s, n) = nll_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
+            sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            tokens += n;
+        }
+        let n = match self.cfg.valid_max_sentences {
+            0 => valid.pairs.len(),
+            n => n.min(valid.pairs.len()),
+        };
+        let subset = &valid.pairs[..n];
+        let mut hyps = vec![String::new(); n];
+        for idx in batcher.epoch(subset, 0) {
+            let batch = Batch::new(subset, &idx);
+            let t = batch.to_tensors(&self.device)?;
+            let max_len = self.cfg.model.max_decode_len(batch.src_max_len);
+            let out = self.model.greedy(&t.src, &t.src_mask, max_len)?;
+            for (&i, ids) in idx.iter().zip(out) {
+                hyps[i] = detokenize(&ids)?;
+            }
+        }
+        let refs = vec![valid.references[..n].to_vec()];
+        let score = Bleu::new(BleuConfig::default()).corpus_score(&hyps, &refs)?;
+        Ok(Validation {
+            loss: sum / tokens.max(1) as f64,
+            bleu: score.score,
+            signature: score.signature(),
+            sentences: n,
+        })
+    }
+}
+
+pub struct Validation {
+    /// Cross-entropy per target token.
+    pub loss: f64,
+    pub bleu: f64,
+    pub signature: String,
+    pub sentences: usize,
+}
+
+fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("variable map lock poisoned");
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn save_rng(rng: &ChaCha8Rng, state: &mut TrainState) {
+    state.rng_seed = rng.get_seed();
+    state.rng_stream = rng.get_stream();
+    state.rng_word_pos = rng.get_word_pos();
+}
