@@ -1,6 +1,7 @@
 //! Training: loss, optimizer and schedules, checkpoints, validation.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod log;
 pub mod loss;
