@@ -26,10 +26,11 @@ enum Command {
     Train(rnmt::train::cli::TrainArgs),
     /// Average the weights of checkpoints into a model folder.
     #[command(
-        after_help = "Example:\n  rnmt average runs/multi30k-de-en --last 5 -o models/multi30k-avg"
+        after_help = "Example:\n  rnmt average runs/multi30k --last 5 -o models/multi30k-avg"
     )]
     Average(rnmt::train::cli::AverageArgs),
-    /// Draw a run's learning curve (RUN_DIR/curve.svg).
+    /// Draw a run's learning curve (loss and validation BLEU) as RUN_DIR/curve.svg.
+    #[command(after_help = "Example:\n  rnmt plot runs/multi30k")]
     Plot(rnmt::train::cli::PlotArgs),
     /// Translate sentences given as arguments, or stdin line by line.
     #[command(
@@ -37,8 +38,10 @@ enum Command {
     )]
     Translate,
     /// Score translations with sacreBLEU-compatible BLEU and chrF.
-    #[command(after_help = "Example:\n  rnmt bleu ref.en -i hyp.en")]
-    Bleu,
+    #[command(
+        after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text"
+    )]
+    Bleu(rnmt::metrics::cli::BleuArgs),
     /// Manage the known corpora.
     #[command(subcommand)]
     Corpus(CorpusCommand),
@@ -68,14 +71,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Average(args) => rnmt::train::cli::run_average(&args),
         Command::Plot(args) => rnmt::train::cli::run_plot(&args),
         Command::Translate => not_built("translate"),
-        Command::Bleu => not_built("bleu"),
+        Command::Bleu(args) => rnmt::metrics::cli::run(&args),
         Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
         Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),
     }
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // sacreBLEU's single-dash long flags (-lc, -tok, ...) are accepted as users type them.
+    let cli = Cli::parse_from(rnmt::metrics::cli::expand_sacrebleu_flags(std::env::args()));
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

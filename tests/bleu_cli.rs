@@ -137,7 +137,10 @@ fn stdin_text_output_and_sentence_level() {
     );
     let text = String::from_utf8(single.stdout).unwrap();
     let expected = Bleu::default()
-        .corpus_score(&hyp.lines().collect::<Vec<_>>(), std::slice::from_ref(&refs))
+        .corpus_score(
+            &hyp.lines().collect::<Vec<_>>(),
+            std::slice::from_ref(&refs),
+        )
         .unwrap();
     assert_eq!(
         text.trim_end(),

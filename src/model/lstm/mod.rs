@@ -1,0 +1,333 @@
+//! One LSTM layer over a whole (padded) sequence.
+//!
+//! Gate order is PyTorch's (input, forget, cell, output) so weights are interchangeable
+//! with `torch.nn.LSTM` (`weight_ih`, `weight_hh`, one combined `bias`).
+//!
+//! On the CPU in f32/f64 the recurrence runs as one fused op with a hand-written backward
+//! through time ([`kernel`]); elsewhere (and as the reference the tests compare against) it
+//! runs step by step with ordinary candle ops.
+//!
+//! # Layer normalisation (Ba et al. 2016, as used by RNMT+)
+//! With `layer_norm` the cell computes
+//! ```text
+//! gates = LN(x·W_ihᵀ; γ_ih) + LN(h·W_hhᵀ; γ_hh) + bias      (each LN over all 4H units)
+//! c'    = f ⊙ c + i ⊙ g
+//! h'    = o ⊙ tanh(LN(c'; γ_cell) + β_cell)
+//! ```
+//! where `LN(z; γ) = γ ⊙ (z - mean z) / sqrt(var z + 1e-5)`. The input and recurrent parts
+//! are normalised separately, as in the paper; their own shifts would only duplicate `bias`,
+//! so they have none. The carried cell state `c'` is the un-normalised one. Parameter
+//! names: `ln_ih_weight [4H]`, `ln_hh_weight [4H]`, `ln_cell_weight [H]` (gains, init 1),
+//! `ln_cell_bias [H]` (init 0).
+
+mod kernel;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use kernel::{LstmRecurrence, LN_EPS};
+
+/// The recurrent state of one layer for a batch: `h` and `c` are `[batch, hidden]`.
+#[derive(Clone, Debug)]
+pub struct LstmState {
+    pub h: Tensor,
+    pub c: Tensor,
+}
+
+impl LstmState {
+    pub fn zeros(batch: usize, hidden: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let h = Tensor::zeros((batch, hidden), dtype, device)?;
+        Ok(Self { c: h.clone(), h })
+    }
+}
+
+/// Gains and shifts of the layer-normalised cell.
+#[derive(Clone, Debug)]
+struct LayerNormParams {
+    ih: Tensor,
+    hh: Tensor,
+    cell_weight: Tensor,
+    cell_bias: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lstm {
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor,
+    layer_norm: Option<LayerNormParams>,
+    input_size: usize,
+    hidden_size: usize,
+}
+
+/// Which implementation of the recurrence [`Lstm::forward_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recurrence {
+    /// The fused op on CPU for f32/f64, the step-by-step path otherwise.
+    Auto,
+    /// Ordinary candle ops step by step (any device, any float dtype).
+    StepByStep,
+}
+
+impl Lstm {
+    pub fn new(
+        input_size: usize,
+        hidden_size: usize,
+        layer_norm: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let bound = 1.0 / (hidden_size as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight_ih = vb.get_with_hints((4 * hidden_size, input_size), "weight_ih", init)?;
+        let weight_hh = vb.get_with_hints((4 * hidden_size, hidden_size), "weight_hh", init)?;
+        let bias = vb.get_with_hints(4 * hidden_size, "bias", init)?;
+        let layer_norm = if layer_norm {
+            let ones = Init::Const(1.0);
+            Some(LayerNormParams {
+                ih: vb.get_with_hints(4 * hidden_size, "ln_ih_weight", ones)?,
+                hh: vb.get_with_hints(4 * hidden_size, "ln_hh_weight", ones)?,
+                cell_weight: vb.get_with_hints(hidden_size, "ln_cell_weight", ones)?,
+                cell_bias: vb.get_with_hints(hidden_size, "ln_cell_bias", Init::Const(0.0))?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            weight_ih,
+            weight_hh,
+            bias,
+            layer_norm,
+            input_size,
+            hidden_size,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    pub fn layer_norm(&self) -> bool {
+        self.layer_norm.is_some()
+    }
+
+    /// Runs the layer over `xs: [batch, time, input]` from a zero state.
+    ///
+    /// `mask: [batch, time]` (1 for real tokens, 0 for padding) keeps the state unchanged
+    /// over padding, so the final state of each sentence is the one after its last real
+    /// token and, with `reverse`, the backward pass starts at that token.
+    /// Returns the hidden states `[batch, time, hidden]` (zero at padded positions) and
+    /// the final state; gradients flow through both.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        mask: &Tensor,
+        reverse: bool,
+    ) -> Result<(Tensor, LstmState)> {
+        self.forward_with(xs, mask, reverse, None, Recurrence::Auto)
+    }
+
+    /// [`Lstm::forward`] from a given initial state (e.g. a decoder started from the
+    /// encoder's final state) and with a choice of implementation.
+    pub fn forward_with(
+        &self,
+        xs: &Tensor,
+        mask: &Tensor,
+        reverse: bool,
+        init: Option<&LstmState>,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, LstmState)> {
+        let (batch, time, input) = xs.dims3()?;
+        if input != self.input_size {
+            candle_core::bail!(
+                "lstm: input has {input} features per step, the layer expects {}",
+                self.input_size
+            );
+        }
+        if mask.dims() != [batch, time] {
+            candle_core::bail!(
+                "lstm: mask has shape {:?}, expected [batch {batch}, time {time}]",
+                mask.dims()
+            );
+        }
+        let init = match init {
+            Some(s) => s.clone(),
+            None => LstmState::zeros(batch, self.hidden_size, xs.dtype(), xs.device())?,
+        };
+        for (name, t) in [("h", &init.h), ("c", &init.c)] {
+            if t.dims() != [batch, self.hidden_size] {
+                candle_core::bail!(
+                    "lstm: initial {name} has shape {:?}, expected [{batch}, {}]",
+                    t.dims(),
+                    self.hidden_size
+                );
+            }
+        }
+        let xproj = self.input_projection_unbiased(xs)?;
+        let fused = recurrence == Recurrence::Auto
+            && xs.device().is_cpu()
+            && matches!(xs.dtype(), DType::F32 | DType::F64)
+            && time > 0;
+        if fused {
+            self.fused_recurrence(&xproj, mask, reverse, &init)
+        } else {
+            let xproj = xproj.broadcast_add(&self.bias)?;
+            self.stepwise_recurrence(&xproj, mask, reverse, init)
+        }
+    }
+
+    /// One step for decoding: `x: [batch, input]`.
+    pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let xproj = self
+            .input_projection_unbiased(x)?
+            .broadcast_add(&self.bias)?;
+        self.cell(&xproj, state)
+    }
+
+    /// `x·W_ihᵀ` (layer-normalised if asked) for every position at once; the bias is left
+    /// to the recurrence.
+    fn input_projection_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        // One 2-D matmul over all positions: `broadcast_matmul` would broadcast W_ih over
+        // the batch, and its backward would then build a [batch, 4H, I] gradient and sum it.
+        let mut rows_shape = x.dims().to_vec();
+        let input = rows_shape.pop().unwrap_or(0);
+        rows_shape.push(4 * self.hidden_size);
+        let proj = x
+            .reshape(((), input))?
+            .matmul(&self.weight_ih.t()?)?
+            .reshape(rows_shape)?;
+        match &self.layer_norm {
+            Some(ln) => normalise(&proj)?.broadcast_mul(&ln.ih),
+            None => Ok(proj),
+        }
+    }
+
+    fn fused_recurrence(
+        &self,
+        xproj: &Tensor,
+        mask: &Tensor,
+        reverse: bool,
+        init: &LstmState,
+    ) -> Result<(Tensor, LstmState)> {
+        let (batch, time, _) = xproj.dims3()?;
+        let h = self.hidden_size;
+        let mask: Vec<bool> = mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|m| m > 0.5)
+            .collect();
+        let mut aux = vec![
+            init.h.flatten_all()?,
+            init.c.flatten_all()?,
+            self.bias.clone(),
+        ];
+        if let Some(ln) = &self.layer_norm {
+            aux.extend([ln.hh.clone(), ln.cell_weight.clone(), ln.cell_bias.clone()]);
+        }
+        let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
+        let xproj = xproj.contiguous()?;
+        let w_hh = self.weight_hh.to_dtype(xproj.dtype())?.contiguous()?;
+        let needs_grad = xproj.track_op() || w_hh.track_op() || aux.track_op();
+        let op = LstmRecurrence::new(
+            (batch, time, h),
+            reverse,
+            self.layer_norm.is_some(),
+            mask,
+            needs_grad,
+        );
+        let out = if needs_grad {
+            xproj.apply_op3(&w_hh, &aux, op)?
+        } else {
+            xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
+        };
+        let state = LstmState {
+            h: out.narrow(1, time, 1)?.squeeze(1)?,
+            c: out.narrow(1, time + 1, 1)?.squeeze(1)?,
+        };
+        Ok((out.narrow(1, 0, time)?, state))
+    }
+
+    /// The recurrence with ordinary candle ops, one step at a time.
+    fn stepwise_recurrence(
+        &self,
+        xproj: &Tensor,
+        mask: &Tensor,
+        reverse: bool,
+        mut state: LstmState,
+    ) -> Result<(Tensor, LstmState)> {
+        let (_, time, _) = xproj.dims3()?;
+        let mask = mask.to_dtype(xproj.dtype())?;
+        let mut outputs = vec![None; time];
+        let steps: Vec<usize> = if reverse {
+            (0..time).rev().collect()
+        } else {
+            (0..time).collect()
+        };
+        for t in steps {
+            let m = mask.narrow(1, t, 1)?; // [batch, 1]
+            let next = self.cell(&xproj.narrow(1, t, 1)?.squeeze(1)?, &state)?;
+            let h = masked_update(&next.h, &state.h, &m)?;
+            let c = masked_update(&next.c, &state.c, &m)?;
+            outputs[t] = Some(next.h.broadcast_mul(&m)?);
+            state = LstmState { h, c };
+        }
+        let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
+        let hs = if outputs.is_empty() {
+            Tensor::zeros(
+                (xproj.dim(0)?, 0, self.hidden_size),
+                xproj.dtype(),
+                xproj.device(),
+            )?
+        } else {
+            Tensor::stack(&outputs, 1)?
+        };
+        Ok((hs, state))
+    }
+
+    /// The cell given the input projection `xproj: [batch, 4*hidden]`.
+    fn cell(&self, xproj: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let rec = state.h.matmul(&self.weight_hh.t()?)?;
+        let rec = match &self.layer_norm {
+            Some(ln) => normalise(&rec)?.broadcast_mul(&ln.hh)?,
+            None => rec,
+        };
+        let gates = (xproj + rec)?;
+        let chunks = gates.chunk(4, D::Minus1)?;
+        let i = candle_nn::ops::sigmoid(&chunks[0])?;
+        let f = candle_nn::ops::sigmoid(&chunks[1])?;
+        let g = chunks[2].tanh()?;
+        let o = candle_nn::ops::sigmoid(&chunks[3])?;
+        let c = ((f * &state.c)? + (i * g)?)?;
+        let c_out = match &self.layer_norm {
+            Some(ln) => normalise(&c)?
+                .broadcast_mul(&ln.cell_weight)?
+                .broadcast_add(&ln.cell_bias)?,
+            None => c.clone(),
+        };
+        let h = (o * c_out.tanh()?)?;
+        Ok(LstmState { h, c })
+    }
+}
+
+/// `(z - mean) / sqrt(var + eps)` over the last dimension, with differentiable candle ops.
+fn normalise(z: &Tensor) -> Result<Tensor> {
+    let centred = z.broadcast_sub(&z.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)
+}
+
+/// `m * new + (1 - m) * old` with `m: [batch, 1]`.
+fn masked_update(new: &Tensor, old: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let keep = m.affine(-1.0, 1.0)?;
+    new.broadcast_mul(m)? + old.broadcast_mul(&keep)?
+}

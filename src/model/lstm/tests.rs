@@ -1,0 +1,416 @@
+//! The fused recurrence against the step-by-step candle-ops path, finite differences,
+//! candle's stock LSTM, and padding invariance. Sizes are tiny so the suite stays fast.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Lstm, LstmState, Recurrence};
+
+const B: usize = 3;
+const T: usize = 5;
+const I: usize = 4;
+const H: usize = 3;
+/// Ragged lengths: rows end at different steps and one row is a single token.
+const LENGTHS: [usize; B] = [5, 3, 1];
+
+fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64, dtype: DType) -> Tensor {
+    let n = shape.iter().product();
+    let data: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .expect("random tensor")
+}
+
+/// Every trainable value of one test case, kept as `Var`s so autograd reports their
+/// gradients: the layer's parameters, the input and the initial state.
+struct Case {
+    vars: Vec<(String, Var)>,
+    mask: Tensor,
+    /// Fixed random weights of the scalar loss (outputs, final h, final c).
+    loss_weights: [Tensor; 3],
+    layer_norm: bool,
+}
+
+impl Case {
+    fn new(
+        layer_norm: bool,
+        dtype: DType,
+        seed: u64,
+        sizes: (usize, usize, usize, usize),
+        lengths: &[usize],
+    ) -> Self {
+        let (b, t, i, h) = sizes;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut shapes: Vec<(&str, Vec<usize>, f64, f64)> = vec![
+            ("weight_ih", vec![4 * h, i], -0.6, 0.6),
+            ("weight_hh", vec![4 * h, h], -0.6, 0.6),
+            ("bias", vec![4 * h], -0.5, 0.5),
+            ("xs", vec![b, t, i], -1.0, 1.0),
+            ("h0", vec![b, h], -0.5, 0.5),
+            ("c0", vec![b, h], -0.5, 0.5),
+        ];
+        if layer_norm {
+            shapes.extend([
+                ("ln_ih_weight", vec![4 * h], 0.7, 1.3),
+                ("ln_hh_weight", vec![4 * h], 0.7, 1.3),
+                ("ln_cell_weight", vec![h], 0.7, 1.3),
+                ("ln_cell_bias", vec![h], -0.3, 0.3),
+            ]);
+        }
+        let vars = shapes
+            .into_iter()
+            .map(|(name, shape, lo, hi)| {
+                let t = uniform(&mut rng, &shape, lo, hi, dtype);
+                (name.to_string(), Var::from_tensor(&t).expect("var"))
+            })
+            .collect();
+        let mask: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&len| (0..t).map(move |s| if s < len { 1.0 } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu).expect("mask");
+        let loss_weights = [
+            uniform(&mut rng, &[b, t, h], -1.0, 1.0, dtype),
+            uniform(&mut rng, &[b, h], -1.0, 1.0, dtype),
+            uniform(&mut rng, &[b, h], -1.0, 1.0, dtype),
+        ];
+        Self {
+            vars,
+            mask,
+            loss_weights,
+            layer_norm,
+        }
+    }
+
+    fn small(layer_norm: bool, dtype: DType, seed: u64) -> Self {
+        Self::new(layer_norm, dtype, seed, (B, T, I, H), &LENGTHS)
+    }
+
+    fn get(&self, name: &str) -> Tensor {
+        self.tensors()[name].clone()
+    }
+
+    fn tensors(&self) -> HashMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Runs the layer on `values` (the case's own, or perturbed copies).
+    fn run(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, LstmState)> {
+        let xs = &values["xs"];
+        let (_, _, i) = xs.dims3()?;
+        let h = values["weight_hh"].dim(1)?;
+        let vb = VarBuilder::from_tensors(values.clone(), xs.dtype(), &Device::Cpu);
+        let lstm = Lstm::new(i, h, self.layer_norm, vb)?;
+        let init = LstmState {
+            h: values["h0"].clone(),
+            c: values["c0"].clone(),
+        };
+        lstm.forward_with(xs, &self.mask, reverse, Some(&init), recurrence)
+    }
+
+    fn loss(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<Tensor> {
+        let (hs, state) = self.run(values, reverse, recurrence)?;
+        let [w_out, w_h, w_c] = &self.loss_weights;
+        (hs * w_out)?.sum_all()? + (state.h * w_h)?.sum_all()? + (state.c * w_c)?.sum_all()?
+    }
+
+    /// Gradient of the loss w.r.t. every var, in `vars` order.
+    fn gradients(&self, reverse: bool, recurrence: Recurrence) -> Result<Vec<(String, Tensor)>> {
+        let grads = self
+            .loss(&self.tensors(), reverse, recurrence)?
+            .backward()?;
+        self.vars
+            .iter()
+            .map(|(name, var)| {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}"));
+                Ok((name.clone(), g.clone()))
+            })
+            .collect()
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f64 {
+    let zeros = a.zeros_like().unwrap();
+    max_abs_diff(a, &zeros)
+}
+
+#[test]
+fn fused_forward_matches_step_by_step() -> Result<()> {
+    for layer_norm in [false, true] {
+        for reverse in [false, true] {
+            let case = Case::small(layer_norm, DType::F32, 1);
+            let values = case.tensors();
+            let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
+            let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
+            let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            assert!(
+                max_abs(&hs_r) > 0.05,
+                "{what}: reference outputs are trivial"
+            );
+            assert!(max_abs_diff(&hs_f, &hs_r) < 1e-5, "{what}: outputs differ");
+            assert!(
+                max_abs_diff(&st_f.h, &st_r.h) < 1e-5,
+                "{what}: final h differs"
+            );
+            assert!(
+                max_abs_diff(&st_f.c, &st_r.c) < 1e-5,
+                "{what}: final c differs"
+            );
+            // Padding positions are exactly zero.
+            let hs = hs_f.to_vec3::<f32>()?;
+            for (b, &len) in LENGTHS.iter().enumerate() {
+                for (t, row) in hs[b].iter().enumerate().skip(len) {
+                    assert!(
+                        row.iter().all(|&v| v == 0.0),
+                        "{what}: pad ({b},{t}) not zero"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_gradients_match_autograd_through_candle_ops() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 2e-5 } else { 1e-11 };
+        for layer_norm in [false, true] {
+            for reverse in [false, true] {
+                let case = Case::small(layer_norm, dtype, 2);
+                let fused = case.gradients(reverse, Recurrence::Auto)?;
+                let reference = case.gradients(reverse, Recurrence::StepByStep)?;
+                for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
+                    let what =
+                        format!("{dtype:?} layer_norm={layer_norm} reverse={reverse} d{name}");
+                    let scale = max_abs(gr);
+                    assert!(scale > 1e-3, "{what}: reference gradient is trivial");
+                    let diff = max_abs_diff(gf, gr);
+                    assert!(
+                        diff < tol * scale.max(1.0),
+                        "{what}: differs by {diff} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Central differences in f64 on a spread of elements of every input.
+#[test]
+fn fused_gradients_match_finite_differences() -> Result<()> {
+    let eps = 1e-6;
+    for layer_norm in [false, true] {
+        for reverse in [false, true] {
+            let case = Case::small(layer_norm, DType::F64, 3);
+            let analytic = case.gradients(reverse, Recurrence::Auto)?;
+            let base = case.tensors();
+            for (name, grad) in &analytic {
+                let grad = grad.flatten_all()?.to_vec1::<f64>()?;
+                let shape = base[name].dims().to_vec();
+                let flat = base[name].flatten_all()?.to_vec1::<f64>()?;
+                // Up to 7 elements spread over the tensor, always including the last one.
+                let picks: Vec<usize> = (0..7)
+                    .map(|k| (k * flat.len() / 7 + k) % flat.len())
+                    .chain([flat.len() - 1])
+                    .collect();
+                for idx in picks {
+                    let at = |delta: f64| -> Result<f64> {
+                        let mut data = flat.clone();
+                        data[idx] += delta;
+                        let mut values = base.clone();
+                        values.insert(
+                            name.clone(),
+                            Tensor::from_vec(data, shape.as_slice(), &Device::Cpu)?,
+                        );
+                        case.loss(&values, reverse, Recurrence::Auto)?
+                            .to_scalar::<f64>()
+                    };
+                    let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
+                    let diff = (numeric - grad[idx]).abs();
+                    assert!(
+                        diff < 1e-6 * (1.0 + numeric.abs()),
+                        "layer_norm={layer_norm} reverse={reverse} d{name}[{idx}]: analytic {} numeric {numeric}",
+                        grad[idx]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `candle_nn`'s stock LSTM, fed the same random weights (its two biases summed into ours).
+#[test]
+fn fused_forward_matches_candle_stock_lstm() -> Result<()> {
+    use candle_nn::rnn::{LSTMConfig, RNN};
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (b, t, i, h) = (2, 6, 5, 4);
+    let mut stock_weights = HashMap::new();
+    for (name, shape) in [
+        ("weight_ih_l0", vec![4 * h, i]),
+        ("weight_hh_l0", vec![4 * h, h]),
+        ("bias_ih_l0", vec![4 * h]),
+        ("bias_hh_l0", vec![4 * h]),
+    ] {
+        stock_weights.insert(
+            name.to_string(),
+            uniform(&mut rng, &shape, -0.5, 0.5, DType::F32),
+        );
+    }
+    let stock_vb = VarBuilder::from_tensors(stock_weights.clone(), DType::F32, &Device::Cpu);
+    let stock = candle_nn::rnn::lstm(i, h, LSTMConfig::default(), stock_vb)?;
+    let ours_weights = HashMap::from([
+        (
+            "weight_ih".to_string(),
+            stock_weights["weight_ih_l0"].clone(),
+        ),
+        (
+            "weight_hh".to_string(),
+            stock_weights["weight_hh_l0"].clone(),
+        ),
+        (
+            "bias".to_string(),
+            (&stock_weights["bias_ih_l0"] + &stock_weights["bias_hh_l0"])?,
+        ),
+    ]);
+    let ours = Lstm::new(
+        i,
+        h,
+        false,
+        VarBuilder::from_tensors(ours_weights, DType::F32, &Device::Cpu),
+    )?;
+    let xs = uniform(&mut rng, &[b, t, i], -1.0, 1.0, DType::F32);
+    let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu)?;
+    let (hs, state) = ours.forward(&xs, &mask, false)?;
+    let states = stock.seq(&xs)?;
+    let stock_hs = stock.states_to_tensor(&states)?;
+    assert!(max_abs(&stock_hs) > 0.05);
+    assert!(max_abs_diff(&hs, &stock_hs) < 1e-5);
+    let last = states.last().expect("a state per step");
+    assert!(max_abs_diff(&state.h, last.h()) < 1e-5);
+    assert!(max_abs_diff(&state.c, last.c()) < 1e-5);
+    Ok(())
+}
+
+/// Each sentence of a padded batch gets exactly the outputs and final state it gets alone.
+#[test]
+fn padded_batch_equals_each_sentence_alone() -> Result<()> {
+    let (b, t, i, h) = (4, 7, 5, 6);
+    let lengths = [7, 2, 5, 4];
+    for layer_norm in [false, true] {
+        for reverse in [false, true] {
+            let case = Case::new(layer_norm, DType::F32, 5, (b, t, i, h), &lengths);
+            let mut values = case.tensors();
+            values.insert("h0".into(), values["h0"].zeros_like()?);
+            values.insert("c0".into(), values["c0"].zeros_like()?);
+            let vb = VarBuilder::from_tensors(values.clone(), DType::F32, &Device::Cpu);
+            let lstm = Lstm::new(i, h, layer_norm, vb)?;
+            let (hs, state) = lstm.forward(&values["xs"], &case.mask, reverse)?;
+            for (row, &len) in lengths.iter().enumerate() {
+                let xs = values["xs"].narrow(0, row, 1)?.narrow(1, 0, len)?;
+                let mask = Tensor::ones((1, len), DType::F32, &Device::Cpu)?;
+                let (hs1, state1) = lstm.forward(&xs, &mask, reverse)?;
+                let what = format!("layer_norm={layer_norm} reverse={reverse} row {row}");
+                let batched = hs.narrow(0, row, 1)?.narrow(1, 0, len)?;
+                assert!(
+                    max_abs_diff(&batched, &hs1) < 1e-6,
+                    "{what}: outputs differ"
+                );
+                assert!(
+                    max_abs_diff(&state.h.narrow(0, row, 1)?, &state1.h) < 1e-6,
+                    "{what}: h"
+                );
+                assert!(
+                    max_abs_diff(&state.c.narrow(0, row, 1)?, &state1.c) < 1e-6,
+                    "{what}: c"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The decoding step API walks the same recurrence as the whole-sequence forward.
+#[test]
+fn step_by_step_decoding_matches_forward() -> Result<()> {
+    for layer_norm in [false, true] {
+        let case = Case::new(layer_norm, DType::F32, 6, (2, 4, I, H), &[4, 4]);
+        let values = case.tensors();
+        let vb = VarBuilder::from_tensors(values.clone(), DType::F32, &Device::Cpu);
+        let lstm = Lstm::new(I, H, layer_norm, vb)?;
+        let xs = &values["xs"];
+        let (hs, _) = lstm.forward(xs, &case.mask, false)?;
+        let mut state = LstmState::zeros(2, H, DType::F32, &Device::Cpu)?;
+        for t in 0..4 {
+            state = lstm.step(&xs.narrow(1, t, 1)?.squeeze(1)?, &state)?;
+            let diff = max_abs_diff(&state.h, &hs.narrow(1, t, 1)?.squeeze(1)?);
+            assert!(diff < 1e-5, "layer_norm={layer_norm} step {t}: {diff}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_shapes_are_clear_errors() -> Result<()> {
+    let case = Case::small(false, DType::F32, 7);
+    let vb = VarBuilder::from_tensors(case.tensors(), DType::F32, &Device::Cpu);
+    let lstm = Lstm::new(I, H, false, vb)?;
+    let xs = case.get("xs");
+    let wrong_input = Tensor::zeros((B, T, I + 1), DType::F32, &Device::Cpu)?;
+    let err = lstm
+        .forward(&wrong_input, &case.mask, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("5 features") && err.contains("expects 4"),
+        "{err}"
+    );
+    let wrong_mask = Tensor::ones((B, T + 1), DType::F32, &Device::Cpu)?;
+    let err = lstm
+        .forward(&xs, &wrong_mask, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mask has shape"), "{err}");
+    let bad_init = LstmState::zeros(B, H + 1, DType::F32, &Device::Cpu)?;
+    let err = lstm
+        .forward_with(&xs, &case.mask, false, Some(&bad_init), Recurrence::Auto)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("initial h"), "{err}");
+    Ok(())
+}
