@@ -169,18 +169,19 @@ impl Adam {
         t: u64,
         source: &str,
     ) -> anyhow::Result<()> {
-        let expected = 2 * self.params.len();
-        if tensors.len() != expected {
-            let known: std::collections::HashSet<String> = self
-                .params
-                .iter()
-                .flat_map(|p| [format!("{}.m", p.name), format!("{}.v", p.name)])
-                .collect();
-            if let Some(extra) = tensors.keys().find(|k| !known.contains(*k)) {
-                anyhow::bail!("{source}: unexpected optimizer tensor `{extra}` (model mismatch?)");
-            }
+        let known: std::collections::HashSet<String> = self
+            .params
+            .iter()
+            .flat_map(|p| [format!("{}.m", p.name), format!("{}.v", p.name)])
+            .collect();
+        let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(*k)).collect();
+        extra.sort();
+        if let Some(extra) = extra.first() {
+            anyhow::bail!("{source}: unexpected optimizer tensor `{extra}` (model mismatch?)");
         }
-        for p in self.params.iter_mut() {
+        // Check everything before changing anything.
+        let mut restored = Vec::with_capacity(self.params.len());
+        for p in &self.params {
             let get = |suffix: &str| -> anyhow::Result<Tensor> {
                 let key = format!("{}.{suffix}", p.name);
                 let t = tensors.get(&key).ok_or_else(|| {
@@ -201,7 +202,9 @@ impl Adam {
                 }
                 Ok(t.clone())
             };
-            let (m, v) = (get("m")?, get("v")?);
+            restored.push((get("m")?, get("v")?));
+        }
+        for (p, (m, v)) in self.params.iter_mut().zip(restored) {
             p.moments = match &p.moments {
                 Moments::Host { .. } => Moments::Host {
                     m: m.flatten_all()?.to_vec1()?,
@@ -407,6 +410,43 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "fused {x} vs tensor ops {y}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn restoring_moments_checks_names_and_shapes() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::zeros((2, 3), DType::F32, &dev)?;
+        let mut adam = Adam::new(vec![("enc.w".into(), w)], AdamParams::default())?;
+        let mut saved = adam.state_tensors()?;
+        assert_eq!(saved.len(), 2);
+        adam.load_state_tensors(&saved, 7, "opt.safetensors")?;
+        assert_eq!(adam.t, 7);
+
+        saved.insert("enc.w.v".into(), Tensor::zeros((3, 2), DType::F32, &dev)?);
+        let e = format!(
+            "{:#}",
+            adam.load_state_tensors(&saved, 7, "opt.safetensors")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("opt.safetensors") && e.contains("`enc.w.v`") && e.contains("[3, 2]"),
+            "{e}"
+        );
+        saved.remove("enc.w.v");
+        let e = format!(
+            "{:#}",
+            adam.load_state_tensors(&saved, 7, "opt.safetensors")
+                .unwrap_err()
+        );
+        assert!(e.contains("`enc.w.v`") && e.contains("missing"), "{e}");
+        saved.insert("dec.w.m".into(), Tensor::zeros((2, 3), DType::F32, &dev)?);
+        let e = format!(
+            "{:#}",
+            adam.load_state_tensors(&saved, 7, "opt.safetensors")
+                .unwrap_err()
+        );
+        assert!(e.contains("unexpected") && e.contains("`dec.w.m`"), "{e}");
         Ok(())
     }
 
