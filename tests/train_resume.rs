@@ -37,6 +37,7 @@ fn data() -> TrainData<'static> {
         }),
         detokenize: Box::new(|ids: &[u32]| Ok(words(ids))),
         model_files: Vec::new(),
+        description: "synthetic reverse-and-shift task".into(),
     }
 }
 

@@ -216,9 +216,14 @@ pub fn prune_checkpoints(run_dir: &Path, keep_last: usize, keep: Option<u64>) ->
     Ok(())
 }
 
-/// Replaces `dst` (a folder) by a copy of `files`, going through `dst.tmp` so that a
-/// crash leaves either the old or the new folder.
-pub fn replace_dir_with_copies(dst: &Path, files: &[PathBuf]) -> Result<()> {
+/// Replaces `dst` (a folder) by a copy of `files` plus the generated files `extra`
+/// (name, contents), going through `dst.tmp` so that a crash leaves either the old or
+/// the new folder.
+pub fn replace_dir_with_copies(
+    dst: &Path,
+    files: &[PathBuf],
+    extra: &[(&str, String)],
+) -> Result<()> {
     let tmp = dst.with_extension("tmp");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -230,6 +235,9 @@ pub fn replace_dir_with_copies(dst: &Path, files: &[PathBuf]) -> Result<()> {
             .with_context(|| format!("{} has no name", f.display()))?;
         let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
         write_atomic(&tmp.join(name), &bytes)?;
+    }
+    for (name, text) in extra {
+        write_atomic(&tmp.join(name), text.as_bytes())?;
     }
     let old = dst.with_extension("old");
     if dst.exists() {

@@ -129,6 +129,13 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         valid,
         detokenize: Box::new(|ids: &[u32]| target.decode(ids)),
         model_files: prepared.tokenizer_files().to_vec(),
+        description: format!(
+            "{} → {}, trained on {} (prepared in {}).",
+            prepared.manifest.src_lang,
+            prepared.manifest.tgt_lang,
+            prepared.manifest.train.display(),
+            cfg.data.display()
+        ),
     };
 
     let run_dir = cfg.run_dir.clone();

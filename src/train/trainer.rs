@@ -51,6 +51,8 @@ pub struct TrainData<'a> {
     pub detokenize: Box<Detokenize<'a>>,
     /// Files copied into every model folder written (`best/`): the tokenizers.
     pub model_files: Vec<PathBuf>,
+    /// One line for the model card, e.g. "German→English, trained on data/tatoeba".
+    pub description: String,
 }
 
 /// Why training stopped.
@@ -291,6 +293,7 @@ impl Trainer {
     ) -> Result<bool> {
         let mut is_best = data.valid.is_none();
         let mut stop = false;
+        let mut validation = None;
         if let Some(valid) = &data.valid {
             let v = self.validate(valid, &*data.detokenize)?;
             is_best = self.state.best_bleu.is_none_or(|b| v.bleu > b);
@@ -322,18 +325,65 @@ impl Trainer {
                 valid_loss: v.loss,
                 valid_ppl: v.loss.exp(),
                 bleu: v.bleu,
-                bleu_signature: v.signature,
+                bleu_signature: v.signature.clone(),
                 sentences: v.sentences,
                 best: is_best,
             })?;
+            validation = Some(v);
         } else {
             self.state.best_step = Some(self.state.step);
         }
-        self.write_checkpoint(is_best, &data.model_files)?;
+        let card = is_best.then(|| self.model_card(data, validation.as_ref()));
+        self.write_checkpoint(card, &data.model_files)?;
         Ok(stop)
     }
 
-    fn write_checkpoint(&mut self, is_best: bool, model_files: &[PathBuf]) -> Result<()> {
+    /// `best/README.md`: what the model is and how it was trained.
+    fn model_card(&self, data: &TrainData, v: Option<&Validation>) -> String {
+        let m = &self.cfg.model;
+        let mut card = format!(
+            "# rnmt model\n\n{}\n\n\
+             Stacked-LSTM encoder–decoder with attention (rnmt {}): {} encoder layers \
+             (bidirectional: {:?}), {} decoder layers, hidden size {}, embeddings {}, \
+             attention {:?}, input feeding {}, vocabularies {} / {}.\n\n\
+             Trained for {} updates ({} epochs, {} target tokens, {:.1} minutes), seed {}, \
+             schedule {:?}, peak lr {}, label smoothing {}, dropout {}.\n",
+            data.description,
+            env!("CARGO_PKG_VERSION"),
+            m.encoder_layers,
+            m.bidirectional,
+            m.decoder_layers,
+            m.hidden_size,
+            m.embedding_size,
+            m.attention,
+            m.input_feeding,
+            m.src_vocab_size,
+            m.tgt_vocab_size,
+            self.state.step,
+            self.state.epoch,
+            self.state.target_tokens_seen,
+            self.state.elapsed_s / 60.0,
+            self.cfg.seed,
+            self.cfg.schedule,
+            self.cfg.lr,
+            self.cfg.label_smoothing,
+            m.dropout,
+        );
+        if let Some(v) = v {
+            card += &format!(
+                "\nValidation at this step (greedy decoding, {} sentences): BLEU {:.2} \
+                 ({}), perplexity {:.2}.\n",
+                v.sentences,
+                v.bleu,
+                v.signature,
+                v.loss.exp()
+            );
+        }
+        card
+    }
+
+    /// `card`: Some(model card) when this checkpoint becomes `best/`.
+    fn write_checkpoint(&mut self, card: Option<String>, model_files: &[PathBuf]) -> Result<()> {
         let run_dir = self.cfg.run_dir.clone();
         self.state.adam_t = self.adam.t;
         self.state.plateau = self.schedule.plateau.clone();
@@ -349,10 +399,14 @@ impl Trainer {
             write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
         })?;
         self.last_checkpoint = Some(self.state.step);
-        if is_best {
+        if let Some(card) = card {
             let mut files = vec![dir.join(MODEL_FILE), dir.join(CONFIG_FILE)];
             files.extend(model_files.iter().cloned());
-            checkpoint::replace_dir_with_copies(&run_dir.join("best"), &files)?;
+            checkpoint::replace_dir_with_copies(
+                &run_dir.join("best"),
+                &files,
+                &[("README.md", card)],
+            )?;
         }
         checkpoint::prune_checkpoints(&run_dir, self.cfg.keep_last, self.state.best_step)
     }
