@@ -116,7 +116,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
 /// every `interval`.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    last_line: Instant,
+    /// When the last plain line was printed (None: print the next update at once).
+    last_line: Option<Instant>,
     interval: Duration,
 }
 
@@ -139,7 +140,7 @@ impl Progress {
         });
         Self {
             bar,
-            last_line: Instant::now(),
+            last_line: None,
             interval: Duration::from_secs(30),
         }
     }
@@ -151,9 +152,9 @@ impl Progress {
                 bar.set_position(step);
                 bar.set_message(msg);
             }
-            None if self.last_line.elapsed() >= self.interval => {
+            None if self.last_line.is_none_or(|t| t.elapsed() >= self.interval) => {
                 eprintln!("step {step} {msg}");
-                self.last_line = Instant::now();
+                self.last_line = Some(Instant::now());
             }
             None => {}
         }

@@ -346,7 +346,7 @@ impl Trainer {
              Stacked-LSTM encoder–decoder with attention (rnmt {}): {} encoder layers \
              (bidirectional: {:?}), {} decoder layers, hidden size {}, embeddings {}, \
              attention {:?}, input feeding {}, vocabularies {} / {}.\n\n\
-             Trained for {} updates ({} epochs, {} target tokens, {:.1} minutes), seed {}, \
+             Trained for {} updates ({} full epochs, {} target tokens, {:.1} minutes), seed {}, \
              schedule {:?}, peak lr {}, label smoothing {}, dropout {}.\n",
             data.description,
             env!("CARGO_PKG_VERSION"),
