@@ -49,9 +49,15 @@ fn reference(logits: &[f32], targets: &[u32], smoothing: f64) -> Vec<(Vec<f64>, 
 fn matches_cross_entropy_with_the_smoothed_distribution() {
     let (logits, targets, mask) = setup();
     let dev = Device::Cpu;
-    for smoothing in [0.0, 0.1, 0.3] {
-        let logits_var =
-            Var::from_tensor(&Tensor::from_vec(logits.clone(), (B, T, V), &dev).unwrap()).unwrap();
+    for (smoothing, dtype) in [
+        (0.0, DType::F32),
+        (0.1, DType::F32),
+        (0.3, DType::F32),
+        (0.0, DType::F64),
+        (0.1, DType::F64),
+    ] {
+        let host = Tensor::from_vec(logits.clone(), (B, T, V), &dev).unwrap();
+        let logits_var = Var::from_tensor(&host.to_dtype(dtype).unwrap()).unwrap();
         let t = Tensor::from_vec(targets.clone(), (B, T), &dev).unwrap();
         let m = Tensor::from_vec(mask.clone(), (B, T), &dev).unwrap();
         let (total, tokens) = LabelSmoothedLoss { smoothing }
@@ -64,10 +70,15 @@ fn matches_cross_entropy_with_the_smoothed_distribution() {
             .zip(&mask)
             .map(|((p, q), &m)| m as f64 * -q.iter().zip(p).map(|(q, p)| q * p.ln()).sum::<f64>())
             .sum();
-        let got = total.to_scalar::<f32>().unwrap() as f64;
+        assert_eq!(total.dtype(), dtype);
+        let got = total
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(
             (got - expected).abs() < 1e-4,
-            "smoothing {smoothing}: {got} vs {expected}"
+            "{dtype:?} smoothing {smoothing}: {got} vs {expected}"
         );
 
         // d total / d logits = softmax - q on real tokens, 0 on padding.
@@ -84,10 +95,10 @@ fn matches_cross_entropy_with_the_smoothed_distribution() {
         for (i, ((p, q), &m)) in reference.iter().zip(&mask).enumerate() {
             for v in 0..V {
                 let want = m as f64 * (p[v] - q[v]);
-                let have = g[i * V + v] as f64;
+                let have = g[i * V + v];
                 assert!(
                     (want - have).abs() < 1e-5,
-                    "smoothing {smoothing}: grad[{i}][{v}] {have} vs {want}"
+                    "{dtype:?} smoothing {smoothing}: grad[{i}][{v}] {have} vs {want}"
                 );
             }
         }

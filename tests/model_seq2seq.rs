@@ -148,8 +148,8 @@ fn decoder_step_matches_teacher_forcing() {
         let bt = Batch::new(&pairs, &[0, 1, 2, 3])
             .to_tensors(&Device::Cpu)
             .unwrap();
-        let forced =
-            candle_nn::ops::log_softmax(&model.forward(&bt, None).unwrap(), D::Minus1).unwrap();
+        let (logits, forced_weights) = model.forward_with_attention(&bt, None).unwrap();
+        let forced = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
         let enc = model.encode(&bt.src, &bt.src_mask).unwrap();
         let mut state = model.decoder_init(&enc).unwrap();
         let steps = bt.tgt_in.dim(1).unwrap();
@@ -168,9 +168,24 @@ fn decoder_step_matches_teacher_forcing() {
                 }
             }
             let w: Vec<Vec<f32>> = weights.to_vec2().unwrap();
+            let fw: Vec<Vec<f32>> = forced_weights
+                .narrow(1, t, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             for (row, pair) in pairs.iter().enumerate() {
                 let sum: f32 = w[row].iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "{name}: attention sums to {sum}");
+                if t < pair.tgt_len() {
+                    for (a, b) in w[row].iter().zip(&fw[row]) {
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "{name}: step {t} row {row}: weights {a} vs {b}"
+                        );
+                    }
+                }
                 assert!(
                     w[row][pair.src_len()..].iter().all(|&x| x == 0.0),
                     "{name}: padding attended"

@@ -10,6 +10,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
 
+use super::additive_score::additive_scores;
 use super::config::AttentionKind;
 
 /// Large enough that `exp` underflows to exactly 0 after the max is subtracted, small
@@ -29,9 +30,6 @@ enum Scorer {
         v: Tensor,
         /// GNMT's normalisation: a bias inside the tanh and a scalar gain replacing `‖v‖`.
         normalized: Option<(Tensor, Tensor)>,
-        /// `[units, heads]`, 1 where unit `i` belongs to head `j`: turns the per-head
-        /// sums into one matmul.
-        head_mask: Tensor,
     },
 }
 
@@ -90,20 +88,18 @@ impl Attention {
             } else {
                 None
             };
-            let per_head = units / heads;
-            let mask: Vec<f32> = (0..units)
-                .flat_map(|i| (0..heads).map(move |j| if i / per_head == j { 1.0 } else { 0.0 }))
-                .collect();
-            let head_mask =
-                Tensor::from_vec(mask, (units, heads), vb.device())?.to_dtype(vb.dtype())?;
             Ok(Scorer::Additive {
                 query,
                 key,
                 v,
                 normalized,
-                head_mask,
             })
         };
+        if heads == 0 || !units.is_multiple_of(heads) || !memory_size.is_multiple_of(heads) {
+            candle_core::bail!(
+                "{heads} attention heads must divide the query size {units} and the memory size {memory_size}"
+            );
+        }
         if kind == AttentionKind::Dot && query_size != memory_size {
             candle_core::bail!(
                 "dot attention needs equal query and memory sizes, got {query_size} and {memory_size}"
@@ -167,29 +163,24 @@ impl Attention {
                 query: wq,
                 v,
                 normalized,
-                head_mask,
                 ..
             } => {
                 let q = wq.forward(query)?; // [b, t, units]
-                let units = q.dim(2)?;
-                let mut pre = q.unsqueeze(2)?.broadcast_add(&mem.keys.unsqueeze(1)?)?;
-                let v = match normalized {
+                let (q, v) = match normalized {
                     Some((bias, gain)) => {
-                        pre = pre.broadcast_add(bias)?;
                         let norm = v.sqr()?.sum_all()?.sqrt()?;
-                        v.broadcast_mul(&gain.broadcast_div(&norm)?)?
+                        (
+                            q.broadcast_add(bias)?,
+                            v.broadcast_mul(&gain.broadcast_div(&norm)?)?,
+                        )
                     }
-                    None => v.clone(),
+                    None => (q, v.clone()),
                 };
-                let v_heads = head_mask.broadcast_mul(&v.unsqueeze(1)?)?; // [units, heads]
-                let e = pre
-                    .tanh()?
-                    .reshape((b, t * s, units))?
-                    .broadcast_matmul(&v_heads)?; // [b, t*s, heads]
+                let e = additive_scores(&q, &mem.keys, &v, self.heads)?; // [b, t, s, heads]
                 if self.heads == 1 {
-                    e.reshape((b, t, s))?
+                    e.squeeze(3)?
                 } else {
-                    e.reshape((b, t, s, self.heads))?
+                    e
                 }
             }
         };

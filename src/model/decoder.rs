@@ -124,40 +124,45 @@ impl Decoder {
         })
     }
 
-    /// Teacher-forced logits `[batch, tgt, vocab]` for `tgt_in: u32 [batch, tgt]` and
-    /// `tgt_mask: [batch, tgt]` in the model's dtype.
+    /// Teacher-forced logits `[batch, tgt, vocab]` and attention weights
+    /// `[batch, tgt, src]` for `tgt_in: u32 [batch, tgt]` and `tgt_mask: [batch, tgt]` in
+    /// the model's dtype.
     pub fn forward(
         &self,
         mem: &AttentionMemory,
         tgt_in: &Tensor,
         tgt_mask: &Tensor,
         dropout: &mut Dropout,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
         let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
-        let attentional = if self.input_feeding {
+        let (attentional, weights) = if self.input_feeding {
             let (batch, steps, _) = emb.dims3()?;
             let mut state = self.init(batch, mem)?;
             let mut outputs = Vec::with_capacity(steps);
+            let mut weights = Vec::with_capacity(steps);
             for t in 0..steps {
                 let x = emb.narrow(1, t, 1)?.squeeze(1)?;
-                let (o, next, _) = self.advance(mem, &state, &x, dropout)?;
+                let (o, next, w) = self.advance(mem, &state, &x, dropout)?;
                 outputs.push(o);
+                weights.push(w);
                 state = next;
             }
-            Tensor::stack(&outputs, 1)?
+            (Tensor::stack(&outputs, 1)?, Tensor::stack(&weights, 1)?)
         } else {
             let (mut h, _) = self.layers[0].forward(&emb, tgt_mask, false)?;
-            let (context, _) = self.attention.forward(&h, mem)?;
+            let (context, weights) = self.attention.forward(&h, mem)?;
             for (l, layer) in self.layers.iter().enumerate().skip(1) {
                 let input = dropout.apply(&Tensor::cat(&[&h, &context], 2)?)?;
                 let (out, _) = layer.forward(&input, tgt_mask, false)?;
                 h = if self.residual[l] { (out + h)? } else { out };
             }
-            self.combine
+            let attentional = self
+                .combine
                 .forward(&Tensor::cat(&[&h, &context], 2)?)?
-                .tanh()?
+                .tanh()?;
+            (attentional, weights)
         };
-        self.logits(&dropout.apply(&attentional)?)
+        Ok((self.logits(&dropout.apply(&attentional)?)?, weights))
     }
 
     /// One step for search: `prev: u32 [batch]` → (log-probabilities `[batch, vocab]`,
@@ -233,9 +238,19 @@ impl Decoder {
         Ok((o, next, weights))
     }
 
+    /// `[..., hidden]` → `[..., vocab]`.
     fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
-        attentional
-            .broadcast_matmul(&self.output_weight.t()?)?
-            .broadcast_add(&self.output_bias)
+        // One 2-D matmul: a broadcast matmul would materialise the weight's gradient once
+        // per batch row ([batch, hidden, vocab]) in the backward pass and then sum it.
+        let dims = attentional.dims();
+        let hidden = dims[dims.len() - 1];
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("at least one dim") = self.output_bias.dim(0)?;
+        let x = attentional.contiguous()?.reshape(((), hidden))?;
+        // The bias enters as the rank-1 product `1 · bᵀ`: its gradient is then a gemm
+        // (`1ᵀ · g`) instead of candle's strided sum over the rows of `[tokens, vocab]`.
+        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+        let bias = ones.matmul(&self.output_bias.unsqueeze(0)?)?;
+        (x.matmul(&self.output_weight.t()?)? + bias)?.reshape(out_dims)
     }
 }

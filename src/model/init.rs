@@ -83,3 +83,48 @@ pub fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn rules_follow_the_variable_names() {
+        let varmap = VarMap::new();
+        let dev = Device::Cpu;
+        for (name, n) in [
+            ("enc.weight_ih", 8),
+            ("enc.weight_hh", 8),
+            ("enc.bias", 8),
+            ("enc.ln_ih_weight", 8),
+            ("enc.ln_cell_bias", 2),
+            ("att.v", 4),
+            ("att.gain", 1),
+            ("att.bias", 4),
+            ("out.bias", 3),
+        ] {
+            varmap
+                .get(n, name, candle_nn::Init::Const(7.0), DType::F32, &dev)
+                .unwrap();
+        }
+        init_weights(&varmap, 0).unwrap();
+        let get = |name: &str| -> Vec<f32> {
+            varmap.data().lock().unwrap()[name]
+                .as_tensor()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(get("enc.bias"), vec![0., 0., 1., 1., 0., 0., 0., 0.]);
+        assert_eq!(get("enc.ln_ih_weight"), vec![1.0; 8]);
+        assert_eq!(get("enc.ln_cell_bias"), vec![0.0; 2]);
+        assert_eq!(get("att.gain"), vec![0.5]);
+        assert_eq!(get("att.bias"), vec![0.0; 4]);
+        assert_eq!(get("out.bias"), vec![0.0; 3]);
+        for name in ["enc.weight_ih", "enc.weight_hh", "att.v"] {
+            let v = get(name);
+            assert!(v.iter().all(|x| x.abs() < INIT_SCALE), "{name}: {v:?}");
+            assert!(v.windows(2).any(|w| w[0] != w[1]), "{name} is constant");
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! The stacked-LSTM encoder–decoder with attention.
 
+pub mod additive_score;
 pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod dropout;
 pub mod encoder;
+pub mod fastmath;
 pub mod init;
 pub mod lstm;
 pub mod persist;

@@ -67,6 +67,16 @@ impl Seq2Seq {
         batch: &BatchTensors,
         dropout: Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
+        Ok(self.forward_with_attention(batch, dropout)?.0)
+    }
+
+    /// [`Seq2Seq::forward`], also returning the attention weights `[batch, tgt, src]`
+    /// (averaged over heads): forced alignments, attention plots.
+    pub fn forward_with_attention(
+        &self,
+        batch: &BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Tensor, Tensor)> {
         let mut dropout = Dropout::new(self.cfg.dropout, dropout);
         let enc = self.encode_with(&batch.src, &batch.src_mask, &mut dropout)?;
         let tgt_mask = batch.tgt_mask.to_dtype(enc.memory.dtype())?;

@@ -7,6 +7,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::sync::Mutex;
+
+use crate::model::fastmath::{exp, lanes_fold};
 
 /// The target keeps probability `1 - smoothing`; the rest is spread evenly over the
 /// other `vocab - 1` tokens. `smoothing = 0` is plain cross-entropy.
@@ -42,6 +45,7 @@ impl LabelSmoothedLoss {
                 targets,
                 weights,
                 coefficients: Coefficients::new(self.smoothing, vocab),
+                row_stats: Mutex::new(Vec::new()),
             })?
         } else {
             self.composite(logits, targets, mask)?
@@ -86,15 +90,23 @@ struct FusedLoss {
     targets: Vec<u32>,
     weights: Vec<f32>,
     coefficients: Coefficients,
+    /// (max, Σ exp(x - max)) per row, kept from the forward pass for the backward.
+    row_stats: Mutex<Vec<(f32, f32)>>,
 }
 
 /// Rows per rayon task: enough work to pay for the hand-off.
 const ROWS_PER_TASK: usize = 16;
 
-fn row_stats(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum_exp: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-    (max, sum_exp)
+fn row_stats(row: &[f32]) -> (f32, f32, f64) {
+    let max = lanes_fold(row, f32::NEG_INFINITY, f32::max)
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum_exp = lanes_fold(row, 0.0, |a, x| a + exp(x - max)).iter().sum();
+    let sum = lanes_fold(row, 0.0, |a, x| a + x)
+        .iter()
+        .map(|&x| x as f64)
+        .sum();
+    (max, sum_exp, sum)
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -114,26 +126,33 @@ impl CustomOp1 for FusedLoss {
         let logits = contiguous_f32(storage, layout)?;
         let vocab = layout.dims().last().copied().unwrap_or(1);
         let c = self.coefficients;
-        let total: f64 = logits
+        let (losses, stats): (Vec<f64>, Vec<(f32, f32)>) = logits
             .par_chunks(vocab)
             .with_min_len(ROWS_PER_TASK)
             .zip(self.targets.par_iter().zip(self.weights.par_iter()))
             .map(|(row, (&t, &w))| {
                 if w == 0.0 {
-                    return 0.0;
+                    return (0.0, (0.0, 1.0));
                 }
-                let (max, sum_exp) = row_stats(row);
+                let (max, sum_exp, sum) = row_stats(row);
                 let lse = max as f64 + (sum_exp as f64).ln();
-                let sum: f64 = row.iter().map(|&x| x as f64).sum();
-                w as f64 * (lse - c.target * row[t as usize] as f64 - c.every * sum)
+                let loss = w as f64 * (lse - c.target * row[t as usize] as f64 - c.every * sum);
+                (loss, (max, sum_exp))
             })
-            .sum();
+            .unzip();
+        let total: f64 = losses.iter().sum();
+        *self.row_stats.lock().expect("row statistics lock") = stats;
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let scale = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let grad = arg.apply_op1_no_bwd(&FusedLossGrad { loss: self, scale })?;
+        let stats = self.row_stats.lock().expect("row statistics lock").clone();
+        let grad = arg.apply_op1_no_bwd(&FusedLossGrad {
+            loss: self,
+            stats,
+            scale,
+        })?;
         Ok(Some(grad))
     }
 }
@@ -141,6 +160,7 @@ impl CustomOp1 for FusedLoss {
 /// `scale · w · (softmax(x) - q)` per row.
 struct FusedLossGrad<'a> {
     loss: &'a FusedLoss,
+    stats: Vec<(f32, f32)>,
     scale: f32,
 }
 
@@ -163,16 +183,23 @@ impl CustomOp1 for FusedLossGrad<'_> {
                     .par_iter()
                     .zip(self.loss.weights.par_iter()),
             )
-            .for_each(|((g, row), (&t, &w))| {
+            .enumerate()
+            .for_each(|(i, ((g, row), (&t, &w)))| {
                 if w == 0.0 {
                     return;
                 }
-                let (max, sum_exp) = row_stats(row);
+                let (max, sum_exp) = match self.stats.get(i) {
+                    Some(&stats) => stats,
+                    None => {
+                        let (max, sum_exp, _) = row_stats(row);
+                        (max, sum_exp)
+                    }
+                };
                 let s = self.scale * w;
                 let every = c.every as f32;
                 let norm = 1.0 / sum_exp;
                 for (g, &x) in g.iter_mut().zip(row) {
-                    *g = s * ((x - max).exp() * norm - every);
+                    *g = s * (exp(x - max) * norm - every);
                 }
                 g[t as usize] -= s * c.target as f32;
             });
