@@ -5,12 +5,13 @@
 //! what made candle's LSTM 3x slower than PyTorch's. Here autograd sees a single node:
 //!
 //! * inputs: `xproj [B,T,4H]` (the input projection of every step, computed outside by one
-//!   ordinary matmul), `w_hh [4H,H]` and `aux`, a flat vector holding the initial state, the
-//!   bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`, `bias [4H]`, then with
-//!   layer norm `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
+//!   ordinary matmul, not yet normalised), `w_hh [4H,H]` and `aux`, a flat vector holding the
+//!   initial state, the bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`,
+//!   `bias [4H]`, then with layer norm `γ_ih [4H]`, `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
 //!   inputs while every one of them still gets its gradient. The bias is added in here
 //!   because candle's backward of a broadcast add (a strided sum over batch and time) cost
-//!   more than the whole gate computation.
+//!   more than the whole gate computation; the layer norm of the input part likewise, as a
+//!   dozen candle ops over `[B,T,4H]` it cost as much as the recurrence.
 //! * output `[B, T+2, H]`: rows `0..T` are the hidden states (zero at padding), row `T` the
 //!   final `h`, row `T+1` the final `c`. Gradients flowing into any of them are honoured.
 //!
@@ -167,10 +168,11 @@ struct Saved<T> {
     c_prev: Vec<T>,
     /// `tanh` of the (normalised) new cell: `[B,T,H]`.
     tanh_c: Vec<T>,
-    /// Layer norm only: normalised recurrent projection `[B,T,4H]`, normalised cell
-    /// `[B,T,H]`, and their reciprocal standard deviations `[B,T]`.
-    r_hat: Vec<T>,
-    r_rstd: Vec<T>,
+    /// Layer norm only: the normalised input and recurrent projections `[B,T,2,4H]` and
+    /// their reciprocal standard deviations `[B,T,2]`; the normalised cell `[B,T,H]` and its
+    /// reciprocal standard deviation `[B,T]`.
+    gates_hat: Vec<T>,
+    gates_rstd: Vec<T>,
     c_hat: Vec<T>,
     c_rstd: Vec<T>,
 }
@@ -226,6 +228,7 @@ pub struct LstmRecurrence {
 /// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
 struct LnParams<'a, T> {
+    gain_ih: &'a [T],
     gain_hh: &'a [T],
     gain_cell: &'a [T],
     bias_cell: &'a [T],
@@ -260,7 +263,7 @@ impl LstmRecurrence {
     /// Length of the parameter part of `aux` (bias, then layer-norm parameters).
     fn params_len(hidden: usize, layer_norm: bool) -> usize {
         if layer_norm {
-            10 * hidden
+            14 * hidden
         } else {
             4 * hidden
         }
@@ -283,9 +286,10 @@ impl LstmRecurrence {
         let h = self.hidden;
         let at = 2 * self.batch * h + 4 * h;
         self.layer_norm.then(|| LnParams {
-            gain_hh: &aux[at..at + 4 * h],
-            gain_cell: &aux[at + 4 * h..at + 5 * h],
-            bias_cell: &aux[at + 5 * h..at + 6 * h],
+            gain_ih: &aux[at..at + 4 * h],
+            gain_hh: &aux[at + 4 * h..at + 8 * h],
+            gain_cell: &aux[at + 8 * h..at + 9 * h],
+            bias_cell: &aux[at + 9 * h..at + 10 * h],
         })
     }
 
@@ -326,8 +330,8 @@ impl LstmRecurrence {
             h_prev: zeros(b * t * h),
             c_prev: zeros(b * t * h),
             tanh_c: zeros(b * t * h),
-            r_hat: zeros(if ln { b * t * 4 * h } else { 0 }),
-            r_rstd: zeros(if ln { b * t } else { 0 }),
+            gates_hat: zeros(if ln { b * t * 8 * h } else { 0 }),
+            gates_rstd: zeros(if ln { b * t * 2 } else { 0 }),
             c_hat: zeros(if ln { b * t * h } else { 0 }),
             c_rstd: zeros(if ln { b * t } else { 0 }),
         };
@@ -340,13 +344,16 @@ impl LstmRecurrence {
             .zip(split(&mut s.h_prev, t * h, &sizes))
             .zip(split(&mut s.c_prev, t * h, &sizes))
             .zip(split(&mut s.tanh_c, t * h, &sizes))
-            .zip(split(&mut s.r_hat, t * 4 * h, &sizes))
-            .zip(split(&mut s.r_rstd, t, &sizes))
+            .zip(split(&mut s.gates_hat, t * 8 * h, &sizes))
+            .zip(split(&mut s.gates_rstd, t * 2, &sizes))
             .zip(split(&mut s.c_hat, t * h, &sizes))
             .zip(split(&mut s.c_rstd, t, &sizes))
             .map(
                 |(
-                    ((((((((rows, out), act), h_prev), c_prev), tanh_c), r_hat), r_rstd), c_hat),
+                    (
+                        (((((((rows, out), act), h_prev), c_prev), tanh_c), gates_hat), gates_rstd),
+                        c_hat,
+                    ),
                     c_rstd,
                 )| {
                     FwdBlock {
@@ -356,8 +363,8 @@ impl LstmRecurrence {
                         h_prev,
                         c_prev,
                         tanh_c,
-                        r_hat,
-                        r_rstd,
+                        gates_hat,
+                        gates_rstd,
                         c_hat,
                         c_rstd,
                     }
@@ -421,12 +428,12 @@ impl LstmRecurrence {
                         }
                     }
                     Some(p) => {
-                        let r_hat = &mut job.r_hat[bt * g4..(bt + 1) * g4];
-                        job.r_rstd[bt] = normalise(r, r_hat);
-                        for ((((a, &x), &n), &gain), &bias) in
-                            act.iter_mut().zip(xp).zip(&*r_hat).zip(p.gain_hh).zip(bias)
-                        {
-                            *a = x + bias + gain * n;
+                        let hat = &mut job.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
+                        let (x_hat, r_hat) = hat.split_at_mut(g4);
+                        job.gates_rstd[2 * bt] = normalise(xp, x_hat);
+                        job.gates_rstd[2 * bt + 1] = normalise(r, r_hat);
+                        for (j, a) in act.iter_mut().enumerate() {
+                            *a = bias[j] + p.gain_ih[j] * x_hat[j] + p.gain_hh[j] * r_hat[j];
                         }
                     }
                 }
@@ -533,7 +540,7 @@ impl LstmRecurrence {
     }
 
     /// Backward through time for one batch block; returns this block's share of the
-    /// parameter gradients in `aux`'s layout (bias, then γ_hh, γ_cell, β_cell).
+    /// parameter gradients in `aux`'s layout (bias, then γ_ih, γ_hh, γ_cell, β_cell).
     #[inline(always)]
     fn backward_block<T: Real>(
         &self,
@@ -591,7 +598,7 @@ impl LstmRecurrence {
                 }
                 if let Some(p) = ln {
                     let c_hat = &s.c_hat[bt * h..(bt + 1) * h];
-                    let (_, d_cell) = d_params.split_at_mut(8 * h);
+                    let (_, d_cell) = d_params.split_at_mut(12 * h);
                     let (d_gain, d_bias) = d_cell.split_at_mut(h);
                     for j in 0..h {
                         d_gain[j] += d_pre[j] * c_hat[j];
@@ -614,18 +621,21 @@ impl LstmRecurrence {
                     *d_b += d_a;
                 }
                 if let Some(p) = ln {
-                    let r_hat = &s.r_hat[bt * g4..(bt + 1) * g4];
+                    let hat = &s.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
+                    let (x_hat, r_hat) = hat.split_at(g4);
+                    let (d_gain_ih, rest) = d_params[g4..].split_at_mut(g4);
+                    let d_gain_hh = &mut rest[..g4];
                     let d_r = &mut job.d_rec[lt * g4..(lt + 1) * g4];
-                    for (((dr, &da), &n), (dgain, &gain)) in d_r
-                        .iter_mut()
-                        .zip(&job.d_xproj[lt * g4..(lt + 1) * g4])
-                        .zip(r_hat)
-                        .zip(d_params[g4..2 * g4].iter_mut().zip(p.gain_hh))
-                    {
-                        *dgain += da * n;
-                        *dr = da * gain;
+                    let d_x = &mut job.d_xproj[lt * g4..(lt + 1) * g4];
+                    for j in 0..g4 {
+                        let d_a = d_x[j];
+                        d_gain_hh[j] += d_a * r_hat[j];
+                        d_r[j] = d_a * p.gain_hh[j];
+                        d_gain_ih[j] += d_a * x_hat[j];
+                        d_x[j] = d_a * p.gain_ih[j];
                     }
-                    normalise_backward(d_r, r_hat, s.r_rstd[bt]);
+                    normalise_backward(d_r, r_hat, s.gates_rstd[2 * bt + 1]);
+                    normalise_backward(d_x, x_hat, s.gates_rstd[2 * bt]);
                 }
             }
             // d h_prev = d_rec · W_hh for the block's rows at this time step.
@@ -658,8 +668,8 @@ struct FwdBlock<'a, T> {
     h_prev: &'a mut [T],
     c_prev: &'a mut [T],
     tanh_c: &'a mut [T],
-    r_hat: &'a mut [T],
-    r_rstd: &'a mut [T],
+    gates_hat: &'a mut [T],
+    gates_rstd: &'a mut [T],
     c_hat: &'a mut [T],
     c_rstd: &'a mut [T],
 }

@@ -171,7 +171,7 @@ impl Lstm {
                 );
             }
         }
-        let xproj = self.input_projection_unbiased(xs)?;
+        let xproj = xs_times_w_ih(xs, &self.weight_ih)?;
         let fused = recurrence == Recurrence::Auto
             && xs.device().is_cpu()
             && matches!(xs.dtype(), DType::F32 | DType::F64)
@@ -179,35 +179,25 @@ impl Lstm {
         if fused {
             self.fused_recurrence(&xproj, mask, reverse, &init)
         } else {
-            let xproj = xproj.broadcast_add(&self.bias)?;
+            let xproj = self.finish_input_projection(&xproj)?;
             self.stepwise_recurrence(&xproj, mask, reverse, init)
         }
     }
 
     /// One step for decoding: `x: [batch, input]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let xproj = self
-            .input_projection_unbiased(x)?
-            .broadcast_add(&self.bias)?;
+        let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
         self.cell(&xproj, state)
     }
 
-    /// `x·W_ihᵀ` (layer-normalised if asked) for every position at once; the bias is left
-    /// to the recurrence.
-    fn input_projection_unbiased(&self, x: &Tensor) -> Result<Tensor> {
-        // One 2-D matmul over all positions: `broadcast_matmul` would broadcast W_ih over
-        // the batch, and its backward would then build a [batch, 4H, I] gradient and sum it.
-        let mut rows_shape = x.dims().to_vec();
-        let input = rows_shape.pop().unwrap_or(0);
-        rows_shape.push(4 * self.hidden_size);
-        let proj = x
-            .reshape(((), input))?
-            .matmul(&self.weight_ih.t()?)?
-            .reshape(rows_shape)?;
-        match &self.layer_norm {
-            Some(ln) => normalise(&proj)?.broadcast_mul(&ln.ih),
-            None => Ok(proj),
-        }
+    /// Layer norm (if asked) and bias on `x·W_ihᵀ`, for the step-by-step path: the fused op
+    /// does both itself.
+    fn finish_input_projection(&self, proj: &Tensor) -> Result<Tensor> {
+        let proj = match &self.layer_norm {
+            Some(ln) => normalise(proj)?.broadcast_mul(&ln.ih)?,
+            None => proj.clone(),
+        };
+        proj.broadcast_add(&self.bias)
     }
 
     fn fused_recurrence(
@@ -232,7 +222,12 @@ impl Lstm {
             self.bias.clone(),
         ];
         if let Some(ln) = &self.layer_norm {
-            aux.extend([ln.hh.clone(), ln.cell_weight.clone(), ln.cell_bias.clone()]);
+            aux.extend([
+                ln.ih.clone(),
+                ln.hh.clone(),
+                ln.cell_weight.clone(),
+                ln.cell_bias.clone(),
+            ]);
         }
         let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
         let xproj = xproj.contiguous()?;
@@ -317,6 +312,18 @@ impl Lstm {
         let h = (o * c_out.tanh()?)?;
         Ok(LstmState { h, c })
     }
+}
+
+/// `x·W_ihᵀ` for every position at once, `x: [.., input]`. One 2-D matmul: `broadcast_matmul`
+/// would broadcast W_ih over the batch, and its backward would then build a [batch, 4H, I]
+/// gradient and sum it.
+fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let input = dims.pop().unwrap_or(0);
+    dims.push(weight_ih.dim(0)?);
+    x.reshape(((), input))?
+        .matmul(&weight_ih.t()?)?
+        .reshape(dims)
 }
 
 /// `(z - mean) / sqrt(var + eps)` over the last dimension, with differentiable candle ops.
