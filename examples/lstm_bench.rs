@@ -215,6 +215,20 @@ fn main() -> Result<()> {
         Ok(())
     })?;
     println!("fused        fwd only (no grad) {fused_fwd:7.2} ms/iter best wall, {fused_fwd_cpu:7.2} ms CPU/iter");
+    // One decoding step (no gradient), as beam search calls it.
+    let x0 = xs.narrow(1, 0, 1)?.squeeze(1)?.detach();
+    let state = rnmt::model::lstm::LstmState::zeros(b, h, DType::F32, &dev)?;
+    let mut step_ms = Vec::new();
+    for recurrence in [Recurrence::Auto, Recurrence::StepByStep] {
+        step_ms.push(timed(args.iters * 10, || {
+            lstm.step_with(&x0, &state, recurrence)?;
+            Ok(())
+        })?);
+    }
+    println!(
+        "decoding step (no grad): fused {:.3} ms best wall, {:.3} ms CPU; candle ops {:.3} ms best wall, {:.3} ms CPU",
+        step_ms[0].0, step_ms[0].1, step_ms[1].0, step_ms[1].1
+    );
     use Layout::{ColMajor, RowMajor};
     println!(
         "gemm 1024^3 on {threads} thread(s): {:6.1} GFLOP/s",

@@ -505,42 +505,31 @@ impl LstmRecurrence {
             })
             .collect();
         let run = |job: BwdBlock<T>| self.backward_block_dispatch(job, s, grad_out, w_hh, aux);
-        let d_param_parts: Vec<Vec<T>> = if jobs.len() == 1 {
+        let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
             jobs.into_iter().map(run).collect()
         } else {
             jobs.into_par_iter().map(run).collect()
         };
-        // dW_hh = Σ_(b,t) d_recᵀ ⊗ h_prev: one big matmul over every step.
-        let d_rec = if ln { &d_rec } else { &d_xproj };
         let mut d_w_hh = vec![T::zero(); g4 * h];
-        let threads = rayon::current_num_threads();
-        matmul(
-            (g4, h, b * t),
-            &mut d_w_hh,
-            h,
-            false,
-            (d_rec, 1, g4),
-            (&s.h_prev, h, 1),
-            if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
-            },
-        );
-        let mut d_aux = d_h0;
-        d_aux.extend_from_slice(&d_c0);
         let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
-        for part in &d_param_parts {
-            for (d, &p) in d_params.iter_mut().zip(part) {
+        for (part_params, part_w) in &parts {
+            for (d, &p) in d_params.iter_mut().zip(part_params) {
+                *d += p;
+            }
+            for (d, &p) in d_w_hh.iter_mut().zip(part_w) {
                 *d += p;
             }
         }
+        let mut d_aux = d_h0;
+        d_aux.extend_from_slice(&d_c0);
         d_aux.extend_from_slice(&d_params);
         Ok((d_xproj, d_w_hh, d_aux))
     }
 
     /// Backward through time for one batch block; returns this block's share of the
-    /// parameter gradients in `aux`'s layout (bias, then γ_ih, γ_hh, γ_cell, β_cell).
+    /// parameter gradients in `aux`'s layout (bias, then γ_ih, γ_hh, γ_cell, β_cell) and of
+    /// the gradient of `W_hh`. Each block takes its own share of `W_hh`'s gradient (one
+    /// matmul over all its steps) so the whole backward stays a single fork/join.
     #[inline(always)]
     fn backward_block<T: Real>(
         &self,
@@ -549,7 +538,7 @@ impl LstmRecurrence {
         grad_out: &[T],
         w_hh: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         let (tl, h) = (self.time, self.hidden);
         let g4 = 4 * h;
         let rows = job.rows.clone();
@@ -657,7 +646,19 @@ impl LstmRecurrence {
         }
         job.d_h0.copy_from_slice(&dh);
         job.d_c0.copy_from_slice(&dc);
-        d_params
+        // dW_hh = Σ_(b,t) d_recᵀ ⊗ h_prev over this block's rows and steps.
+        let d_rec: &[T] = if ln.is_some() { job.d_rec } else { job.d_xproj };
+        let mut d_w_hh = vec![T::zero(); g4 * h];
+        matmul(
+            (g4, h, nb * tl),
+            &mut d_w_hh,
+            h,
+            false,
+            (d_rec, 1, g4),
+            (&s.h_prev[rows.start * tl * h..rows.end * tl * h], h, 1),
+            Parallelism::None,
+        );
+        (d_params, d_w_hh)
     }
 }
 
@@ -733,7 +734,7 @@ impl LstmRecurrence {
         g: &[T],
         w: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the features were detected at run time.
@@ -751,7 +752,7 @@ impl LstmRecurrence {
         g: &[T],
         w: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         self.backward_block(job, s, g, w, aux)
     }
 }

@@ -186,8 +186,27 @@ impl Lstm {
 
     /// One step for decoding: `x: [batch, input]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
-        self.cell(&xproj, state)
+        self.step_with(x, state, Recurrence::Auto)
+    }
+
+    /// [`Lstm::step`] with a choice of implementation. On the CPU the fused op is a
+    /// one-step sequence: a few large kernels instead of ~15 small candle ops (and one
+    /// autograd node when a decoder with input feeding trains step by step).
+    pub fn step_with(
+        &self,
+        x: &Tensor,
+        state: &LstmState,
+        recurrence: Recurrence,
+    ) -> Result<LstmState> {
+        let (batch, _) = x.dims2()?;
+        if recurrence == Recurrence::StepByStep {
+            let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
+            return self.cell(&xproj, state);
+        }
+        let mask = Tensor::ones((batch, 1), DType::F32, x.device())?;
+        let (_, next) =
+            self.forward_with(&x.unsqueeze(1)?, &mask, false, Some(state), recurrence)?;
+        Ok(next)
     }
 
     /// Layer norm (if asked) and bias on `x·W_ihᵀ`, for the step-by-step path: the fused op
