@@ -249,14 +249,7 @@ fn main() -> Result<()> {
             (RowMajor, RowMajor),
             args.time,
         ),
-        (
-            "step fwd  (W_hhᵀ rm)",
-            (b, 4 * h, h),
-            (RowMajor, RowMajor),
-            args.time,
-        ),
         ("dW_hh = dAᵀ·H", (4 * h, h, bt), (ColMajor, RowMajor), 1),
-        ("xproj (W_ihᵀ rm)", (bt, 4 * h, i), (RowMajor, RowMajor), 1),
         ("xproj = X·W_ihᵀ", (bt, 4 * h, i), (RowMajor, ColMajor), 1),
     ] {
         let gf = sgemm_gflops(dims, layouts, 1, 20)?;
