@@ -466,3 +466,70 @@ fn fused_step_matches_candle_ops_cell() -> Result<()> {
     }
     Ok(())
 }
+
+/// The batch is split into one block per rayon thread; run with more threads than rows and
+/// with one thread so that both the single-block and the one-row-per-block paths are checked
+/// whatever the machine's core count.
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
+    let case = Case::small(true, DType::F64, 9);
+    let reference = case.gradients(true, Recurrence::StepByStep)?;
+    for threads in [1, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let fused = pool.install(|| case.gradients(true, Recurrence::Auto))?;
+        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
+            let diff = max_abs_diff(gf, gr);
+            assert!(
+                diff < 1e-11 * max_abs(gr).max(1.0),
+                "{threads} threads: d{name} differs by {diff}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Padding in the middle of a row (not only at its end) carries the state over it, in the
+/// fused op as in the step-by-step path, values and gradients.
+#[test]
+fn interior_padding_carries_the_state() -> Result<()> {
+    let mut case = Case::small(false, DType::F64, 10);
+    case.mask = Tensor::from_vec(
+        vec![
+            1f32, 0., 1., 1., 0., //
+            0., 1., 0., 1., 1., //
+            1., 1., 1., 0., 0.,
+        ],
+        (B, T),
+        &Device::Cpu,
+    )?;
+    for reverse in [false, true] {
+        let values = case.tensors();
+        let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
+        let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
+        assert!(
+            max_abs_diff(&hs_f, &hs_r) < 1e-12,
+            "reverse={reverse}: outputs"
+        );
+        assert!(
+            max_abs_diff(&st_f.h, &st_r.h) < 1e-12,
+            "reverse={reverse}: h"
+        );
+        assert!(
+            max_abs_diff(&st_f.c, &st_r.c) < 1e-12,
+            "reverse={reverse}: c"
+        );
+        let fused = case.gradients(reverse, Recurrence::Auto)?;
+        let reference = case.gradients(reverse, Recurrence::StepByStep)?;
+        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
+            let diff = max_abs_diff(gf, gr);
+            assert!(
+                diff < 1e-11 * max_abs(gr).max(1.0),
+                "reverse={reverse}: d{name} differs by {diff}"
+            );
+        }
+    }
+    Ok(())
+}
