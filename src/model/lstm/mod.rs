@@ -125,7 +125,7 @@ impl Lstm {
     /// over padding, so the final state of each sentence is the one after its last real
     /// token and, with `reverse`, the backward pass starts at that token.
     /// Returns the hidden states `[batch, time, hidden]` (zero at padded positions) and
-    /// the final state; gradients flow through both.
+    /// the final state, all contiguous; gradients flow through both.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -264,11 +264,14 @@ impl Lstm {
         } else {
             xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
         };
+        // Dense copies rather than views into the op's output: some candle ops (and custom
+        // kernels downstream) want contiguous inputs, and the copies are small next to the
+        // recurrence.
         let state = LstmState {
-            h: out.narrow(1, time, 1)?.squeeze(1)?,
-            c: out.narrow(1, time + 1, 1)?.squeeze(1)?,
+            h: out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?,
+            c: out.narrow(1, time + 1, 1)?.squeeze(1)?.contiguous()?,
         };
-        Ok((out.narrow(1, 0, time)?, state))
+        Ok((out.narrow(1, 0, time)?.contiguous()?, state))
     }
 
     /// The recurrence with ordinary candle ops, one step at a time.

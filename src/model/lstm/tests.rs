@@ -176,6 +176,10 @@ fn fused_forward_matches_step_by_step() -> Result<()> {
             let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
             let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
             let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            // Part of the contract: callers may hand them to ops that need dense tensors.
+            for t in [&hs_f, &st_f.h, &st_f.c] {
+                assert!(t.is_contiguous(), "{what}: output is a strided view");
+            }
             assert!(
                 max_abs(&hs_r) > 0.05,
                 "{what}: reference outputs are trivial"
