@@ -99,18 +99,15 @@ fn fast_exp(x: f32) -> f32 {
     y * f32::from_bits((((k as i32) + 127) << 23) as u32)
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
 /// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
 /// unsafe call below can trust them.
-#[allow(clippy::too_many_arguments)]
 fn matmul<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
-    accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
-    parallelism: Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -140,7 +137,7 @@ fn matmul<T: Real>(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
@@ -152,7 +149,8 @@ fn matmul<T: Real>(
             false,
             false,
             false,
-            parallelism,
+            // Single-threaded: parallelism comes from splitting the batch into blocks.
+            Parallelism::None,
         )
     }
 }
@@ -335,42 +333,7 @@ impl LstmRecurrence {
             c_hat: zeros(if ln { b * t * h } else { 0 }),
             c_rstd: zeros(if ln { b * t } else { 0 }),
         };
-        let blocks = self.blocks();
-        let sizes: Vec<usize> = blocks.iter().map(|r| r.len()).collect();
-        let jobs: Vec<FwdBlock<T>> = blocks
-            .into_iter()
-            .zip(split(&mut out, (t + 2) * h, &sizes))
-            .zip(split(&mut s.act, t * 4 * h, &sizes))
-            .zip(split(&mut s.h_prev, t * h, &sizes))
-            .zip(split(&mut s.c_prev, t * h, &sizes))
-            .zip(split(&mut s.tanh_c, t * h, &sizes))
-            .zip(split(&mut s.gates_hat, t * 8 * h, &sizes))
-            .zip(split(&mut s.gates_rstd, t * 2, &sizes))
-            .zip(split(&mut s.c_hat, t * h, &sizes))
-            .zip(split(&mut s.c_rstd, t, &sizes))
-            .map(
-                |(
-                    (
-                        (((((((rows, out), act), h_prev), c_prev), tanh_c), gates_hat), gates_rstd),
-                        c_hat,
-                    ),
-                    c_rstd,
-                )| {
-                    FwdBlock {
-                        rows,
-                        out,
-                        act,
-                        h_prev,
-                        c_prev,
-                        tanh_c,
-                        gates_hat,
-                        gates_rstd,
-                        c_hat,
-                        c_rstd,
-                    }
-                },
-            )
-            .collect();
+        let jobs = s.split_blocks(&mut out, self.blocks(), t, h);
         let run = |job: FwdBlock<T>| self.forward_block_dispatch(job, xproj, w_hh, aux);
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
@@ -398,15 +361,7 @@ impl LstmRecurrence {
         for step in 0..tl {
             let t = self.time_at(step);
             // rec = h · W_hhᵀ for the whole block.
-            matmul(
-                (nb, g4, h),
-                &mut rec,
-                g4,
-                false,
-                (&hs, h, 1),
-                (w_hh, 1, h),
-                Parallelism::None,
-            );
+            matmul((nb, g4, h), &mut rec, g4, (&hs, h, 1), (w_hh, 1, h));
             for i in 0..nb {
                 let b = rows.start + i;
                 let bt = i * tl + t; // row in this block's saved buffers
@@ -488,20 +443,20 @@ impl LstmRecurrence {
         let mut d_rec = vec![T::zero(); if ln { b * t * g4 } else { 0 }];
         let mut d_h0 = vec![T::zero(); b * h];
         let mut d_c0 = vec![T::zero(); b * h];
-        let blocks = self.blocks();
-        let sizes: Vec<usize> = blocks.iter().map(|r| r.len()).collect();
-        let jobs: Vec<BwdBlock<T>> = blocks
+        let (mut rest_x, mut rest_r) = (&mut d_xproj[..], &mut d_rec[..]);
+        let (mut rest_h0, mut rest_c0) = (&mut d_h0[..], &mut d_c0[..]);
+        let jobs: Vec<BwdBlock<T>> = self
+            .blocks()
             .into_iter()
-            .zip(split(&mut d_xproj, t * g4, &sizes))
-            .zip(split(&mut d_rec, t * g4, &sizes))
-            .zip(split(&mut d_h0, h, &sizes))
-            .zip(split(&mut d_c0, h, &sizes))
-            .map(|((((rows, d_xproj), d_rec), d_h0), d_c0)| BwdBlock {
-                rows,
-                d_xproj,
-                d_rec,
-                d_h0,
-                d_c0,
+            .map(|rows| {
+                let n = rows.len();
+                BwdBlock {
+                    d_xproj: take(&mut rest_x, n * t * g4),
+                    d_rec: take(&mut rest_r, n * t * g4),
+                    d_h0: take(&mut rest_h0, n * h),
+                    d_c0: take(&mut rest_c0, n * h),
+                    rows,
+                }
             })
             .collect();
         let run = |job: BwdBlock<T>| self.backward_block_dispatch(job, s, grad_out, w_hh, aux);
@@ -633,10 +588,8 @@ impl LstmRecurrence {
                 (nb, h, g4),
                 &mut d_hprev,
                 h,
-                false,
                 (&src[t * g4..], tl * g4, 1),
                 (w_hh, h, 1),
-                Parallelism::None,
             );
             for i in 0..nb {
                 if self.mask[(rows.start + i) * tl + t] {
@@ -653,10 +606,8 @@ impl LstmRecurrence {
             (g4, h, nb * tl),
             &mut d_w_hh,
             h,
-            false,
             (d_rec, 1, g4),
             (&s.h_prev[rows.start * tl * h..rows.end * tl * h], h, 1),
-            Parallelism::None,
         );
         (d_params, d_w_hh)
     }
@@ -683,19 +634,49 @@ struct BwdBlock<'a, T> {
     d_c0: &'a mut [T],
 }
 
-/// Splits `buf` (`per_row` elements per batch row) into consecutive blocks of `sizes` rows;
-/// an empty buffer (an unused layer-norm cache) yields empty blocks.
-fn split<'a, T>(buf: &'a mut [T], per_row: usize, sizes: &[usize]) -> Vec<&'a mut [T]> {
-    let mut rest = buf;
-    sizes
-        .iter()
-        .map(|&n| {
-            let take = if rest.is_empty() { 0 } else { n * per_row };
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
-            rest = tail;
-            head
-        })
-        .collect()
+/// Cuts the first `n` elements off `buf` (all that is left if `buf` is an unused, empty
+/// layer-norm buffer) and returns them.
+fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let n = n.min(buf.len());
+    let (head, tail) = std::mem::take(buf).split_at_mut(n);
+    *buf = tail;
+    head
+}
+
+impl<T> Saved<T> {
+    /// Cuts `out` and every saved buffer into the consecutive batch blocks `blocks`.
+    fn split_blocks<'a>(
+        &'a mut self,
+        out: &'a mut [T],
+        blocks: Vec<Range<usize>>,
+        t: usize,
+        h: usize,
+    ) -> Vec<FwdBlock<'a, T>> {
+        let mut out = out;
+        let mut act = &mut self.act[..];
+        let (mut h_prev, mut c_prev) = (&mut self.h_prev[..], &mut self.c_prev[..]);
+        let mut tanh_c = &mut self.tanh_c[..];
+        let (mut gates_hat, mut gates_rstd) = (&mut self.gates_hat[..], &mut self.gates_rstd[..]);
+        let (mut c_hat, mut c_rstd) = (&mut self.c_hat[..], &mut self.c_rstd[..]);
+        blocks
+            .into_iter()
+            .map(|rows| {
+                let n = rows.len();
+                FwdBlock {
+                    out: take(&mut out, n * (t + 2) * h),
+                    act: take(&mut act, n * t * 4 * h),
+                    h_prev: take(&mut h_prev, n * t * h),
+                    c_prev: take(&mut c_prev, n * t * h),
+                    tanh_c: take(&mut tanh_c, n * t * h),
+                    gates_hat: take(&mut gates_hat, n * t * 8 * h),
+                    gates_rstd: take(&mut gates_rstd, n * t * 2),
+                    c_hat: take(&mut c_hat, n * t * h),
+                    c_rstd: take(&mut c_rstd, n * t),
+                    rows,
+                }
+            })
+            .collect()
+    }
 }
 
 fn has_avx2_fma() -> bool {
