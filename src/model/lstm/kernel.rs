@@ -267,6 +267,16 @@ impl LstmRecurrence {
         }
     }
 
+    /// Time positions the saved buffers hold per sequence: all of them when backward will
+    /// need them, else one reused slot (inference skips storing what only backward reads).
+    fn saved_slots(&self) -> usize {
+        if self.keep_saved {
+            self.time
+        } else {
+            1
+        }
+    }
+
     fn time_at(&self, step: usize) -> usize {
         if self.reverse {
             self.time - 1 - step
@@ -322,18 +332,19 @@ impl LstmRecurrence {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let ln = self.layer_norm;
         let zeros = |n: usize| vec![T::zero(); n];
+        let slots = self.saved_slots();
         let mut out = zeros(b * (t + 2) * h);
         let mut s = Saved {
-            act: zeros(b * t * 4 * h),
-            h_prev: zeros(b * t * h),
-            c_prev: zeros(b * t * h),
-            tanh_c: zeros(b * t * h),
-            gates_hat: zeros(if ln { b * t * 8 * h } else { 0 }),
-            gates_rstd: zeros(if ln { b * t * 2 } else { 0 }),
-            c_hat: zeros(if ln { b * t * h } else { 0 }),
-            c_rstd: zeros(if ln { b * t } else { 0 }),
+            act: zeros(b * slots * 4 * h),
+            h_prev: zeros(b * slots * h),
+            c_prev: zeros(b * slots * h),
+            tanh_c: zeros(b * slots * h),
+            gates_hat: zeros(if ln { b * slots * 8 * h } else { 0 }),
+            gates_rstd: zeros(if ln { b * slots * 2 } else { 0 }),
+            c_hat: zeros(if ln { b * slots * h } else { 0 }),
+            c_rstd: zeros(if ln { b * slots } else { 0 }),
         };
-        let jobs = s.split_blocks(&mut out, self.blocks(), t, h);
+        let jobs = s.split_blocks(&mut out, self.blocks(), (t, slots, h));
         let run = |job: FwdBlock<T>| self.forward_block_dispatch(job, xproj, w_hh, aux);
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
@@ -358,13 +369,14 @@ impl LstmRecurrence {
         let mut rec = vec![T::zero(); nb * g4];
         let ln = self.ln_params(aux);
         let bias = self.bias(aux);
+        let slots = self.saved_slots();
         for step in 0..tl {
             let t = self.time_at(step);
             // rec = h · W_hhᵀ for the whole block.
             matmul((nb, g4, h), &mut rec, g4, (&hs, h, 1), (w_hh, 1, h));
             for i in 0..nb {
                 let b = rows.start + i;
-                let bt = i * tl + t; // row in this block's saved buffers
+                let bt = i * slots + if self.keep_saved { t } else { 0 }; // row in saved buffers
                 let hrow = &mut hs[i * h..(i + 1) * h];
                 let crow = &mut cs[i * h..(i + 1) * h];
                 job.h_prev[bt * h..(bt + 1) * h].copy_from_slice(hrow);
@@ -644,13 +656,13 @@ fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
 }
 
 impl<T> Saved<T> {
-    /// Cuts `out` and every saved buffer into the consecutive batch blocks `blocks`.
+    /// Cuts `out` (`t + 2` rows of `h` per sequence) and every saved buffer (`slots` time
+    /// positions per sequence) into the consecutive batch blocks `blocks`.
     fn split_blocks<'a>(
         &'a mut self,
         out: &'a mut [T],
         blocks: Vec<Range<usize>>,
-        t: usize,
-        h: usize,
+        (t, slots, h): (usize, usize, usize),
     ) -> Vec<FwdBlock<'a, T>> {
         let mut out = out;
         let mut act = &mut self.act[..];
@@ -664,14 +676,14 @@ impl<T> Saved<T> {
                 let n = rows.len();
                 FwdBlock {
                     out: take(&mut out, n * (t + 2) * h),
-                    act: take(&mut act, n * t * 4 * h),
-                    h_prev: take(&mut h_prev, n * t * h),
-                    c_prev: take(&mut c_prev, n * t * h),
-                    tanh_c: take(&mut tanh_c, n * t * h),
-                    gates_hat: take(&mut gates_hat, n * t * 8 * h),
-                    gates_rstd: take(&mut gates_rstd, n * t * 2),
-                    c_hat: take(&mut c_hat, n * t * h),
-                    c_rstd: take(&mut c_rstd, n * t),
+                    act: take(&mut act, n * slots * 4 * h),
+                    h_prev: take(&mut h_prev, n * slots * h),
+                    c_prev: take(&mut c_prev, n * slots * h),
+                    tanh_c: take(&mut tanh_c, n * slots * h),
+                    gates_hat: take(&mut gates_hat, n * slots * 8 * h),
+                    gates_rstd: take(&mut gates_rstd, n * slots * 2),
+                    c_hat: take(&mut c_hat, n * slots * h),
+                    c_rstd: take(&mut c_rstd, n * slots),
                     rows,
                 }
             })

@@ -537,3 +537,27 @@ fn interior_padding_carries_the_state() -> Result<()> {
     }
     Ok(())
 }
+
+/// Without any tensor that needs a gradient (weights loaded for translation) the fused op
+/// keeps no intermediates; its results must not change.
+#[test]
+fn inference_path_matches_training_path() -> Result<()> {
+    for layer_norm in [false, true] {
+        for reverse in [false, true] {
+            let case = Case::small(layer_norm, DType::F32, 11);
+            let tracked = case.tensors();
+            let detached: HashMap<String, Tensor> = tracked
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach()))
+                .collect();
+            assert!(!detached["weight_hh"].track_op());
+            let (hs_t, st_t) = case.run(&tracked, reverse, Recurrence::Auto)?;
+            let (hs_i, st_i) = case.run(&detached, reverse, Recurrence::Auto)?;
+            let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
+            assert!(max_abs_diff(&st_t.h, &st_i.h) == 0.0, "{what}: h");
+            assert!(max_abs_diff(&st_t.c, &st_i.c) == 0.0, "{what}: c");
+        }
+    }
+    Ok(())
+}
