@@ -5,21 +5,23 @@
 //! what made candle's LSTM 3x slower than PyTorch's. Here autograd sees a single node:
 //!
 //! * inputs: `xproj [B,T,4H]` (the input projection of every step, computed outside by one
-//!   ordinary matmul, not yet normalised), `w_hh [4H,H]` and `aux`, a flat vector holding the
-//!   initial state, the bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`,
-//!   `bias [4H]`, then with layer norm `γ_ih [4H]`, `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
-//!   inputs while every one of them still gets its gradient. The bias is added in here
-//!   because candle's backward of a broadcast add (a strided sum over batch and time) cost
-//!   more than the whole gate computation; the layer norm of the input part likewise, as a
-//!   dozen candle ops over `[B,T,4H]` it cost as much as the recurrence.
+//!   ordinary matmul, not yet normalised), `w_hh [4H,H]` and `aux`, a flat vector holding
+//!   the initial state, the bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`,
+//!   `bias [4H]`, then with layer norm `γ_ih [4H]`, `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`).
+//!   Packing them keeps the op at three inputs while every one of them still gets its
+//!   gradient. The bias is added in here because candle's backward of a broadcast add (a
+//!   strided sum over batch and time) cost more than the whole gate computation; the layer
+//!   norm of the input part likewise: as a dozen candle ops over `[B,T,4H]` it cost as much
+//!   as the recurrence.
 //! * output `[B, T+2, H]`: rows `0..T` are the hidden states (zero at padding), row `T` the
 //!   final `h`, row `T+1` the final `c`. Gradients flowing into any of them are honoured.
 //!
 //! Batch rows never interact in the recurrence, so the batch is split into one contiguous
-//! block per rayon thread and each block runs the whole sequence on its own: one fork/join
-//! per layer instead of one per step (rayon spin-waits badly on a shared 2-core machine).
-//! Each step's recurrent matmul is a single-threaded `gemm` call into preallocated buffers;
-//! the weight gradient is one big matmul over all steps at the end.
+//! block per rayon thread and each block runs the whole sequence, and its whole backward,
+//! on its own: one fork/join per call instead of one per step (rayon spin-waits badly on a
+//! shared 2-core machine). Each step's recurrent matmul is a single-threaded `gemm` call
+//! into preallocated buffers; each block's share of the `W_hh` gradient is one matmul over
+//! all its steps. Without gradients (inference) nothing is kept for backward.
 
 use std::ops::Range;
 use std::sync::Mutex;

@@ -4,8 +4,14 @@
 //! with `torch.nn.LSTM` (`weight_ih`, `weight_hh`, one combined `bias`).
 //!
 //! On the CPU in f32/f64 the recurrence runs as one fused op with a hand-written backward
-//! through time ([`kernel`]); elsewhere (and as the reference the tests compare against) it
-//! runs step by step with ordinary candle ops.
+//! through time (`kernel.rs`): autograd sees one node per layer call. Elsewhere (other
+//! devices and dtypes, and as the reference the tests compare against,
+//! [`Recurrence::StepByStep`]) it runs step by step with ordinary candle ops.
+//!
+//! API: [`Lstm::forward`] (zero initial state), [`Lstm::forward_with`] (initial state,
+//! choice of implementation), [`Lstm::step`] / [`Lstm::step_with`] (one decoding step; on
+//! the CPU the fused op with `T = 1`). Gradients flow into the inputs, all parameters, the
+//! initial state, and from the hidden states as well as from the final `h` and `c`.
 //!
 //! # Layer normalisation (Ba et al. 2016, as used by RNMT+)
 //! With `layer_norm` the cell computes
