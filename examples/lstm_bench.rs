@@ -210,11 +210,40 @@ fn main() -> Result<()> {
         stepwise / fused,
         stepwise_cpu / fused_cpu
     );
+    // Inference: weights that need no gradient, as when a model is loaded for translation.
+    let frozen: std::collections::HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let lstm = Lstm::new(
+        i,
+        h,
+        args.layer_norm,
+        VarBuilder::from_tensors(frozen, DType::F32, &dev),
+    )?;
+    let xs = xs.detach();
     let (fused_fwd, fused_fwd_cpu) = timed(args.iters, || {
-        lstm.forward_with(&xs.detach(), &mask, false, None, Recurrence::Auto)?;
+        lstm.forward_with(&xs, &mask, false, None, Recurrence::Auto)?;
         Ok(())
     })?;
     println!("fused        fwd only (no grad) {fused_fwd:7.2} ms/iter best wall, {fused_fwd_cpu:7.2} ms CPU/iter");
+    // One decoding step (no gradient), as beam search calls it.
+    let x0 = xs.narrow(1, 0, 1)?.squeeze(1)?;
+    let state = rnmt::model::lstm::LstmState::zeros(b, h, DType::F32, &dev)?;
+    let mut step_ms = Vec::new();
+    for recurrence in [Recurrence::Auto, Recurrence::StepByStep] {
+        step_ms.push(timed(args.iters * 10, || {
+            lstm.step_with(&x0, &state, recurrence)?;
+            Ok(())
+        })?);
+    }
+    println!(
+        "decoding step (no grad): fused {:.3} ms best wall, {:.3} ms CPU; candle ops {:.3} ms best wall, {:.3} ms CPU",
+        step_ms[0].0, step_ms[0].1, step_ms[1].0, step_ms[1].1
+    );
     use Layout::{ColMajor, RowMajor};
     println!(
         "gemm 1024^3 on {threads} thread(s): {:6.1} GFLOP/s",

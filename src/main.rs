@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Training allocates and frees large tensors every step; glibc's malloc hands them back to
+// the kernel and page-faults fresh zeroed pages each time, mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rnmt",

@@ -79,7 +79,7 @@ impl Dims {
     fn new(q: &[usize], k: &[usize], v: &[usize], heads: usize) -> Result<Self> {
         match (q, k, v) {
             (&[b, t, a], &[kb, s, ka], &[va])
-                if kb == b && ka == a && va == a && heads > 0 && a % heads == 0 =>
+                if kb == b && ka == a && va == a && heads > 0 && a.is_multiple_of(heads) =>
             {
                 Ok(Self {
                     batch: b,

@@ -95,6 +95,11 @@ impl Attention {
                 normalized,
             })
         };
+        if heads == 0 || !units.is_multiple_of(heads) || !memory_size.is_multiple_of(heads) {
+            candle_core::bail!(
+                "{heads} attention heads must divide the query size {units} and the memory size {memory_size}"
+            );
+        }
         if kind == AttentionKind::Dot && query_size != memory_size {
             candle_core::bail!(
                 "dot attention needs equal query and memory sizes, got {query_size} and {memory_size}"

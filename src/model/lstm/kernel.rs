@@ -5,20 +5,23 @@
 //! what made candle's LSTM 3x slower than PyTorch's. Here autograd sees a single node:
 //!
 //! * inputs: `xproj [B,T,4H]` (the input projection of every step, computed outside by one
-//!   ordinary matmul), `w_hh [4H,H]` and `aux`, a flat vector holding the initial state, the
-//!   bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`, `bias [4H]`, then with
-//!   layer norm `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`). Packing them keeps the op at three
-//!   inputs while every one of them still gets its gradient. The bias is added in here
-//!   because candle's backward of a broadcast add (a strided sum over batch and time) cost
-//!   more than the whole gate computation.
+//!   ordinary matmul, not yet normalised), `w_hh [4H,H]` and `aux`, a flat vector holding
+//!   the initial state, the bias and the layer-norm parameters (`h0 [B,H]`, `c0 [B,H]`,
+//!   `bias [4H]`, then with layer norm `γ_ih [4H]`, `γ_hh [4H]`, `γ_cell [H]`, `β_cell [H]`).
+//!   Packing them keeps the op at three inputs while every one of them still gets its
+//!   gradient. The bias is added in here because candle's backward of a broadcast add (a
+//!   strided sum over batch and time) cost more than the whole gate computation; the layer
+//!   norm of the input part likewise: as a dozen candle ops over `[B,T,4H]` it cost as much
+//!   as the recurrence.
 //! * output `[B, T+2, H]`: rows `0..T` are the hidden states (zero at padding), row `T` the
 //!   final `h`, row `T+1` the final `c`. Gradients flowing into any of them are honoured.
 //!
 //! Batch rows never interact in the recurrence, so the batch is split into one contiguous
-//! block per rayon thread and each block runs the whole sequence on its own: one fork/join
-//! per layer instead of one per step (rayon spin-waits badly on a shared 2-core machine).
-//! Each step's recurrent matmul is a single-threaded `gemm` call into preallocated buffers;
-//! the weight gradient is one big matmul over all steps at the end.
+//! block per rayon thread and each block runs the whole sequence, and its whole backward,
+//! on its own: one fork/join per call instead of one per step (rayon spin-waits badly on a
+//! shared 2-core machine). Each step's recurrent matmul is a single-threaded `gemm` call
+//! into preallocated buffers; each block's share of the `W_hh` gradient is one matmul over
+//! all its steps. Without gradients (inference) nothing is kept for backward.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -98,18 +101,15 @@ fn fast_exp(x: f32) -> f32 {
     y * f32::from_bits((((k as i32) + 127) << 23) as u32)
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
 /// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
 /// unsafe call below can trust them.
-#[allow(clippy::too_many_arguments)]
 fn matmul<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
-    accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
-    parallelism: Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -139,7 +139,7 @@ fn matmul<T: Real>(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
@@ -151,7 +151,8 @@ fn matmul<T: Real>(
             false,
             false,
             false,
-            parallelism,
+            // Single-threaded: parallelism comes from splitting the batch into blocks.
+            Parallelism::None,
         )
     }
 }
@@ -167,10 +168,11 @@ struct Saved<T> {
     c_prev: Vec<T>,
     /// `tanh` of the (normalised) new cell: `[B,T,H]`.
     tanh_c: Vec<T>,
-    /// Layer norm only: normalised recurrent projection `[B,T,4H]`, normalised cell
-    /// `[B,T,H]`, and their reciprocal standard deviations `[B,T]`.
-    r_hat: Vec<T>,
-    r_rstd: Vec<T>,
+    /// Layer norm only: the normalised input and recurrent projections `[B,T,2,4H]` and
+    /// their reciprocal standard deviations `[B,T,2]`; the normalised cell `[B,T,H]` and its
+    /// reciprocal standard deviation `[B,T]`.
+    gates_hat: Vec<T>,
+    gates_rstd: Vec<T>,
     c_hat: Vec<T>,
     c_rstd: Vec<T>,
 }
@@ -226,6 +228,7 @@ pub struct LstmRecurrence {
 /// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
 struct LnParams<'a, T> {
+    gain_ih: &'a [T],
     gain_hh: &'a [T],
     gain_cell: &'a [T],
     bias_cell: &'a [T],
@@ -260,9 +263,19 @@ impl LstmRecurrence {
     /// Length of the parameter part of `aux` (bias, then layer-norm parameters).
     fn params_len(hidden: usize, layer_norm: bool) -> usize {
         if layer_norm {
-            10 * hidden
+            14 * hidden
         } else {
             4 * hidden
+        }
+    }
+
+    /// Time positions the saved buffers hold per sequence: all of them when backward will
+    /// need them, else one reused slot (inference skips storing what only backward reads).
+    fn saved_slots(&self) -> usize {
+        if self.keep_saved {
+            self.time
+        } else {
+            1
         }
     }
 
@@ -283,9 +296,10 @@ impl LstmRecurrence {
         let h = self.hidden;
         let at = 2 * self.batch * h + 4 * h;
         self.layer_norm.then(|| LnParams {
-            gain_hh: &aux[at..at + 4 * h],
-            gain_cell: &aux[at + 4 * h..at + 5 * h],
-            bias_cell: &aux[at + 5 * h..at + 6 * h],
+            gain_ih: &aux[at..at + 4 * h],
+            gain_hh: &aux[at + 4 * h..at + 8 * h],
+            gain_cell: &aux[at + 8 * h..at + 9 * h],
+            bias_cell: &aux[at + 9 * h..at + 10 * h],
         })
     }
 
@@ -320,50 +334,19 @@ impl LstmRecurrence {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let ln = self.layer_norm;
         let zeros = |n: usize| vec![T::zero(); n];
+        let slots = self.saved_slots();
         let mut out = zeros(b * (t + 2) * h);
         let mut s = Saved {
-            act: zeros(b * t * 4 * h),
-            h_prev: zeros(b * t * h),
-            c_prev: zeros(b * t * h),
-            tanh_c: zeros(b * t * h),
-            r_hat: zeros(if ln { b * t * 4 * h } else { 0 }),
-            r_rstd: zeros(if ln { b * t } else { 0 }),
-            c_hat: zeros(if ln { b * t * h } else { 0 }),
-            c_rstd: zeros(if ln { b * t } else { 0 }),
+            act: zeros(b * slots * 4 * h),
+            h_prev: zeros(b * slots * h),
+            c_prev: zeros(b * slots * h),
+            tanh_c: zeros(b * slots * h),
+            gates_hat: zeros(if ln { b * slots * 8 * h } else { 0 }),
+            gates_rstd: zeros(if ln { b * slots * 2 } else { 0 }),
+            c_hat: zeros(if ln { b * slots * h } else { 0 }),
+            c_rstd: zeros(if ln { b * slots } else { 0 }),
         };
-        let blocks = self.blocks();
-        let sizes: Vec<usize> = blocks.iter().map(|r| r.len()).collect();
-        let jobs: Vec<FwdBlock<T>> = blocks
-            .into_iter()
-            .zip(split(&mut out, (t + 2) * h, &sizes))
-            .zip(split(&mut s.act, t * 4 * h, &sizes))
-            .zip(split(&mut s.h_prev, t * h, &sizes))
-            .zip(split(&mut s.c_prev, t * h, &sizes))
-            .zip(split(&mut s.tanh_c, t * h, &sizes))
-            .zip(split(&mut s.r_hat, t * 4 * h, &sizes))
-            .zip(split(&mut s.r_rstd, t, &sizes))
-            .zip(split(&mut s.c_hat, t * h, &sizes))
-            .zip(split(&mut s.c_rstd, t, &sizes))
-            .map(
-                |(
-                    ((((((((rows, out), act), h_prev), c_prev), tanh_c), r_hat), r_rstd), c_hat),
-                    c_rstd,
-                )| {
-                    FwdBlock {
-                        rows,
-                        out,
-                        act,
-                        h_prev,
-                        c_prev,
-                        tanh_c,
-                        r_hat,
-                        r_rstd,
-                        c_hat,
-                        c_rstd,
-                    }
-                },
-            )
-            .collect();
+        let jobs = s.split_blocks(&mut out, self.blocks(), (t, slots, h));
         let run = |job: FwdBlock<T>| self.forward_block_dispatch(job, xproj, w_hh, aux);
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
@@ -388,21 +371,14 @@ impl LstmRecurrence {
         let mut rec = vec![T::zero(); nb * g4];
         let ln = self.ln_params(aux);
         let bias = self.bias(aux);
+        let slots = self.saved_slots();
         for step in 0..tl {
             let t = self.time_at(step);
             // rec = h · W_hhᵀ for the whole block.
-            matmul(
-                (nb, g4, h),
-                &mut rec,
-                g4,
-                false,
-                (&hs, h, 1),
-                (w_hh, 1, h),
-                Parallelism::None,
-            );
+            matmul((nb, g4, h), &mut rec, g4, (&hs, h, 1), (w_hh, 1, h));
             for i in 0..nb {
                 let b = rows.start + i;
-                let bt = i * tl + t; // row in this block's saved buffers
+                let bt = i * slots + if self.keep_saved { t } else { 0 }; // row in saved buffers
                 let hrow = &mut hs[i * h..(i + 1) * h];
                 let crow = &mut cs[i * h..(i + 1) * h];
                 job.h_prev[bt * h..(bt + 1) * h].copy_from_slice(hrow);
@@ -421,12 +397,12 @@ impl LstmRecurrence {
                         }
                     }
                     Some(p) => {
-                        let r_hat = &mut job.r_hat[bt * g4..(bt + 1) * g4];
-                        job.r_rstd[bt] = normalise(r, r_hat);
-                        for ((((a, &x), &n), &gain), &bias) in
-                            act.iter_mut().zip(xp).zip(&*r_hat).zip(p.gain_hh).zip(bias)
-                        {
-                            *a = x + bias + gain * n;
+                        let hat = &mut job.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
+                        let (x_hat, r_hat) = hat.split_at_mut(g4);
+                        job.gates_rstd[2 * bt] = normalise(xp, x_hat);
+                        job.gates_rstd[2 * bt + 1] = normalise(r, r_hat);
+                        for (j, a) in act.iter_mut().enumerate() {
+                            *a = bias[j] + p.gain_ih[j] * x_hat[j] + p.gain_hh[j] * r_hat[j];
                         }
                     }
                 }
@@ -481,59 +457,48 @@ impl LstmRecurrence {
         let mut d_rec = vec![T::zero(); if ln { b * t * g4 } else { 0 }];
         let mut d_h0 = vec![T::zero(); b * h];
         let mut d_c0 = vec![T::zero(); b * h];
-        let blocks = self.blocks();
-        let sizes: Vec<usize> = blocks.iter().map(|r| r.len()).collect();
-        let jobs: Vec<BwdBlock<T>> = blocks
+        let (mut rest_x, mut rest_r) = (&mut d_xproj[..], &mut d_rec[..]);
+        let (mut rest_h0, mut rest_c0) = (&mut d_h0[..], &mut d_c0[..]);
+        let jobs: Vec<BwdBlock<T>> = self
+            .blocks()
             .into_iter()
-            .zip(split(&mut d_xproj, t * g4, &sizes))
-            .zip(split(&mut d_rec, t * g4, &sizes))
-            .zip(split(&mut d_h0, h, &sizes))
-            .zip(split(&mut d_c0, h, &sizes))
-            .map(|((((rows, d_xproj), d_rec), d_h0), d_c0)| BwdBlock {
-                rows,
-                d_xproj,
-                d_rec,
-                d_h0,
-                d_c0,
+            .map(|rows| {
+                let n = rows.len();
+                BwdBlock {
+                    d_xproj: take(&mut rest_x, n * t * g4),
+                    d_rec: take(&mut rest_r, n * t * g4),
+                    d_h0: take(&mut rest_h0, n * h),
+                    d_c0: take(&mut rest_c0, n * h),
+                    rows,
+                }
             })
             .collect();
         let run = |job: BwdBlock<T>| self.backward_block_dispatch(job, s, grad_out, w_hh, aux);
-        let d_param_parts: Vec<Vec<T>> = if jobs.len() == 1 {
+        let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
             jobs.into_iter().map(run).collect()
         } else {
             jobs.into_par_iter().map(run).collect()
         };
-        // dW_hh = Σ_(b,t) d_recᵀ ⊗ h_prev: one big matmul over every step.
-        let d_rec = if ln { &d_rec } else { &d_xproj };
         let mut d_w_hh = vec![T::zero(); g4 * h];
-        let threads = rayon::current_num_threads();
-        matmul(
-            (g4, h, b * t),
-            &mut d_w_hh,
-            h,
-            false,
-            (d_rec, 1, g4),
-            (&s.h_prev, h, 1),
-            if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
-            },
-        );
-        let mut d_aux = d_h0;
-        d_aux.extend_from_slice(&d_c0);
         let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
-        for part in &d_param_parts {
-            for (d, &p) in d_params.iter_mut().zip(part) {
+        for (part_params, part_w) in &parts {
+            for (d, &p) in d_params.iter_mut().zip(part_params) {
+                *d += p;
+            }
+            for (d, &p) in d_w_hh.iter_mut().zip(part_w) {
                 *d += p;
             }
         }
+        let mut d_aux = d_h0;
+        d_aux.extend_from_slice(&d_c0);
         d_aux.extend_from_slice(&d_params);
         Ok((d_xproj, d_w_hh, d_aux))
     }
 
     /// Backward through time for one batch block; returns this block's share of the
-    /// parameter gradients in `aux`'s layout (bias, then γ_hh, γ_cell, β_cell).
+    /// parameter gradients in `aux`'s layout (bias, then γ_ih, γ_hh, γ_cell, β_cell) and of
+    /// the gradient of `W_hh`. Each block takes its own share of `W_hh`'s gradient (one
+    /// matmul over all its steps) so the whole backward stays a single fork/join.
     #[inline(always)]
     fn backward_block<T: Real>(
         &self,
@@ -542,7 +507,7 @@ impl LstmRecurrence {
         grad_out: &[T],
         w_hh: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         let (tl, h) = (self.time, self.hidden);
         let g4 = 4 * h;
         let rows = job.rows.clone();
@@ -591,7 +556,7 @@ impl LstmRecurrence {
                 }
                 if let Some(p) = ln {
                     let c_hat = &s.c_hat[bt * h..(bt + 1) * h];
-                    let (_, d_cell) = d_params.split_at_mut(8 * h);
+                    let (_, d_cell) = d_params.split_at_mut(12 * h);
                     let (d_gain, d_bias) = d_cell.split_at_mut(h);
                     for j in 0..h {
                         d_gain[j] += d_pre[j] * c_hat[j];
@@ -614,18 +579,21 @@ impl LstmRecurrence {
                     *d_b += d_a;
                 }
                 if let Some(p) = ln {
-                    let r_hat = &s.r_hat[bt * g4..(bt + 1) * g4];
+                    let hat = &s.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
+                    let (x_hat, r_hat) = hat.split_at(g4);
+                    let (d_gain_ih, rest) = d_params[g4..].split_at_mut(g4);
+                    let d_gain_hh = &mut rest[..g4];
                     let d_r = &mut job.d_rec[lt * g4..(lt + 1) * g4];
-                    for (((dr, &da), &n), (dgain, &gain)) in d_r
-                        .iter_mut()
-                        .zip(&job.d_xproj[lt * g4..(lt + 1) * g4])
-                        .zip(r_hat)
-                        .zip(d_params[g4..2 * g4].iter_mut().zip(p.gain_hh))
-                    {
-                        *dgain += da * n;
-                        *dr = da * gain;
+                    let d_x = &mut job.d_xproj[lt * g4..(lt + 1) * g4];
+                    for j in 0..g4 {
+                        let d_a = d_x[j];
+                        d_gain_hh[j] += d_a * r_hat[j];
+                        d_r[j] = d_a * p.gain_hh[j];
+                        d_gain_ih[j] += d_a * x_hat[j];
+                        d_x[j] = d_a * p.gain_ih[j];
                     }
-                    normalise_backward(d_r, r_hat, s.r_rstd[bt]);
+                    normalise_backward(d_r, r_hat, s.gates_rstd[2 * bt + 1]);
+                    normalise_backward(d_x, x_hat, s.gates_rstd[2 * bt]);
                 }
             }
             // d h_prev = d_rec · W_hh for the block's rows at this time step.
@@ -634,10 +602,8 @@ impl LstmRecurrence {
                 (nb, h, g4),
                 &mut d_hprev,
                 h,
-                false,
                 (&src[t * g4..], tl * g4, 1),
                 (w_hh, h, 1),
-                Parallelism::None,
             );
             for i in 0..nb {
                 if self.mask[(rows.start + i) * tl + t] {
@@ -647,7 +613,17 @@ impl LstmRecurrence {
         }
         job.d_h0.copy_from_slice(&dh);
         job.d_c0.copy_from_slice(&dc);
-        d_params
+        // dW_hh = Σ_(b,t) d_recᵀ ⊗ h_prev over this block's rows and steps.
+        let d_rec: &[T] = if ln.is_some() { job.d_rec } else { job.d_xproj };
+        let mut d_w_hh = vec![T::zero(); g4 * h];
+        matmul(
+            (g4, h, nb * tl),
+            &mut d_w_hh,
+            h,
+            (d_rec, 1, g4),
+            (&s.h_prev[rows.start * tl * h..rows.end * tl * h], h, 1),
+        );
+        (d_params, d_w_hh)
     }
 }
 
@@ -658,8 +634,8 @@ struct FwdBlock<'a, T> {
     h_prev: &'a mut [T],
     c_prev: &'a mut [T],
     tanh_c: &'a mut [T],
-    r_hat: &'a mut [T],
-    r_rstd: &'a mut [T],
+    gates_hat: &'a mut [T],
+    gates_rstd: &'a mut [T],
     c_hat: &'a mut [T],
     c_rstd: &'a mut [T],
 }
@@ -672,19 +648,49 @@ struct BwdBlock<'a, T> {
     d_c0: &'a mut [T],
 }
 
-/// Splits `buf` (`per_row` elements per batch row) into consecutive blocks of `sizes` rows;
-/// an empty buffer (an unused layer-norm cache) yields empty blocks.
-fn split<'a, T>(buf: &'a mut [T], per_row: usize, sizes: &[usize]) -> Vec<&'a mut [T]> {
-    let mut rest = buf;
-    sizes
-        .iter()
-        .map(|&n| {
-            let take = if rest.is_empty() { 0 } else { n * per_row };
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
-            rest = tail;
-            head
-        })
-        .collect()
+/// Cuts the first `n` elements off `buf` (all that is left if `buf` is an unused, empty
+/// layer-norm buffer) and returns them.
+fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let n = n.min(buf.len());
+    let (head, tail) = std::mem::take(buf).split_at_mut(n);
+    *buf = tail;
+    head
+}
+
+impl<T> Saved<T> {
+    /// Cuts `out` (`t + 2` rows of `h` per sequence) and every saved buffer (`slots` time
+    /// positions per sequence) into the consecutive batch blocks `blocks`.
+    fn split_blocks<'a>(
+        &'a mut self,
+        out: &'a mut [T],
+        blocks: Vec<Range<usize>>,
+        (t, slots, h): (usize, usize, usize),
+    ) -> Vec<FwdBlock<'a, T>> {
+        let mut out = out;
+        let mut act = &mut self.act[..];
+        let (mut h_prev, mut c_prev) = (&mut self.h_prev[..], &mut self.c_prev[..]);
+        let mut tanh_c = &mut self.tanh_c[..];
+        let (mut gates_hat, mut gates_rstd) = (&mut self.gates_hat[..], &mut self.gates_rstd[..]);
+        let (mut c_hat, mut c_rstd) = (&mut self.c_hat[..], &mut self.c_rstd[..]);
+        blocks
+            .into_iter()
+            .map(|rows| {
+                let n = rows.len();
+                FwdBlock {
+                    out: take(&mut out, n * (t + 2) * h),
+                    act: take(&mut act, n * slots * 4 * h),
+                    h_prev: take(&mut h_prev, n * slots * h),
+                    c_prev: take(&mut c_prev, n * slots * h),
+                    tanh_c: take(&mut tanh_c, n * slots * h),
+                    gates_hat: take(&mut gates_hat, n * slots * 8 * h),
+                    gates_rstd: take(&mut gates_rstd, n * slots * 2),
+                    c_hat: take(&mut c_hat, n * slots * h),
+                    c_rstd: take(&mut c_rstd, n * slots),
+                    rows,
+                }
+            })
+            .collect()
+    }
 }
 
 fn has_avx2_fma() -> bool {
@@ -723,7 +729,7 @@ impl LstmRecurrence {
         g: &[T],
         w: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the features were detected at run time.
@@ -741,7 +747,7 @@ impl LstmRecurrence {
         g: &[T],
         w: &[T],
         aux: &[T],
-    ) -> Vec<T> {
+    ) -> (Vec<T>, Vec<T>) {
         self.backward_block(job, s, g, w, aux)
     }
 }

@@ -4,8 +4,14 @@
 //! with `torch.nn.LSTM` (`weight_ih`, `weight_hh`, one combined `bias`).
 //!
 //! On the CPU in f32/f64 the recurrence runs as one fused op with a hand-written backward
-//! through time ([`kernel`]); elsewhere (and as the reference the tests compare against) it
-//! runs step by step with ordinary candle ops.
+//! through time (`kernel.rs`): autograd sees one node per layer call. Elsewhere (other
+//! devices and dtypes, and as the reference the tests compare against,
+//! [`Recurrence::StepByStep`]) it runs step by step with ordinary candle ops.
+//!
+//! API: [`Lstm::forward`] (zero initial state), [`Lstm::forward_with`] (initial state,
+//! choice of implementation), [`Lstm::step`] / [`Lstm::step_with`] (one decoding step; on
+//! the CPU the fused op with `T = 1`). Gradients flow into the inputs, all parameters, the
+//! initial state, and from the hidden states as well as from the final `h` and `c`.
 //!
 //! # Layer normalisation (Ba et al. 2016, as used by RNMT+)
 //! With `layer_norm` the cell computes
@@ -125,7 +131,7 @@ impl Lstm {
     /// over padding, so the final state of each sentence is the one after its last real
     /// token and, with `reverse`, the backward pass starts at that token.
     /// Returns the hidden states `[batch, time, hidden]` (zero at padded positions) and
-    /// the final state; gradients flow through both.
+    /// the final state, all contiguous; gradients flow through both.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -171,7 +177,7 @@ impl Lstm {
                 );
             }
         }
-        let xproj = self.input_projection_unbiased(xs)?;
+        let xproj = xs_times_w_ih(xs, &self.weight_ih)?;
         let fused = recurrence == Recurrence::Auto
             && xs.device().is_cpu()
             && matches!(xs.dtype(), DType::F32 | DType::F64)
@@ -179,35 +185,44 @@ impl Lstm {
         if fused {
             self.fused_recurrence(&xproj, mask, reverse, &init)
         } else {
-            let xproj = xproj.broadcast_add(&self.bias)?;
+            let xproj = self.finish_input_projection(&xproj)?;
             self.stepwise_recurrence(&xproj, mask, reverse, init)
         }
     }
 
     /// One step for decoding: `x: [batch, input]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let xproj = self
-            .input_projection_unbiased(x)?
-            .broadcast_add(&self.bias)?;
-        self.cell(&xproj, state)
+        self.step_with(x, state, Recurrence::Auto)
     }
 
-    /// `x·W_ihᵀ` (layer-normalised if asked) for every position at once; the bias is left
-    /// to the recurrence.
-    fn input_projection_unbiased(&self, x: &Tensor) -> Result<Tensor> {
-        // One 2-D matmul over all positions: `broadcast_matmul` would broadcast W_ih over
-        // the batch, and its backward would then build a [batch, 4H, I] gradient and sum it.
-        let mut rows_shape = x.dims().to_vec();
-        let input = rows_shape.pop().unwrap_or(0);
-        rows_shape.push(4 * self.hidden_size);
-        let proj = x
-            .reshape(((), input))?
-            .matmul(&self.weight_ih.t()?)?
-            .reshape(rows_shape)?;
-        match &self.layer_norm {
-            Some(ln) => normalise(&proj)?.broadcast_mul(&ln.ih),
-            None => Ok(proj),
+    /// [`Lstm::step`] with a choice of implementation. On the CPU the fused op is a
+    /// one-step sequence: a few large kernels instead of ~15 small candle ops (and one
+    /// autograd node when a decoder with input feeding trains step by step).
+    pub fn step_with(
+        &self,
+        x: &Tensor,
+        state: &LstmState,
+        recurrence: Recurrence,
+    ) -> Result<LstmState> {
+        let (batch, _) = x.dims2()?;
+        if recurrence == Recurrence::StepByStep {
+            let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
+            return self.cell(&xproj, state);
         }
+        let mask = Tensor::ones((batch, 1), DType::F32, x.device())?;
+        let (_, next) =
+            self.forward_with(&x.unsqueeze(1)?, &mask, false, Some(state), recurrence)?;
+        Ok(next)
+    }
+
+    /// Layer norm (if asked) and bias on `x·W_ihᵀ`, for the step-by-step path: the fused op
+    /// does both itself.
+    fn finish_input_projection(&self, proj: &Tensor) -> Result<Tensor> {
+        let proj = match &self.layer_norm {
+            Some(ln) => normalise(proj)?.broadcast_mul(&ln.ih)?,
+            None => proj.clone(),
+        };
+        proj.broadcast_add(&self.bias)
     }
 
     fn fused_recurrence(
@@ -232,7 +247,12 @@ impl Lstm {
             self.bias.clone(),
         ];
         if let Some(ln) = &self.layer_norm {
-            aux.extend([ln.hh.clone(), ln.cell_weight.clone(), ln.cell_bias.clone()]);
+            aux.extend([
+                ln.ih.clone(),
+                ln.hh.clone(),
+                ln.cell_weight.clone(),
+                ln.cell_bias.clone(),
+            ]);
         }
         let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
         let xproj = xproj.contiguous()?;
@@ -250,11 +270,14 @@ impl Lstm {
         } else {
             xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
         };
+        // Dense copies rather than views into the op's output: some candle ops (and custom
+        // kernels downstream) want contiguous inputs, and the copies are small next to the
+        // recurrence.
         let state = LstmState {
-            h: out.narrow(1, time, 1)?.squeeze(1)?,
-            c: out.narrow(1, time + 1, 1)?.squeeze(1)?,
+            h: out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?,
+            c: out.narrow(1, time + 1, 1)?.squeeze(1)?.contiguous()?,
         };
-        Ok((out.narrow(1, 0, time)?, state))
+        Ok((out.narrow(1, 0, time)?.contiguous()?, state))
     }
 
     /// The recurrence with ordinary candle ops, one step at a time.
@@ -317,6 +340,18 @@ impl Lstm {
         let h = (o * c_out.tanh()?)?;
         Ok(LstmState { h, c })
     }
+}
+
+/// `x·W_ihᵀ` for every position at once, `x: [.., input]`. One 2-D matmul: `broadcast_matmul`
+/// would broadcast W_ih over the batch, and its backward would then build a [batch, 4H, I]
+/// gradient and sum it.
+fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let input = dims.pop().unwrap_or(0);
+    dims.push(weight_ih.dim(0)?);
+    x.reshape(((), input))?
+        .matmul(&weight_ih.t()?)?
+        .reshape(dims)
 }
 
 /// `(z - mean) / sqrt(var + eps)` over the last dimension, with differentiable candle ops.

@@ -176,6 +176,10 @@ fn fused_forward_matches_step_by_step() -> Result<()> {
             let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
             let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
             let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            // Part of the contract: callers may hand them to ops that need dense tensors.
+            for t in [&hs_f, &st_f.h, &st_f.c] {
+                assert!(t.is_contiguous(), "{what}: output is a strided view");
+            }
             assert!(
                 max_abs(&hs_r) > 0.05,
                 "{what}: reference outputs are trivial"
@@ -412,5 +416,148 @@ fn bad_shapes_are_clear_errors() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(err.contains("initial h"), "{err}");
+    Ok(())
+}
+
+/// The fused one-step path used for decoding against the candle-ops cell, values and
+/// gradients (f64), with and without layer norm.
+#[test]
+fn fused_step_matches_candle_ops_cell() -> Result<()> {
+    for layer_norm in [false, true] {
+        let case = Case::small(layer_norm, DType::F64, 8);
+        let values = case.tensors();
+        let vb = VarBuilder::from_tensors(values.clone(), DType::F64, &Device::Cpu);
+        let lstm = Lstm::new(I, H, layer_norm, vb)?;
+        let x = values["xs"].narrow(1, 2, 1)?.squeeze(1)?;
+        let state = LstmState {
+            h: values["h0"].clone(),
+            c: values["c0"].clone(),
+        };
+        let [_, w_h, w_c] = &case.loss_weights;
+        let mut results = Vec::new();
+        for recurrence in [Recurrence::Auto, Recurrence::StepByStep] {
+            let next = lstm.step_with(&x, &state, recurrence)?;
+            let loss = ((&next.h * w_h)?.sum_all()? + (&next.c * w_c)?.sum_all()?)?;
+            let grads = loss.backward()?;
+            let mut grad_list = Vec::new();
+            for (name, var) in &case.vars {
+                // The step sees only one position of `xs`; the gradient of xs is checked
+                // through the narrowed tensor's parent all the same.
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    grad_list.push((name.clone(), g.clone()));
+                }
+            }
+            results.push((next, grad_list));
+        }
+        let ((fused, gf), (reference, gr)) = (&results[0], &results[1]);
+        assert!(
+            max_abs_diff(&fused.h, &reference.h) < 1e-12,
+            "layer_norm={layer_norm}: h"
+        );
+        assert!(
+            max_abs_diff(&fused.c, &reference.c) < 1e-12,
+            "layer_norm={layer_norm}: c"
+        );
+        assert_eq!(gf.len(), case.vars.len(), "every input gets a gradient");
+        assert_eq!(gf.len(), gr.len());
+        for ((name, a), (_, b)) in gf.iter().zip(gr) {
+            let scale = max_abs(b).max(1.0);
+            assert!(
+                max_abs_diff(a, b) < 1e-11 * scale,
+                "layer_norm={layer_norm}: d{name} differs"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The batch is split into one block per rayon thread; run with more threads than rows and
+/// with one thread so that both the single-block and the one-row-per-block paths are checked
+/// whatever the machine's core count.
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
+    let case = Case::small(true, DType::F64, 9);
+    let reference = case.gradients(true, Recurrence::StepByStep)?;
+    for threads in [1, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let fused = pool.install(|| case.gradients(true, Recurrence::Auto))?;
+        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
+            let diff = max_abs_diff(gf, gr);
+            assert!(
+                diff < 1e-11 * max_abs(gr).max(1.0),
+                "{threads} threads: d{name} differs by {diff}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Padding in the middle of a row (not only at its end) carries the state over it, in the
+/// fused op as in the step-by-step path, values and gradients.
+#[test]
+fn interior_padding_carries_the_state() -> Result<()> {
+    let mut case = Case::small(false, DType::F64, 10);
+    case.mask = Tensor::from_vec(
+        vec![
+            1f32, 0., 1., 1., 0., //
+            0., 1., 0., 1., 1., //
+            1., 1., 1., 0., 0.,
+        ],
+        (B, T),
+        &Device::Cpu,
+    )?;
+    for reverse in [false, true] {
+        let values = case.tensors();
+        let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
+        let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
+        assert!(
+            max_abs_diff(&hs_f, &hs_r) < 1e-12,
+            "reverse={reverse}: outputs"
+        );
+        assert!(
+            max_abs_diff(&st_f.h, &st_r.h) < 1e-12,
+            "reverse={reverse}: h"
+        );
+        assert!(
+            max_abs_diff(&st_f.c, &st_r.c) < 1e-12,
+            "reverse={reverse}: c"
+        );
+        let fused = case.gradients(reverse, Recurrence::Auto)?;
+        let reference = case.gradients(reverse, Recurrence::StepByStep)?;
+        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
+            let diff = max_abs_diff(gf, gr);
+            assert!(
+                diff < 1e-11 * max_abs(gr).max(1.0),
+                "reverse={reverse}: d{name} differs by {diff}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Without any tensor that needs a gradient (weights loaded for translation) the fused op
+/// keeps no intermediates; its results must not change.
+#[test]
+fn inference_path_matches_training_path() -> Result<()> {
+    for layer_norm in [false, true] {
+        for reverse in [false, true] {
+            let case = Case::small(layer_norm, DType::F32, 11);
+            let tracked = case.tensors();
+            let detached: HashMap<String, Tensor> = tracked
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach()))
+                .collect();
+            assert!(!detached["weight_hh"].track_op());
+            let (hs_t, st_t) = case.run(&tracked, reverse, Recurrence::Auto)?;
+            let (hs_i, st_i) = case.run(&detached, reverse, Recurrence::Auto)?;
+            let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
+            assert!(max_abs_diff(&st_t.h, &st_i.h) == 0.0, "{what}: h");
+            assert!(max_abs_diff(&st_t.c, &st_i.c) == 0.0, "{what}: c");
+        }
+    }
     Ok(())
 }
