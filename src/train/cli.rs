@@ -145,7 +145,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    write_atomic(&run_dir.join(RUN_CONFIG_FILE), toml::to_string(&cfg)?.as_bytes())?;
+    write_atomic(
+        &run_dir.join(RUN_CONFIG_FILE),
+        toml::to_string(&cfg)?.as_bytes(),
+    )?;
     for f in &data.model_files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
         write_atomic(&run_dir.join(f.file_name().unwrap_or_default()), &bytes)?;
@@ -167,7 +170,10 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
         if checkpoint::checkpoints_dir(run).is_dir() {
             let all = list_checkpoints(run)?;
             if all.is_empty() {
-                bail!("{}: no complete checkpoints", checkpoint::checkpoints_dir(run).display());
+                bail!(
+                    "{}: no complete checkpoints",
+                    checkpoint::checkpoints_dir(run).display()
+                );
             }
             let start = all.len().saturating_sub(args.last.max(1));
             let dirs = all[start..].iter().map(|(_, p)| p.clone()).collect();
@@ -183,7 +189,10 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
         }
     }
     // Checkpoints live in RUN/checkpoints/step-N: the tokenizers are in RUN.
-    let run = args.inputs[0].parent().and_then(Path::parent).map(Path::to_path_buf);
+    let run = args.inputs[0]
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
     Ok((args.inputs.clone(), run))
 }
 
@@ -195,7 +204,10 @@ pub fn run_average(args: &AverageArgs) -> Result<()> {
     save_tensors(&out.join(MODEL_FILE), &tensors)?;
     write_atomic(&out.join(CONFIG_FILE), config.as_bytes())?;
     if let Some(run) = run {
-        for name in [crate::subword::SOURCE_TOKENIZER, crate::subword::TARGET_TOKENIZER] {
+        for name in [
+            crate::subword::SOURCE_TOKENIZER,
+            crate::subword::TARGET_TOKENIZER,
+        ] {
             let f = run.join(name);
             if f.is_file() {
                 write_atomic(&out.join(name), &std::fs::read(&f)?)?;
