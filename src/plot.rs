@@ -130,49 +130,6 @@ pub fn plot_run_dir(run_dir: &Path) -> Result<std::path::PathBuf> {
     plot_run(run_dir).with_context(|| format!("plotting {}", run_dir.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn draws_both_panels() -> Result<()> {
-        let mut records = Vec::new();
-        for step in 1..=200u64 {
-            records.push(Record::Train {
-                step,
-                epoch: 0,
-                loss: 5.0 / (step as f64).sqrt(),
-                ppl: 1.0,
-                lr: 1e-3,
-                grad_norm: 1.0,
-                target_tokens: 100,
-                tokens_per_s: 1000.0,
-                elapsed_s: step as f64,
-            });
-            if step % 50 == 0 {
-                records.push(Record::Valid {
-                    step,
-                    epoch: 0,
-                    valid_loss: 4.0 / (step as f64).sqrt(),
-                    valid_ppl: 1.0,
-                    bleu: step as f64 / 10.0,
-                    bleu_signature: String::new(),
-                    sentences: 10,
-                    best: true,
-                });
-            }
-        }
-        let svg = learning_curve_svg(&records)?;
-        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
-        assert!(svg.contains("validation BLEU"));
-        // Two line series on top, one line and four markers below.
-        assert!(svg.matches("<polyline").count() >= 3, "{svg}");
-        assert_eq!(svg.matches("<circle").count(), 4);
-        assert!(learning_curve_svg(&[]).is_err());
-        Ok(())
-    }
-}
-
 /// Fails unless `path` names an SVG file: the heatmap is drawn with plotters' SVG
 /// backend (a PNG backend would need font rendering this build does not include).
 pub fn check_attention_plot_path(path: &Path) -> Result<()> {
@@ -280,4 +237,47 @@ pub fn attention_heatmap_svg(
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_both_panels() -> Result<()> {
+        let mut records = Vec::new();
+        for step in 1..=200u64 {
+            records.push(Record::Train {
+                step,
+                epoch: 0,
+                loss: 5.0 / (step as f64).sqrt(),
+                ppl: 1.0,
+                lr: 1e-3,
+                grad_norm: 1.0,
+                target_tokens: 100,
+                tokens_per_s: 1000.0,
+                elapsed_s: step as f64,
+            });
+            if step % 50 == 0 {
+                records.push(Record::Valid {
+                    step,
+                    epoch: 0,
+                    valid_loss: 4.0 / (step as f64).sqrt(),
+                    valid_ppl: 1.0,
+                    bleu: step as f64 / 10.0,
+                    bleu_signature: String::new(),
+                    sentences: 10,
+                    best: true,
+                });
+            }
+        }
+        let svg = learning_curve_svg(&records)?;
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        assert!(svg.contains("validation BLEU"));
+        // Two line series on top, one line and four markers below.
+        assert!(svg.matches("<polyline").count() >= 3, "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(learning_curve_svg(&[]).is_err());
+        Ok(())
+    }
 }

@@ -3,10 +3,10 @@
 //! Every live hypothesis of every unfinished sentence is one row of the decoder batch.
 //! Each step scores `2k` candidates per sentence (the `2k` best tokens of each of its
 //! rows, merged), so that `k` non-EOS continuations survive even when EOS ranks high.
-//! An EOS candidate among the top `k` ends a hypothesis. A sentence is done when `k`
-//! hypotheses have ended, when none of its live hypotheses can still beat its
-//! `nbest`-th finished one (an exact bound, [`penalty::score_bound`]), or at the length
-//! bound; it then leaves the batch.
+//! An EOS candidate among the top `k` ends a hypothesis. A sentence is done when none of
+//! its live hypotheses can still beat its `nbest`-th finished one (an exact bound,
+//! [`penalty::score_bound`]), when `k` hypotheses have ended and no live one is ahead
+//! of them, or at the length bound; it then leaves the batch.
 
 use candle_core::Device;
 
@@ -19,6 +19,8 @@ use crate::subword::{BOS_ID, EOS_ID};
 struct Live {
     tokens: Vec<u32>,
     log_prob: f32,
+    /// The GNMT score of the hypothesis as it stands.
+    score: f32,
     /// Summed attention per source subword (EOS excluded: it is not a word to cover).
     coverage: Vec<f32>,
     attention: Vec<Vec<f32>>,
@@ -51,18 +53,27 @@ impl Sentence {
     }
 
     fn is_done(&self, cfg: &SearchConfig) -> bool {
-        if self.live.is_empty() || self.finished.len() >= cfg.beam {
+        let Some(best_live) = self.live.iter().map(|h| h.score).max_by(f32::total_cmp) else {
             return true;
-        }
+        };
         if self.finished.len() < cfg.nbest {
             return false;
         }
         let mut scores: Vec<f32> = self.finished.iter().map(|h| h.score).collect();
         scores.sort_by(|a, b| b.total_cmp(a));
+        // Exact: no live hypothesis can still enter the n-best list.
         let nth = scores[cfg.nbest - 1];
-        self.live
+        if self
+            .live
             .iter()
             .all(|h| penalty::score_bound(h.log_prob, self.max_len, cfg.alpha) <= nth)
+        {
+            return true;
+        }
+        // With penalties the bound is loose; stop once `beam` hypotheses have ended and
+        // none of the live ones is ahead of them now. (Without penalties the exact test
+        // above already covers this case.)
+        self.finished.len() >= cfg.beam && best_live <= scores[cfg.beam - 1]
     }
 
     fn into_nbest(mut self, nbest: usize) -> Vec<Hypothesis> {
@@ -100,6 +111,7 @@ pub fn beam_search(
             live: vec![Live {
                 tokens: Vec::new(),
                 log_prob: 0.0,
+                score: 0.0,
                 coverage: vec![0.0; s.len()],
                 attention: Vec::new(),
             }],
@@ -188,6 +200,7 @@ pub fn beam_search(
                     Live {
                         tokens,
                         log_prob: c.log_prob,
+                        score: c.score,
                         coverage: coverages[c.parent].clone(),
                         attention,
                     }

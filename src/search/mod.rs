@@ -170,10 +170,7 @@ fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Res
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in row.iter().enumerate() {
-        if best.len() == k && !(v > best[k - 1].1) {
-            continue;
-        }
-        if v.is_nan() {
+        if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
             continue;
         }
         let pos = best.partition_point(|&(_, b)| b >= v);
