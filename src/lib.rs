@@ -5,10 +5,13 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod hub;
 pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod prepare;
+pub mod search;
 pub mod subword;
 pub mod train;
+pub mod translate;

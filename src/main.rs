@@ -41,7 +41,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
     )]
-    Translate,
+    Translate(rnmt::translate::TranslateArgs),
     /// Score translations with sacreBLEU-compatible BLEU and chrF.
     #[command(
         after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text"
@@ -60,10 +60,6 @@ enum CorpusCommand {
     List(rnmt::corpus::fetch::ListArgs),
 }
 
-fn not_built(what: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`rnmt {what}` is not built yet")
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prepare(args) => {
@@ -75,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => rnmt::train::cli::run_train(&args),
         Command::Average(args) => rnmt::train::cli::run_average(&args),
         Command::Plot(args) => rnmt::train::cli::run_plot(&args),
-        Command::Translate => not_built("translate"),
+        Command::Translate(args) => rnmt::translate::run(&args),
         Command::Bleu(args) => rnmt::metrics::cli::run(&args),
         Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
         Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),

@@ -130,6 +130,115 @@ pub fn plot_run_dir(run_dir: &Path) -> Result<std::path::PathBuf> {
     plot_run(run_dir).with_context(|| format!("plotting {}", run_dir.display()))
 }
 
+/// Fails unless `path` names an SVG file: the heatmap is drawn with plotters' SVG
+/// backend (a PNG backend would need font rendering this build does not include).
+pub fn check_attention_plot_path(path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some("svg") {
+        anyhow::bail!(
+            "attention plot {}: only SVG output is supported; use a file name ending in .svg",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes [`attention_heatmap_svg`] to `path` (which must end in `.svg`).
+pub fn write_attention_plot(
+    path: &Path,
+    source: &[String],
+    target: &[String],
+    weights: &[Vec<f32>],
+) -> Result<()> {
+    check_attention_plot_path(path)?;
+    let svg = attention_heatmap_svg(source, target, weights)?;
+    crate::io::write_atomic(path, svg.as_bytes())
+        .with_context(|| format!("writing the attention plot {}", path.display()))
+}
+
+/// The attention matrix of one sentence pair as an SVG heatmap: source tokens along the
+/// top (rotated), target tokens down the left, one cell per weight (white 0 → dark blue
+/// 1). `weights[j][i]` is the attention of target token j on source token i.
+pub fn attention_heatmap_svg(
+    source: &[String],
+    target: &[String],
+    weights: &[Vec<f32>],
+) -> Result<String> {
+    if weights.len() != target.len() || weights.iter().any(|r| r.len() != source.len()) {
+        anyhow::bail!(
+            "attention plot: {} target tokens and {} source tokens, but the matrix is {}×{}",
+            target.len(),
+            source.len(),
+            weights.len(),
+            weights.first().map_or(0, Vec::len)
+        );
+    }
+    const CELL: i32 = 24;
+    const CHAR: i32 = 8;
+    let label = |t: &String| t.trim().replace(char::is_control, "\u{fffd}");
+    let longest = |ts: &[String]| {
+        ts.iter()
+            .map(|t| label(t).chars().count())
+            .max()
+            .unwrap_or(1)
+    };
+    let left = 16 + CHAR * longest(target) as i32;
+    let top = 16 + CHAR * longest(source) as i32;
+    let width = left + CELL * source.len().max(1) as i32 + 16;
+    let height = top + CELL * target.len().max(1) as i32 + 16;
+
+    let mut svg = String::new();
+    {
+        let root =
+            SVGBackend::with_string(&mut svg, (width as u32, height as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let font = ("sans-serif", 14).into_font();
+        let below = font.color(&BLACK);
+        let rotated = font.transform(FontTransform::Rotate270).color(&BLACK);
+        for (i, s) in source.iter().enumerate() {
+            let x = left + CELL * i as i32 + CELL / 2 - 7;
+            root.draw_text(&label(s), &rotated, (x, top - 6))
+                .map_err(plot_err)?;
+        }
+        for (j, (t, row)) in target.iter().zip(weights).enumerate() {
+            let y = top + CELL * j as i32;
+            root.draw_text(&label(t), &below, (8, y + CELL / 2 - 7))
+                .map_err(plot_err)?;
+            for (i, &w) in row.iter().enumerate() {
+                let x = left + CELL * i as i32;
+                let w = if w.is_finite() {
+                    w.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let shade = |full: f32| (255.0 - (255.0 - full) * w) as u8;
+                let color = RGBColor(shade(8.0), shade(48.0), shade(107.0));
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + CELL, y + CELL)],
+                    color.filled(),
+                ))
+                .map_err(plot_err)?;
+            }
+        }
+        root.draw(&Rectangle::new(
+            [
+                (left, top),
+                (
+                    left + CELL * source.len() as i32,
+                    top + CELL * target.len() as i32,
+                ),
+            ],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

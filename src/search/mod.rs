@@ -1,0 +1,225 @@
+//! Search: turning a source sentence into target subwords with a trained model (or an
+//! ensemble of them).
+//!
+//! * [`beam_search`]: batched beam search — all (sentence, hypothesis) rows of a batch
+//!   advance in one decoder step; the encoder runs once per sentence; a sentence whose
+//!   search is over leaves the batch. Hypotheses are ranked by the GNMT score
+//!   ([`penalty`]), n-best lists come out sorted.
+//! * [`greedy_search`]: beam 1 without the bookkeeping of candidates.
+//! * [`force_decode`]: scores given outputs exactly as search scores them.
+//! * [`alignment`]: hard alignments from attention.
+
+pub mod alignment;
+mod beam;
+pub mod ensemble;
+mod greedy;
+pub mod penalty;
+mod rescore;
+
+use anyhow::ensure;
+use candle_core::{DType, Device, Storage, Tensor};
+
+pub use beam::beam_search;
+pub use ensemble::Ensemble;
+pub use greedy::greedy_search;
+pub use rescore::force_decode;
+
+use crate::model::ModelConfig;
+use crate::subword::{EOS_ID, PAD_ID};
+
+/// How to search. `max_len_a`/`max_len_b` bound the output at `a·|src| + b` subwords,
+/// where `|src|` counts the source subwords plus EOS (as the trainer's validation does).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchConfig {
+    pub beam: usize,
+    /// Length normalisation strength (0: raw log-probability).
+    pub alpha: f32,
+    /// Coverage penalty strength (0: none).
+    pub beta: f32,
+    /// Hypotheses returned per sentence, best first; at most `beam`.
+    pub nbest: usize,
+    pub max_len_a: f32,
+    pub max_len_b: usize,
+    /// Keep each hypothesis' attention weights (for alignments and plots).
+    pub keep_attention: bool,
+}
+
+impl SearchConfig {
+    /// GNMT's defaults with the model's length bound.
+    pub fn for_model(cfg: &ModelConfig) -> Self {
+        Self {
+            beam: 5,
+            alpha: 0.6,
+            beta: 0.2,
+            nbest: 1,
+            max_len_a: cfg.max_decode_len_a,
+            max_len_b: cfg.max_decode_len_b,
+            keep_attention: false,
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.beam >= 1, "beam size must be at least 1");
+        ensure!(
+            (1..=self.beam).contains(&self.nbest),
+            "n-best size {} must be between 1 and the beam size {}",
+            self.nbest,
+            self.beam
+        );
+        for (name, v) in [("alpha", self.alpha), ("beta", self.beta)] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} = {v} must be a finite number >= 0"
+            );
+        }
+        ensure!(
+            self.max_len_a.is_finite() && self.max_len_a >= 0.0,
+            "max_len_a = {} must be a finite number >= 0",
+            self.max_len_a
+        );
+        Ok(())
+    }
+
+    /// The output bound for a source of `src_subwords` subwords (EOS not counted).
+    pub fn max_len(&self, src_subwords: usize) -> usize {
+        (self.max_len_a * (src_subwords + 1) as f32).ceil() as usize + self.max_len_b
+    }
+
+    fn score(&self, log_prob: f32, len: usize, coverage: &[f32]) -> f32 {
+        penalty::gnmt_score(log_prob, len, coverage, self.alpha, self.beta)
+    }
+}
+
+/// One output of search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    /// Target subwords, without BOS/EOS.
+    pub tokens: Vec<u32>,
+    /// `log P(Y|X)`: the sum over the scored steps (the tokens, then EOS if `ended`).
+    pub log_prob: f32,
+    /// The GNMT score `log P / lp + cp` that ranks hypotheses.
+    pub score: f32,
+    /// Whether the model ended the output (false: cut at the length bound).
+    pub ended: bool,
+    /// With `keep_attention`: one row per scored step, each over the source subwords
+    /// followed by the source EOS.
+    pub attention: Option<Vec<Vec<f32>>>,
+}
+
+impl Hypothesis {
+    /// `|Y|` of the length penalty: the scored steps.
+    pub fn steps(&self) -> usize {
+        self.tokens.len() + usize::from(self.ended)
+    }
+}
+
+/// Translates `sources` (subword ids without EOS) as one batch: greedy when `beam == 1`
+/// and one hypothesis is wanted, beam search otherwise. Returns `nbest` hypotheses per
+/// sentence, best first.
+pub fn search(
+    ens: &Ensemble,
+    sources: &[Vec<u32>],
+    cfg: &SearchConfig,
+    device: &Device,
+) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
+    if cfg.beam == 1 && cfg.nbest == 1 {
+        cfg.validate()?;
+        Ok(greedy_search(ens, sources, cfg, device)?
+            .into_iter()
+            .map(|h| vec![h])
+            .collect())
+    } else {
+        beam_search(ens, sources, cfg, device)
+    }
+}
+
+/// The padded source batch: ids followed by EOS, PAD after; the mask is 1 on real
+/// tokens.
+fn source_batch(sources: &[Vec<u32>], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let width = sources.iter().map(|s| s.len() + 1).max().unwrap_or(1);
+    let mut ids = vec![PAD_ID; sources.len() * width];
+    let mut mask = vec![0f32; sources.len() * width];
+    for (row, s) in sources.iter().enumerate() {
+        let r = &mut ids[row * width..][..s.len() + 1];
+        r[..s.len()].copy_from_slice(s);
+        r[s.len()] = EOS_ID;
+        mask[row * width..][..s.len() + 1].fill(1.0);
+    }
+    Ok((
+        Tensor::from_vec(ids, (sources.len(), width), device)?,
+        Tensor::from_vec(mask, (sources.len(), width), device)?,
+    ))
+}
+
+/// Runs `f` on the row-major f32 contents of `t`. On the CPU the tensor's own buffer is
+/// borrowed: copying `[rows, vocab]` log-probabilities every step would cost as much as
+/// the top-k that reads them.
+fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+/// The `k` largest entries of `row` as (index, value), largest first; ties keep the
+/// lower index first, NaN never enters.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
+            continue;
+        }
+        let pos = best.partition_point(|&(_, b)| b >= v);
+        best.insert(pos, (i as u32, v));
+        best.truncate(k);
+    }
+    best
+}
+
+/// Index of the largest entry (the first of ties); NaN never wins.
+fn argmax(row: &[f32]) -> (u32, f32) {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > best.1 {
+            best = (i as u32, v);
+        }
+    }
+    best
+}
+
+fn rows_tensor(rows: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(rows, rows.len(), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_stable_and_skips_nan() {
+        let row = [0.1, 0.5, f32::NAN, 0.5, -1.0, 0.9];
+        assert_eq!(top_k(&row, 3), vec![(5, 0.9), (1, 0.5), (3, 0.5)]);
+        assert_eq!(top_k(&row, 10).len(), 5);
+        assert_eq!(argmax(&row), (5, 0.9));
+        assert_eq!(argmax(&[0.2, 0.2]), (0, 0.2));
+    }
+
+    #[test]
+    fn config_checks_nbest_and_penalties() {
+        let mut cfg = SearchConfig::for_model(&ModelConfig::default());
+        cfg.validate().unwrap();
+        cfg.nbest = 6;
+        assert!(cfg.validate().unwrap_err().to_string().contains("n-best"));
+        cfg.nbest = 1;
+        cfg.alpha = -1.0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("alpha"));
+        cfg.alpha = 0.0;
+        cfg.max_len_a = 1.5;
+        cfg.max_len_b = 10;
+        assert_eq!(cfg.max_len(5), 19);
+    }
+}

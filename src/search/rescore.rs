@@ -1,0 +1,87 @@
+//! Forced decoding: the score search would give a known output. Used to rescore n-best
+//! lists with other models and to check that search reports what it found.
+
+use candle_core::{Device, Tensor};
+
+use super::ensemble::Ensemble;
+use super::{source_batch, with_host_f32, Hypothesis, SearchConfig};
+use crate::subword::{BOS_ID, EOS_ID, PAD_ID};
+
+/// Scores `outputs[i]` (target subwords without BOS/EOS; `true` when the output ends
+/// with EOS) as translations of `sources[i]`, with the penalties of `cfg`.
+pub fn force_decode(
+    ens: &Ensemble,
+    sources: &[Vec<u32>],
+    outputs: &[(Vec<u32>, bool)],
+    cfg: &SearchConfig,
+    device: &Device,
+) -> anyhow::Result<Vec<Hypothesis>> {
+    anyhow::ensure!(
+        sources.len() == outputs.len(),
+        "{} sources but {} outputs to score",
+        sources.len(),
+        outputs.len()
+    );
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vocab = ens.first().config().tgt_vocab_size;
+    for (i, (tokens, _)) in outputs.iter().enumerate() {
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            anyhow::bail!("output {i}: token id {bad} is outside the target vocabulary of {vocab}");
+        }
+    }
+    let (src, mask) = source_batch(sources, device)?;
+    let enc = ens.encode(&src, &mask)?;
+    let mut state = ens.init(&enc)?;
+    let steps: Vec<usize> = outputs
+        .iter()
+        .map(|(t, ended)| t.len() + usize::from(*ended))
+        .collect();
+    let mut log_prob = vec![0f32; sources.len()];
+    let mut coverage: Vec<Vec<f32>> = sources.iter().map(|s| vec![0.0; s.len()]).collect();
+    let mut attention: Vec<Vec<Vec<f32>>> = vec![Vec::new(); sources.len()];
+    for t in 0..steps.iter().copied().max().unwrap_or(0) {
+        let prev: Vec<u32> = outputs
+            .iter()
+            .map(|(tokens, _)| match t {
+                0 => BOS_ID,
+                t => tokens.get(t - 1).copied().unwrap_or(PAD_ID),
+            })
+            .collect();
+        let prev = Tensor::from_vec(prev, sources.len(), device)?;
+        let (log_probs, next, weights) = ens.step(&enc, &state, &prev)?;
+        let weights = weights
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        with_host_f32(&log_probs, |lp| {
+            for (i, (tokens, _)) in outputs.iter().enumerate() {
+                if t >= steps[i] {
+                    continue;
+                }
+                let target = tokens.get(t).copied().unwrap_or(EOS_ID);
+                log_prob[i] += lp[i * vocab + target as usize];
+                for (c, w) in coverage[i].iter_mut().zip(&weights[i]) {
+                    *c += w;
+                }
+                if cfg.keep_attention {
+                    attention[i].push(weights[i][..sources[i].len() + 1].to_vec());
+                }
+            }
+        })?;
+        state = next;
+    }
+    Ok(outputs
+        .iter()
+        .enumerate()
+        .map(|(i, (tokens, ended))| Hypothesis {
+            tokens: tokens.clone(),
+            log_prob: log_prob[i],
+            score: cfg.score(log_prob[i], steps[i], &coverage[i]),
+            ended: *ended,
+            attention: cfg
+                .keep_attention
+                .then(|| std::mem::take(&mut attention[i])),
+        })
+        .collect())
+}

@@ -1,0 +1,232 @@
+//! Beam search on a tiny trained model: beam 1 is greedy, wider beams never score
+//! worse, n-best lists are sorted, distinct and scored as forced decoding scores them,
+//! batching changes nothing, ensembles average log-probabilities.
+
+mod translate_support;
+
+use candle_core::Device;
+use rnmt::search::{
+    beam_search, force_decode, greedy_search, search, Ensemble, Hypothesis, SearchConfig,
+};
+use translate_support::tiny_model;
+
+fn config(beam: usize, alpha: f32, beta: f32, nbest: usize) -> SearchConfig {
+    SearchConfig {
+        beam,
+        alpha,
+        beta,
+        nbest,
+        max_len_a: 1.5,
+        max_len_b: 5,
+        keep_attention: false,
+    }
+}
+
+#[test]
+fn beam_one_equals_greedy() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(40);
+    // One length bound for all, as Seq2Seq::greedy takes one.
+    let cfg = SearchConfig {
+        max_len_a: 0.0,
+        max_len_b: 20,
+        ..config(1, 0.0, 0.0, 1)
+    };
+    let beam = beam_search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+    let fast = greedy_search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+    let pairs: Vec<rnmt::batch::EncodedPair> = sources
+        .iter()
+        .map(|s| rnmt::batch::EncodedPair {
+            src: s.clone(),
+            tgt: Vec::new(),
+        })
+        .collect();
+    let all: Vec<usize> = (0..pairs.len()).collect();
+    let bt = rnmt::batch::Batch::new(&pairs, &all)
+        .to_tensors(&Device::Cpu)
+        .unwrap();
+    let reference = model.greedy(&bt.src, &bt.src_mask, 20).unwrap();
+    let mut ended = 0;
+    for (i, ((b, f), r)) in beam.iter().zip(&fast).zip(&reference).enumerate() {
+        assert_eq!(b.len(), 1);
+        assert_eq!(&b[0].tokens, r, "sentence {i}: beam 1 vs Seq2Seq::greedy");
+        assert_eq!(&f.tokens, r, "sentence {i}: greedy fast path");
+        assert_eq!(b[0].ended, f.ended);
+        assert!((b[0].log_prob - f.log_prob).abs() < 1e-4, "sentence {i}");
+        ended += usize::from(f.ended);
+    }
+    // The model is trained: most outputs end on their own.
+    assert!(ended >= 30, "only {ended}/40 outputs ended with EOS");
+}
+
+/// Beam search is not monotone in the beam size in general: a wider beam can prune the
+/// narrower beam's path. On this tiny model (300-entry byte-level BPE, words split into
+/// several subwords) 5 of 120 comparisons fail, e.g. beam 1 finds "The dog chases the
+/// red tree." (-4.13) while beam 2 keeps "The ho|u|s|e …" prefixes and ends at -5.16.
+/// Kept strict and ignored until the search or the test model changes.
+#[test]
+#[ignore = "fails: beam search is not monotone in the beam size on the tiny model (see doc comment)"]
+fn wider_beams_never_score_lower_without_penalties() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(40);
+    let mut previous: Option<Vec<f32>> = None;
+    let mut improved = 0;
+    for beam in [1, 2, 4, 8] {
+        let out = beam_search(&ens, &sources, &config(beam, 0.0, 0.0, 1), &Device::Cpu).unwrap();
+        let scores: Vec<f32> = out.iter().map(|h| h[0].log_prob).collect();
+        for (h, &s) in out.iter().zip(&scores) {
+            assert_eq!(
+                h[0].score, s,
+                "with α = β = 0 the score is the log-probability"
+            );
+        }
+        if let Some(prev) = &previous {
+            for (i, (&wide, &narrow)) in scores.iter().zip(prev).enumerate() {
+                assert!(
+                    wide >= narrow - 1e-4,
+                    "sentence {i}: beam {beam} found {wide}, the narrower beam {narrow}"
+                );
+                improved += usize::from(wide > narrow + 1e-4);
+            }
+        }
+        previous = Some(scores);
+    }
+    // Otherwise the test would not exercise the search at all.
+    assert!(improved > 0, "no wider beam ever found a better output");
+}
+
+fn assert_sorted_distinct(nbest: &[Hypothesis], what: &str) {
+    for w in nbest.windows(2) {
+        assert!(w[0].score >= w[1].score, "{what}: not sorted: {w:?}");
+    }
+    for (a, h) in nbest.iter().enumerate() {
+        for g in &nbest[a + 1..] {
+            assert!(
+                (&h.tokens, h.ended) != (&g.tokens, g.ended),
+                "{what}: duplicate {:?}",
+                h.tokens
+            );
+        }
+    }
+}
+
+#[test]
+fn nbest_lists_are_sorted_distinct_and_match_forced_decoding() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(25);
+    for (alpha, beta) in [(0.6, 0.2), (0.0, 0.0), (1.0, 0.0)] {
+        let cfg = config(5, alpha, beta, 5);
+        let out = beam_search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+        let mut srcs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut found = Vec::new();
+        for (i, nbest) in out.iter().enumerate() {
+            assert!(!nbest.is_empty() && nbest.len() <= 5);
+            assert_sorted_distinct(nbest, &format!("sentence {i}, α={alpha}, β={beta}"));
+            for h in nbest {
+                srcs.push(sources[i].clone());
+                outputs.push((h.tokens.clone(), h.ended));
+                found.push(h.clone());
+            }
+        }
+        assert!(found.len() >= 4 * sources.len(), "n-best lists too short");
+        let rescored = force_decode(&ens, &srcs, &outputs, &cfg, &Device::Cpu).unwrap();
+        for (h, r) in found.iter().zip(&rescored) {
+            assert!(
+                (h.log_prob - r.log_prob).abs() < 1e-3 && (h.score - r.score).abs() < 1e-3,
+                "α={alpha}, β={beta}: search {}/{} vs forced decoding {}/{} for {:?}",
+                h.log_prob,
+                h.score,
+                r.log_prob,
+                r.score,
+                h.tokens
+            );
+        }
+    }
+}
+
+#[test]
+fn batching_does_not_change_results() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(16);
+    for cfg in [config(1, 0.6, 0.2, 1), config(4, 0.6, 0.2, 2)] {
+        let batched = search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+        for (i, src) in sources.iter().enumerate() {
+            let alone = search(&ens, std::slice::from_ref(src), &cfg, &Device::Cpu).unwrap();
+            let (a, b) = (&alone[0], &batched[i]);
+            assert_eq!(a.len(), b.len(), "sentence {i}");
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.tokens, y.tokens, "sentence {i}, beam {}", cfg.beam);
+                assert!((x.score - y.score).abs() < 1e-4, "sentence {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ensembles_average_log_probabilities() {
+    let tiny = tiny_model();
+    let (a, b) = (tiny.load(), tiny.load_other());
+    let sources = tiny.encoded(12);
+    let cfg = config(3, 0.0, 0.0, 1);
+    let pair = Ensemble::new(vec![&a, &b]).unwrap();
+    let out = beam_search(&pair, &sources, &cfg, &Device::Cpu).unwrap();
+    let outputs: Vec<(Vec<u32>, bool)> = out
+        .iter()
+        .map(|h| (h[0].tokens.clone(), h[0].ended))
+        .collect();
+    let score = |ens: &Ensemble| force_decode(ens, &sources, &outputs, &cfg, &Device::Cpu).unwrap();
+    let (both, alone_a, alone_b) = (
+        score(&pair),
+        score(&Ensemble::single(&a)),
+        score(&Ensemble::single(&b)),
+    );
+    let mut differ = 0;
+    for i in 0..sources.len() {
+        let mean = (alone_a[i].log_prob + alone_b[i].log_prob) / 2.0;
+        assert!((both[i].log_prob - mean).abs() < 1e-3, "sentence {i}");
+        assert!((both[i].log_prob - out[i][0].log_prob).abs() < 1e-3);
+        differ += usize::from((alone_a[i].log_prob - alone_b[i].log_prob).abs() > 1e-2);
+    }
+    assert!(differ > 0, "the two members score identically");
+    // A model twice is the model.
+    let twice = Ensemble::new(vec![&a, &a]).unwrap();
+    let single = Ensemble::single(&a);
+    let x = beam_search(&twice, &sources, &cfg, &Device::Cpu).unwrap();
+    let y = beam_search(&single, &sources, &cfg, &Device::Cpu).unwrap();
+    for (p, q) in x.iter().zip(&y) {
+        assert_eq!(p[0].tokens, q[0].tokens);
+    }
+}
+
+#[test]
+fn attention_rows_cover_every_step() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(6);
+    for beam in [1, 3] {
+        let cfg = SearchConfig {
+            keep_attention: true,
+            ..config(beam, 0.6, 0.2, 1)
+        };
+        let out = search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+        for (src, h) in sources.iter().zip(&out) {
+            let att = h[0].attention.as_ref().expect("attention kept");
+            assert_eq!(att.len(), h[0].steps());
+            for row in att {
+                assert_eq!(row.len(), src.len() + 1);
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-3, "attention row sums to {sum}");
+            }
+        }
+    }
+}
