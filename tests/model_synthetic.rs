@@ -114,6 +114,6 @@ fn tiny_input_feeding_model_learns_reverse_and_map() {
             attention: AttentionKind::General,
             ..tiny()
         },
-        180,
+        300,
     );
 }
