@@ -524,3 +524,216 @@ fn default_model_and_model_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("/nonexistent/rnmt-model"));
 }
+
+/// A loopback stand-in for the Hugging Face Hub serving model folders at
+/// `/{org}/{name}/resolve/{revision}/{file}` the way hf-hub 0.4's sync client needs: it
+/// first asks for `Range: bytes=0-0` and reads `etag`, `x-repo-commit` and
+/// `Content-Range: bytes 0-0/SIZE`, then fetches `Range: bytes=N-`.
+struct HubServer {
+    url: String,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Request lines (`GET /… HTTP/1.1`), in order.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The commit every served revision resolves to.
+const HUB_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+impl HubServer {
+    /// Serves `repos` (`org/name` → model folder).
+    fn start(repos: Vec<(String, PathBuf)>) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    Self::answer(stream, &repos, &requests2);
+                }
+            }
+        });
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(
+        mut stream: std::net::TcpStream,
+        repos: &[(String, PathBuf)],
+        requests: &std::sync::Mutex<Vec<String>>,
+    ) {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut request = String::new();
+        if reader.read_line(&mut request).is_err() {
+            return;
+        }
+        let mut range = None;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("range") {
+                    range = Some(value.trim().to_string());
+                }
+            }
+        }
+        requests.lock().unwrap().push(request.trim().to_string());
+        let path = request.split_whitespace().nth(1).unwrap_or("/");
+        let file = path
+            .trim_start_matches('/')
+            .splitn(5, '/')
+            .collect::<Vec<_>>();
+        let found = match file[..] {
+            [org, name, "resolve", rev, file] if rev == "main" || rev == HUB_COMMIT => repos
+                .iter()
+                .find(|(repo, _)| *repo == format!("{org}/{name}"))
+                .map(|(_, dir)| dir.join(file))
+                .filter(|f| !file.contains('/') && f.is_file()),
+            _ => None,
+        };
+        let Some(file) = found else {
+            let body = "Repository not found";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nX-Error-Code: RepositoryNotFound\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        };
+        let bytes = std::fs::read(&file).unwrap();
+        let etag = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let size = bytes.len();
+        let (status, start, end) = match range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+        {
+            Some((s, e)) => {
+                let start: usize = s.parse().unwrap();
+                let end = e.parse().unwrap_or(size - 1).min(size - 1);
+                ("206 Partial Content", start, end)
+            }
+            None => ("200 OK", 0, size - 1),
+        };
+        let body = &bytes[start..=end];
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{end}/{size}\r\nETag: \"{etag}\"\r\nX-Repo-Commit: {HUB_COMMIT}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(body);
+    }
+
+    /// Stops serving: afterwards nothing listens on the port.
+    fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+        self.thread.take().unwrap().join().unwrap();
+        let requests = self.requests.lock().unwrap().clone();
+        requests
+    }
+}
+
+#[test]
+fn hub_models_download_on_loopback_then_work_offline() {
+    let tiny = tiny_model();
+    let s: Vec<&str> = tiny.sentences[60..63].iter().map(String::as_str).collect();
+    let local = stdout(&ok(run(rnmt().args(model_arg(&tiny.dir)).args(&s))));
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = HubServer::start(vec![("rnmt-test/tiny".into(), tiny.dir.clone())]);
+    let hub = |endpoint: &str| {
+        let mut cmd = rnmt();
+        cmd.env("HF_HOME", hf_home.path())
+            .env("HF_ENDPOINT", endpoint)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1");
+        cmd
+    };
+
+    let out = ok(run(hub(&server.url)
+        .args(["--model", "hf:rnmt-test/tiny"])
+        .args(&s)));
+    assert_eq!(stdout(&out), local);
+    let snapshot = hf_home
+        .path()
+        .join("hub/models--rnmt-test--tiny/snapshots")
+        .join(HUB_COMMIT);
+    for file in rnmt::hub::MODEL_FILES {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(tiny.dir.join(file)).unwrap(),
+            "cached {file}"
+        );
+    }
+    let refs = hf_home.path().join("hub/models--rnmt-test--tiny/refs/main");
+    assert_eq!(std::fs::read_to_string(refs).unwrap().trim(), HUB_COMMIT);
+
+    let out = run(hub(&server.url).args(["--model", "hf:rnmt-test/missing", s[0]]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("hf:rnmt-test/missing") && err.contains("404"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    let requests = server.stop();
+    for file in rnmt::hub::MODEL_FILES {
+        let url = format!("GET /rnmt-test/tiny/resolve/main/{file} HTTP/1.1");
+        // The metadata request, then the download.
+        assert_eq!(
+            requests.iter().filter(|r| **r == url).count(),
+            2,
+            "{requests:#?}"
+        );
+    }
+
+    // Nothing listens any more: the cache alone serves the model.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let out = ok(run(hub(&dead_url)
+        .args(["--model", "hf:rnmt-test/tiny"])
+        .args(&s)));
+    assert_eq!(stdout(&out), local);
+    let out = ok(run(hub(&dead_url)
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["--model", "hf:rnmt-test/tiny"])
+        .args(&s)));
+    assert_eq!(stdout(&out), local);
+    // A model that was never downloaded cannot come from the cache.
+    let out = run(hub(&dead_url).env("HF_HUB_OFFLINE", "1").args([
+        "--model",
+        "hf:rnmt-test/other",
+        s[0],
+    ]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("hf:rnmt-test/other") && err.contains("not in the cache"),
+        "{err}"
+    );
+}
