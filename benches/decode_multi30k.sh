@@ -19,7 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpora=${RNMT_CORPORA:-corpora}
-[ -d "$corpora" ] || [ -n "${RNMT_CORPORA:-}" ] || corpora=../shared/corpora
+# A clean clone has corpora/ without the data; CI keeps it in ../shared/corpora.
+if [ -z "${RNMT_CORPORA:-}" ] && [ ! -d corpora/multi30k ] && [ -d ../shared/corpora/multi30k ]; then
+  corpora=../shared/corpora
+fi
 test_de="$corpora/multi30k/test_2016_flickr.de"
 [ -f "$test_de" ] || { echo "no $test_de: set RNMT_CORPORA to the corpora folder" >&2; exit 1; }
 command -v bc > /dev/null || { echo "bc is needed (apt-get install bc)" >&2; exit 1; }
