@@ -61,11 +61,37 @@ fn beam_one_equals_greedy() {
     assert!(ended >= 30, "only {ended}/40 outputs ended with EOS");
 }
 
-/// Beam search is not monotone in the beam size in general: a wider beam can prune the
-/// narrower beam's path. On this tiny model (300-entry byte-level BPE, words split into
-/// several subwords) 5 of 120 comparisons fail, e.g. beam 1 finds "The dog chases the
-/// red tree." (-4.13) while beam 2 keeps "The ho|u|s|e …" prefixes and ends at -5.16.
-/// Kept strict and ignored until the search or the test model changes.
+/// The issue asks that with α = β = 0 a wider beam never returns a lower model score.
+/// Beam search does not have that property, so this test stays strict and ignored.
+///
+/// Why: beam search prunes on the score of *prefixes*, and a prefix's log-probability
+/// only falls as it grows. The k best prefixes at step t are chosen among the extensions
+/// of the beam at step t−1, and the beams of different widths hold different prefixes,
+/// so the beams are not nested: a wider beam lets in prefixes that start well and end
+/// badly, and they can push out the prefix that the narrower beam would have finished
+/// with. Only exhaustive search (k = |V|^T) is monotone.
+///
+/// A counter-example from this tiny model (300-entry byte-level BPE, so rare words are
+/// spelt out in pieces), held-out sentence 23, "Der Mann mag die Katze.", cumulative
+/// log-probabilities:
+/// - beam 1 (greedy): The -0.10, dog -1.33, chases -1.79, the -1.91, cat -3.45, . -3.56,
+///   EOS: "The dog chases the cat." at -3.67.
+/// - beam 2 keeps "The dog" (-1.33) and "The ho" (-1.49), then "The dog chases the"
+///   (-1.91) and "The ho|u|s" (-2.10), then "The ho|u|s|e" (-2.19) and "The dog chases
+///   the cat" (-3.45). At step 6 the two best extensions are "The house chases" (-2.74)
+///   and "The house likes" (-3.55): "The dog chases the cat ." (-3.56) misses the beam by
+///   0.01 and is gone. The house prefixes then pay for "cat" too and the best output is
+///   "The house chases the cat." at -4.67, a whole nat below greedy.
+///
+/// From beam 1 to beam 2 alone, 7 of the 40 sentences score lower (2, 9, 12, 14, 22,
+/// 23, 30), all in this pattern; the test reports the first, sentence 2: -5.12 at beam 2
+/// against -4.87 greedy. Making the assertion pass would mean weakening it (e.g. to "on
+/// average") or changing the search into something else. The test model or the search
+/// may change; run it by hand to see where it stands:
+///
+/// ```text
+/// cargo test --release --test search_beam wider_beams -- --ignored --nocapture
+/// ```
 #[test]
 #[ignore = "fails: beam search is not monotone in the beam size on the tiny model (see doc comment)"]
 fn wider_beams_never_score_lower_without_penalties() {

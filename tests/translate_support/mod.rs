@@ -76,6 +76,16 @@ const ADJECTIVES: [(&str, &[&str]); 4] = [
     ("alte", &["old"]),
 ];
 
+/// Every English word of the task, lowercased.
+pub fn english_words() -> Vec<&'static str> {
+    let translations = NOUNS.iter().chain(&VERBS).chain(&ADJECTIVES);
+    let mut words: Vec<&str> = translations
+        .flat_map(|(_, en)| en.iter().copied())
+        .collect();
+    words.push("the");
+    words
+}
+
 fn pick<'a>(rng: &mut ChaCha8Rng, words: &[(&'a str, &'a [&'a str])]) -> (&'a str, &'a str) {
     let (de, en) = words[rng.random_range(0..words.len())];
     // The first translation is the more frequent one.
