@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(unused_imports)]
 pub use rnmt::corpus::corpora_dir_for_tests;
 
 /// The `rnmt` binary built for these tests.
