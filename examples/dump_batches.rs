@@ -18,6 +18,10 @@
 //! `--check-steps` training steps on the first batches with dropout off, Adam at a constant
 //! `--check-lr` and the config's clipping and label smoothing, the loss, NLL and gradient
 //! norm of each step. Dropout masks cannot match across frameworks, everything else can.
+//!
+//! With `--encode-source FILE --encoded-out OUT.jsonl` it also writes the source
+//! tokenizer's ids of every line of FILE (one JSON array per line, no EOS), the input of
+//! the PyTorch decode benchmark.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +45,8 @@ struct Args {
     model_out: Option<PathBuf>,
     check_steps: usize,
     check_lr: f64,
+    encode_source: Option<PathBuf>,
+    encoded_out: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -54,6 +60,8 @@ fn parse_args() -> Result<Args> {
         model_out: None,
         check_steps: 3,
         check_lr: 1e-3,
+        encode_source: None,
+        encoded_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +77,8 @@ fn parse_args() -> Result<Args> {
             "--model-out" => args.model_out = Some(PathBuf::from(value()?)),
             "--check-steps" => args.check_steps = value()?.parse().context("--check-steps")?,
             "--check-lr" => args.check_lr = value()?.parse().context("--check-lr")?,
+            "--encode-source" => args.encode_source = Some(PathBuf::from(value()?)),
+            "--encoded-out" => args.encoded_out = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -124,6 +134,11 @@ fn main() -> Result<()> {
         args.out.display()
     );
 
+    match (&args.encode_source, &args.encoded_out) {
+        (Some(input), Some(output)) => encode_lines(&prepared, input, output)?,
+        (None, None) => {}
+        _ => bail!("--encode-source and --encoded-out go together"),
+    }
     if let Some(dir) = &args.model_out {
         reference_steps(&cfg, &batches, dir, args.check_steps, args.check_lr)?;
     }
@@ -185,5 +200,27 @@ fn reference_steps(
     std::fs::write(&path, serde_json::to_string_pretty(&reference)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("initial model and reference losses → {}", dir.display());
+    Ok(())
+}
+
+/// Source-side subword ids of every line of `input`, one JSON array per line.
+fn encode_lines(
+    prepared: &PreparedData,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("cannot read {}", input.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let ids = prepared.source_tokenizer().encode_batch(&lines)?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(output)
+            .with_context(|| format!("cannot create {}", output.display()))?,
+    );
+    for row in &ids {
+        writeln!(out, "{}", serde_json::to_string(row)?)?;
+    }
+    out.flush()?;
+    eprintln!("{} lines of {} encoded → {}", ids.len(), input.display(), output.display());
     Ok(())
 }
