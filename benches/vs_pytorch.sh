@@ -74,7 +74,7 @@ if [ ! -f "$data/prepare.json" ]; then
 fi
 sets=(--set "data=\"$data\"" --set "model.embedding_size=$width" --set "model.hidden_size=$width"
   --set "threads=$threads" --set "max_tokens=${MAX_TOKENS:-1024}" --set valid_every=0
-  --set max_epochs=0 --set max_minutes=0.0 --set log_every=1)
+  --set max_epochs=0 --set max_minutes=0.0 --set log_every=1 --set "max_steps=$steps")
 config=configs/multi30k-de-en.toml
 
 peak_mib() { # the `time -v` report → peak RSS in MiB
