@@ -65,10 +65,7 @@ fn parse_args() -> Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{flag} needs a value"))
-        };
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--config" => config = Some(PathBuf::from(value()?)),
             "--set" => args.set.push(value()?),
@@ -186,7 +183,9 @@ fn reference_steps(
         let loss = objective.to_scalar::<f32>()? as f64;
         let nll = nll.to_scalar::<f32>()? as f64 / tokens.max(1) as f64;
         eprintln!("step {step}: loss {loss:.6} nll {nll:.6} grad_norm {norm:.6}");
-        records.push(json!({"step": step, "loss": loss, "nll": nll, "grad_norm": norm, "tokens": tokens}));
+        records.push(
+            json!({"step": step, "loss": loss, "nll": nll, "grad_norm": norm, "tokens": tokens}),
+        );
         adam.step(&grads, lr, clip_scale(norm, cfg.clip_norm))?;
     }
     let reference = json!({
@@ -221,6 +220,11 @@ fn encode_lines(
         writeln!(out, "{}", serde_json::to_string(row)?)?;
     }
     out.flush()?;
-    eprintln!("{} lines of {} encoded → {}", ids.len(), input.display(), output.display());
+    eprintln!(
+        "{} lines of {} encoded → {}",
+        ids.len(),
+        input.display(),
+        output.display()
+    );
     Ok(())
 }
