@@ -418,25 +418,31 @@ def select_state(state, rows):
 
 @torch.no_grad()
 def greedy(model, sources):
+    """Greedy decoding as src/search/greedy.rs: finished sentences leave the batch."""
     src, lengths = source_batch(sources)
     mem = model.encode(src, lengths)
     state = model.decoder.init(len(sources), mem[1])
-    prev = torch.full((len(sources),), BOS_ID, dtype=torch.long)
     out = [[] for _ in sources]
-    done = [False] * len(sources)
-    limit = max(max_len(model.cfg, len(s)) for s in sources)
-    for step in range(limit):
-        lp, state, _ = model.decoder.step(mem, state, prev)
-        prev = lp.argmax(-1)
-        for i, t in enumerate(prev.tolist()):
-            if done[i]:
+    rows = [i for i, s in enumerate(sources) if max_len(model.cfg, len(s)) > 0]
+    if len(rows) < len(sources) and rows:
+        keep = torch.tensor(rows)
+        mem, state = select_mem(mem, keep), select_state(state, keep)
+    while rows:
+        prev = torch.tensor([out[i][-1] if out[i] else BOS_ID for i in rows])
+        lp, nxt, _ = model.decoder.step(mem, state, prev)
+        kept, kept_rows = [], []
+        for j, (i, t) in enumerate(zip(rows, lp.argmax(-1).tolist())):
+            if t == EOS_ID:
                 continue
-            if t == EOS_ID or step >= max_len(model.cfg, len(sources[i])):
-                done[i] = True
-            else:
-                out[i].append(t)
-        if all(done):
-            break
+            out[i].append(t)
+            if len(out[i]) >= max_len(model.cfg, len(sources[i])):
+                continue
+            kept.append(j)
+            kept_rows.append(i)
+        if kept_rows and len(kept_rows) < len(rows):
+            keep = torch.tensor(kept)
+            mem, nxt = select_mem(mem, keep), select_state(nxt, keep)
+        rows, state = kept_rows, nxt
     return out
 
 
