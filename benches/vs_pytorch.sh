@@ -141,10 +141,11 @@ head -n "${LIMIT:-1000}" "$corpora/multi30k/test_2016_flickr.de" > "$work/test.d
 n=$(wc -l < "$work/test.de")
 "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches 0 --out /dev/null \
   --encode-source "$work/test.de" --encoded-out "$work/test.ids.jsonl" 2> /dev/null
-wall() { # command... → sentences/s, wall clock
-  local t0 t1
+wall() { # OUT command... → sentences/s, wall clock; stdout into OUT
+  local t0 t1 out=$1
+  shift
   t0=$(date +%s.%N)
-  "$@" > /dev/null
+  "$@" > "$out"
   t1=$(date +%s.%N)
   awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", n / (b - a)}'
 }
@@ -154,12 +155,19 @@ summary=()
 for beam in 1 5; do
   ours=() theirs=()
   for r in $(seq "$rounds"); do
-    ours+=("$(wall "$rnmt" translate --model "$model" --beam "$beam" --threads "$threads" \
+    ours+=("$(wall "$work/rnmt.hyp" "$rnmt" translate --model "$model" --beam "$beam" --threads "$threads" \
       --batch-size 32 --input "$work/test.de")")
-    theirs+=("$(wall "$py" benches/torch_ref/decode.py --model "$model" --input "$work/test.ids.jsonl" \
-      --beam "$beam" --threads "$threads" --batch-size 32)")
+    theirs+=("$(wall /dev/null "$py" benches/torch_ref/decode.py --model "$model" \
+      --input "$work/test.ids.jsonl" --output "$work/torch.ids.jsonl" --beam "$beam" \
+      --threads "$threads" --batch-size 32)")
     printf "%-5s %-6s %14s %14s\n" "$beam" "$r" "${ours[-1]}" "${theirs[-1]}"
   done
+  # Same weights, same search: the translations should agree except where float
+  # rounding breaks a near-tie.
+  "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches 0 --out /dev/null \
+    --decode-target "$work/torch.ids.jsonl" --decoded-out "$work/torch.hyp" 2> /dev/null
+  same=$(paste -d '\t' "$work/rnmt.hyp" "$work/torch.hyp" | awk -F '\t' '$1 == $2' | wc -l)
+  echo "beam $beam: $same of $n translations identical in rnmt and pytorch"
   a=$(median "${ours[@]}") b=$(median "${theirs[@]}")
   summary+=("beam $beam: rnmt $a pytorch $b ratio $(ratio "$a" "$b")")
 done

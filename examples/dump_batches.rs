@@ -21,7 +21,8 @@
 //!
 //! With `--encode-source FILE --encoded-out OUT.jsonl` it also writes the source
 //! tokenizer's ids of every line of FILE (one JSON array per line, no EOS), the input of
-//! the PyTorch decode benchmark.
+//! the PyTorch decode benchmark; `--decode-target IDS.jsonl --decoded-out OUT.txt` turns
+//! its output ids back into text with the target tokenizer, as `rnmt translate` does.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ struct Args {
     check_lr: f64,
     encode_source: Option<PathBuf>,
     encoded_out: Option<PathBuf>,
+    decode_target: Option<PathBuf>,
+    decoded_out: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -62,6 +65,8 @@ fn parse_args() -> Result<Args> {
         check_lr: 1e-3,
         encode_source: None,
         encoded_out: None,
+        decode_target: None,
+        decoded_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +81,8 @@ fn parse_args() -> Result<Args> {
             "--check-lr" => args.check_lr = value()?.parse().context("--check-lr")?,
             "--encode-source" => args.encode_source = Some(PathBuf::from(value()?)),
             "--encoded-out" => args.encoded_out = Some(PathBuf::from(value()?)),
+            "--decode-target" => args.decode_target = Some(PathBuf::from(value()?)),
+            "--decoded-out" => args.decoded_out = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -135,6 +142,11 @@ fn main() -> Result<()> {
         (Some(input), Some(output)) => encode_lines(&prepared, input, output)?,
         (None, None) => {}
         _ => bail!("--encode-source and --encoded-out go together"),
+    }
+    match (&args.decode_target, &args.decoded_out) {
+        (Some(input), Some(output)) => decode_lines(&prepared, input, output)?,
+        (None, None) => {}
+        _ => bail!("--decode-target and --decoded-out go together"),
     }
     if let Some(dir) = &args.model_out {
         reference_steps(&cfg, &batches, dir, args.check_steps, args.check_lr)?;
@@ -226,5 +238,26 @@ fn encode_lines(
         input.display(),
         output.display()
     );
+    Ok(())
+}
+
+/// Target-side text of every line of `input` (JSON arrays of ids), one line each.
+fn decode_lines(
+    prepared: &PreparedData,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("cannot read {}", input.display()))?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(output)
+            .with_context(|| format!("cannot create {}", output.display()))?,
+    );
+    for (n, line) in text.lines().enumerate() {
+        let ids: Vec<u32> = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON array of ids", input.display(), n + 1))?;
+        writeln!(out, "{}", prepared.target_tokenizer().decode(&ids)?)?;
+    }
+    out.flush()?;
     Ok(())
 }
