@@ -91,7 +91,10 @@ if [ "$mode" = train ]; then
   "$py" benches/torch_ref/train.py --model "$init" --batches "$batches" --threads "$threads" --check |
     tail -n 1
   echo "config $size (emb/hidden $width), $threads thread(s), $steps steps ($warmup warm-up), $rounds rounds"
-  printf "%-6s %14s %14s %12s %12s\n" round "rnmt tok/s" "pytorch tok/s" "rnmt MiB" "pytorch MiB"
+  # Final losses differ only through dropout masks (and float rounding): a sanity check
+  # that both frameworks train the same model on the same batches.
+  printf "%-6s %14s %14s %12s %12s %11s %11s\n" round "rnmt tok/s" "pytorch tok/s" "rnmt MiB" \
+    "pytorch MiB" "rnmt loss" "torch loss"
   ours=() theirs=() our_mem=() their_mem=()
   for r in $(seq "$rounds"); do
     run=$work/run-$size-$threads
@@ -99,23 +102,29 @@ if [ "$mode" = train ]; then
     /usr/bin/time -v -o "$work/time-rnmt" "$rnmt" train --config "$config" "${sets[@]}" \
       --set "run_dir=\"$run\"" --set "max_steps=$steps" > /dev/null 2> "$work/rnmt.log" ||
       { tail "$work/rnmt.log" >&2; exit 1; }
-    tps=$(python3 - "$run/metrics.jsonl" "$warmup" << 'EOF'
+    read -r tps loss < <(python3 - "$run/metrics.jsonl" "$warmup" << 'EOF'
 import json, sys
 tokens = seconds = 0.0
+loss = float("nan")
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    if r.get("kind") == "train" and r["step"] > int(sys.argv[2]):
-        tokens += r["target_tokens"]
-        seconds += r["target_tokens"] / r["tokens_per_s"]
-print(f"{tokens / seconds:.1f}")
+    if r.get("kind") == "train":
+        loss = r["loss"]
+        if r["step"] > int(sys.argv[2]):
+            tokens += r["target_tokens"]
+            seconds += r["target_tokens"] / r["tokens_per_s"]
+print(f"{tokens / seconds:.1f} {loss:.4f}")
 EOF
     )
-    torch_tps=$(/usr/bin/time -v -o "$work/time-torch" "$py" benches/torch_ref/train.py \
-      --model "$init" --batches "$batches" --steps "$steps" --warmup "$warmup" \
-      --threads "$threads" | awk '/^tokens\/s/ {print $2}')
+    /usr/bin/time -v -o "$work/time-torch" "$py" benches/torch_ref/train.py --model "$init" \
+      --batches "$batches" --steps "$steps" --warmup "$warmup" --threads "$threads" \
+      > "$work/torch.log"
+    torch_tps=$(awk '/^tokens\/s/ {print $2}' "$work/torch.log")
+    torch_loss=$(awk '/^final loss/ {print $3}' "$work/torch.log")
     ours+=("$tps") theirs+=("$torch_tps")
     our_mem+=("$(peak_mib "$work/time-rnmt")") their_mem+=("$(peak_mib "$work/time-torch")")
-    printf "%-6s %14s %14s %12s %12s\n" "$r" "$tps" "$torch_tps" "${our_mem[-1]}" "${their_mem[-1]}"
+    printf "%-6s %14s %14s %12s %12s %11s %11s\n" "$r" "$tps" "$torch_tps" "${our_mem[-1]}" \
+      "${their_mem[-1]}" "$loss" "$torch_loss"
   done
   a=$(median "${ours[@]}") b=$(median "${theirs[@]}")
   echo "peak RSS MiB: rnmt $(median "${our_mem[@]}") pytorch $(median "${their_mem[@]}")"

@@ -18,6 +18,9 @@
 //! `--check-steps` training steps on the first batches with dropout off, Adam at a constant
 //! `--check-lr` and the config's clipping and label smoothing, the loss, NLL and gradient
 //! norm of each step. Dropout masks cannot match across frameworks, everything else can.
+//! It also writes `DIR/train.json`, the run's optimisation settings for the PyTorch
+//! trainer: the learning rate of every dumped step from rnmt's schedule, clipping, label
+//! smoothing and Adam's parameters.
 //!
 //! With `--encode-source FILE --encoded-out OUT.jsonl` it also writes the source
 //! tokenizer's ids of every line of FILE (one JSON array per line, no EOS), the input of
@@ -36,6 +39,7 @@ use rnmt::subword::PreparedData;
 use rnmt::train::config::TrainConfig;
 use rnmt::train::loss::LabelSmoothedLoss;
 use rnmt::train::optim::{clip_scale, global_grad_norm, Adam};
+use rnmt::train::schedule::Schedule;
 use serde_json::json;
 
 struct Args {
@@ -207,6 +211,18 @@ fn reference_steps(
         "adam": cfg.adam_params(),
         "steps": records,
     });
+    // Without validation the schedule never sees a score, as in a benchmark run.
+    let schedule = Schedule::new(cfg.schedule_params());
+    let lrs: Vec<f64> = (1..=batches.len() as u64).map(|s| schedule.lr(s)).collect();
+    let train = json!({
+        "lr": lrs,
+        "clip_norm": cfg.clip_norm,
+        "label_smoothing": cfg.label_smoothing,
+        "adam": cfg.adam_params(),
+    });
+    let path = dir.join("train.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&train)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
     let path = dir.join("reference.json");
     std::fs::write(&path, serde_json::to_string_pretty(&reference)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;

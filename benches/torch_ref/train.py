@@ -1,14 +1,15 @@
 """Trains the PyTorch reference on batches written by examples/dump_batches.rs.
 
     python benches/torch_ref/train.py --model INIT_DIR --batches batches.jsonl \
-        --steps 40 --warmup 5 --threads 2 [--lr 0.002 --clip-norm 5 --label-smoothing 0.1]
+        --steps 40 --warmup 5 --threads 2
     python benches/torch_ref/train.py --model INIT_DIR --batches batches.jsonl --check
 
 Training mirrors one step of src/train/trainer.rs: forward with dropout, label-smoothed
 loss / tokens, backward, global gradient norm, clipping, Adam (AdamW when weight decay
-> 0), plus the NLL of the same logits that rnmt logs. The learning rate is constant
-(rnmt's schedule changes no work per step). Prints one JSON line per step and then
-`tokens/s X` over the steps after the warm-up (tokens / step time, as rnmt's
+> 0), plus the NLL of the same logits that rnmt logs. Learning rates (rnmt's schedule,
+step by step), clipping, label smoothing and Adam's parameters come from
+INIT_DIR/train.json, written by dump_batches. Prints one JSON line per step and then
+`final loss L` and `tokens/s X` over the steps after the warm-up (tokens / step time, as rnmt's
 metrics.jsonl).
 
 --check runs the steps recorded in INIT_DIR/reference.json with dropout off and compares
@@ -73,9 +74,6 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="default: every batch once")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--clip-norm", type=float, default=5.0)
-    ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--tolerance", type=float, default=1e-3)
     args = ap.parse_args()
@@ -105,14 +103,19 @@ def main():
         print(f"check: rnmt and pytorch {verdict} (largest relative difference {worst:.2e}, tolerance {args.tolerance:g})")
         sys.exit(0 if worst <= args.tolerance else 1)
 
+    with open(os.path.join(args.model, "train.json")) as f:
+        hp = json.load(f)
     model.train()
-    opt = make_optimizer(params, args.lr, dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0))
+    lrs = hp["lr"]
+    opt = make_optimizer(params, lrs[0], hp["adam"])
     steps = args.steps or len(batches)
     tokens_total, seconds_total = 0, 0.0
     for step in range(steps):
         t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lrs[min(step, len(lrs) - 1)]
         loss, nll, norm, tokens = train_step(model, opt, params, batches[step % len(batches)],
-                                             args.label_smoothing, args.clip_norm)
+                                             hp["label_smoothing"], hp["clip_norm"])
         dt = time.perf_counter() - t0
         print(json.dumps(dict(step=step + 1, loss=loss, nll=nll, grad_norm=norm, target_tokens=tokens,
                               tokens_per_s=tokens / dt)), flush=True)
@@ -121,6 +124,7 @@ def main():
             seconds_total += dt
     if seconds_total == 0:
         sys.exit(f"no steps after the {args.warmup} warm-up steps")
+    print(f"final loss {loss:.4f}")
     print(f"tokens/s {tokens_total / seconds_total:.1f}")
 
 
