@@ -4,6 +4,7 @@
 #
 #   benches/vs_pytorch.sh train  [A|B] [THREADS]   # last line: train tok/s: rnmt X pytorch Y ratio Z
 #   benches/vs_pytorch.sh decode [A|B] [THREADS]   # last line: decode sent/s: rnmt X pytorch Y ratio Z
+#   benches/vs_pytorch.sh roofline [A|B]           # FLOPs per training token, sgemm peak, % reached
 #
 # A = embeddings 256, hidden 256; B = 512/512 (configs/multi30k-de-en.toml otherwise:
 # 2+2 layers, bidirectional bottom layer, normalised additive attention, GNMT wiring,
@@ -20,6 +21,10 @@
 # lines) at beam 1 and beam 5 with `rnmt translate` and benches/torch_ref/decode.py from
 # the same weights, alternately ROUNDS times; sent/s is wall clock of the whole command
 # (model loading and, for PyTorch, `import torch` included), median over rounds.
+# roofline: matmul FLOPs per target token on the first STEPS batches
+# (benches/torch_ref/roofline.py), this machine's sgemm peak on 1 and 2 threads through
+# the gemm crate (examples/lstm_bench.rs), and, given TOKS="1=X,2=Y" (rnmt train tok/s
+# per thread count, e.g. from the train mode), the fraction of the peak reached.
 #
 # Environment: RNMT_BENCH_VENV (virtualenv with torch; created with pip if missing;
 # default ~/.cache/rnmt-bench-venv), TORCH_PIP_ARGS (extra pip arguments, e.g.
@@ -31,8 +36,8 @@ cd "$(dirname "$0")/.."
 mode=${1:-}
 size=${2:-A}
 threads=${3:-2}
-case "$mode" in train | decode) ;; *)
-  echo "usage: benches/vs_pytorch.sh train|decode [A|B] [THREADS]" >&2
+case "$mode" in train | decode | roofline) ;; *)
+  echo "usage: benches/vs_pytorch.sh train|decode|roofline [A|B] [THREADS]" >&2
   exit 2
   ;;
 esac
@@ -53,7 +58,7 @@ fi
 [ -f "$corpora/multi30k/train.de" ] || { echo "no $corpora/multi30k/train.de: set RNMT_CORPORA" >&2; exit 1; }
 
 venv=${RNMT_BENCH_VENV:-$HOME/.cache/rnmt-bench-venv}
-if ! "$venv/bin/python" -c "import torch" 2> /dev/null; then
+if [ "$mode" != roofline ] && ! "$venv/bin/python" -c "import torch" 2> /dev/null; then
   echo "installing torch into $venv (large download, once)" >&2
   python3 -m venv "$venv"
   # shellcheck disable=SC2086 # TORCH_PIP_ARGS is a list of arguments
@@ -83,11 +88,23 @@ peak_mib() { # the `time -v` report → peak RSS in MiB
 median() { printf "%s\n" "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
-if [ "$mode" = train ]; then
-  batches=$work/batches-$size.jsonl init=$work/init-$size
+batches=$work/batches-$size.jsonl init=$work/init-$size
+if [ "$mode" != decode ]; then
   "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches "$steps" \
     --out "$batches" --model-out "$init" --check-steps 3 2> "$work/dump.log" ||
     { cat "$work/dump.log" >&2; exit 1; }
+fi
+
+if [ "$mode" = roofline ]; then
+  cargo build --release --quiet --example lstm_bench
+  toks=()
+  [ -n "${TOKS:-}" ] && toks=(--tokens-per-s "$TOKS")
+  python3 benches/torch_ref/roofline.py --batches "$batches" --config "$init/config.json" \
+    --lstm-bench "$bin/examples/lstm_bench" --threads 1,2 "${toks[@]}"
+  exit 0
+fi
+
+if [ "$mode" = train ]; then
   "$py" benches/torch_ref/train.py --model "$init" --batches "$batches" --threads "$threads" --check |
     tail -n 1
   echo "config $size (emb/hidden $width), $threads thread(s), $steps steps ($warmup warm-up), $rounds rounds"
