@@ -6,8 +6,10 @@ Rust code:
 
 * LSTM layers: gate order (i, f, g, o) as torch.nn.LSTM; rnmt's single bias `bias` goes
   into `bias_ih_l0`, `bias_hh_l0` stays zero and frozen (two biases would be two
-  parameters for Adam and change the update). Padding keeps the state (packed
-  sequences), so the reverse direction starts at the last real token, as in rnmt.
+  parameters for Adam and change the update). Bidirectional layers run on packed
+  sequences, so the reverse direction starts at the last real token, as in rnmt;
+  unidirectional layers run on the padded batch (padding only follows the real tokens,
+  and every use of a padded position is masked: encoder memory, attention, loss).
 * Encoder: embeddings; every layer reads dropout(input); layer 1 (or every layer with
   `bidirectional = "all"`) is bidirectional with hidden/2 per direction, concatenated;
   residual `out + dropout(input)` from `residual_from`; memory zeroed at padding.
@@ -134,7 +136,12 @@ class LstmLayer(nn.Module):
                 p.requires_grad_(False)
 
     def forward(self, x, lengths):
-        """x: [B, T, I], lengths: cpu int64 [B] → [B, T, H(*2)], zero at padding."""
+        """x: [B, T, I], lengths: cpu int64 [B] → [B, T, H(*2)] (zero at padding when
+        bidirectional; a unidirectional layer's outputs at padding are never used)."""
+        if not self.lstm.bidirectional:
+            # Trailing padding cannot reach the real positions of a forward LSTM: the
+            # plain padded call is exact there, and cheaper than packing.
+            return self.lstm(x)[0]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
