@@ -14,7 +14,7 @@ pub fn plot_run(run_dir: &Path) -> Result<std::path::PathBuf> {
     let records = read_metrics(&run_dir.join(METRICS_FILE))?;
     let out = run_dir.join(CURVE_FILE);
     let svg = learning_curve_svg(&records)?;
-    crate::train::checkpoint::write_atomic(&out, svg.as_bytes())?;
+    crate::io::write_atomic(&out, svg.as_bytes())?;
     Ok(out)
 }
 

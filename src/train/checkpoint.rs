@@ -15,8 +15,7 @@
 //! half-written `step-N`. `train_state.json` is the last file written.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -55,40 +54,7 @@ pub struct TrainState {
     pub elapsed_s: f64,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder: write, fsync,
-/// rename, fsync the folder. Readers see either the old file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |tmp| {
-        let mut f = File::create(tmp)?;
-        f.write_all(bytes)?;
-        Ok(())
-    })
-}
-
-/// Like [`write_atomic`], with `write` filling the temporary file at the given path.
-pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    write(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
-    sync_dir(dir);
-    Ok(())
-}
-
-/// Makes renames in `dir` durable. Best effort: not every platform can fsync a folder.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
+pub use crate::io::{sync_dir, write_atomic, write_atomic_with};
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     write_atomic_with(path, |tmp| {
