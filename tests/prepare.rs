@@ -205,20 +205,7 @@ fn batching_invariants_on_multi30k() {
 }
 
 fn prepare_in(dir: &Path, prefix: &str) -> std::process::Output {
-    run(rnmt()
-        .args([
-            "prepare",
-            "--src-lang",
-            "de",
-            "--tgt-lang",
-            "en",
-            "--vocab-size",
-            "300",
-            "--train",
-        ])
-        .arg(dir.join(prefix))
-        .arg("--out")
-        .arg(dir.join("out")))
+    prepare(&dir.join(prefix), None, 300, &dir.join("out"))
 }
 
 #[test]

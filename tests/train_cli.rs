@@ -51,22 +51,7 @@ fn train_resume_average_plot() {
     slice(&corpora, t, "train", 300);
     slice(&corpora, t, "val", 20);
     let data = t.join("data");
-    let out = run(rnmt()
-        .args([
-            "prepare",
-            "--src-lang",
-            "de",
-            "--tgt-lang",
-            "en",
-            "--vocab-size",
-            "300",
-            "--train",
-        ])
-        .arg(t.join("train"))
-        .arg("--valid")
-        .arg(t.join("val"))
-        .arg("--out")
-        .arg(&data));
+    let out = prepare(&t.join("train"), Some(&t.join("val")), 300, &data);
     assert!(out.status.success(), "prepare: {}", stderr(&out));
     let cfg = write(
         t,

@@ -69,27 +69,37 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// `rnmt prepare` de→en with `vocab` subwords from `train` (and `valid`) into `out`.
+pub fn prepare(train: &Path, valid: Option<&Path>, vocab: usize, out: &Path) -> Output {
+    let mut cmd = rnmt();
+    cmd.args([
+        "prepare",
+        "--src-lang",
+        "de",
+        "--tgt-lang",
+        "en",
+        "--vocab-size",
+        &vocab.to_string(),
+        "--train",
+    ])
+    .arg(train);
+    if let Some(v) = valid {
+        cmd.arg("--valid").arg(v);
+    }
+    run(cmd.arg("--out").arg(out))
+}
+
 /// Multi30k de→en subword models learned once per test binary (a few seconds).
 pub fn prepared_multi30k(corpora: &Path) -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(rnmt()
-            .args([
-                "prepare",
-                "--src-lang",
-                "de",
-                "--tgt-lang",
-                "en",
-                "--vocab-size",
-                "8000",
-                "--train",
-            ])
-            .arg(corpora.join("multi30k/train"))
-            .arg("--valid")
-            .arg(corpora.join("multi30k/val"))
-            .arg("--out")
-            .arg(dir.path()));
+        let out = prepare(
+            &corpora.join("multi30k/train"),
+            Some(&corpora.join("multi30k/val")),
+            8000,
+            dir.path(),
+        );
         assert!(out.status.success(), "prepare failed: {}", stderr(&out));
         dir
     })
