@@ -202,11 +202,7 @@ impl Bleu {
         hyps: &[S],
         refs: &[Vec<R>],
     ) -> Result<BleuScore, MetricError> {
-        let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
-        let refs: Vec<Vec<&str>> = refs
-            .iter()
-            .map(|r| r.iter().map(AsRef::as_ref).collect())
-            .collect();
+        let (hyps, refs) = super::borrow_streams(hyps, refs);
         let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(self.score_stats(&totals, refs.len()))
     }

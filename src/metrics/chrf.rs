@@ -144,11 +144,7 @@ impl Chrf {
         hyps: &[S],
         refs: &[Vec<R>],
     ) -> Result<ChrfScore, MetricError> {
-        let hyps: Vec<&str> = hyps.iter().map(AsRef::as_ref).collect();
-        let refs: Vec<Vec<&str>> = refs
-            .iter()
-            .map(|r| r.iter().map(AsRef::as_ref).collect())
-            .collect();
+        let (hyps, refs) = super::borrow_streams(hyps, refs);
         let totals = self.corpus_stats(&hyps, &refs)?;
         Ok(ChrfScore {
             score: self.f_score(&totals),

@@ -184,6 +184,19 @@ pub(crate) fn py_float_repr(x: f64) -> String {
     }
 }
 
+/// Borrows hypotheses and reference streams as `&str`, the form the scorers count on.
+pub(crate) fn borrow_streams<'a, S: AsRef<str>, R: AsRef<str>>(
+    hyps: &'a [S],
+    refs: &'a [Vec<R>],
+) -> (Vec<&'a str>, Vec<Vec<&'a str>>) {
+    let hyps = hyps.iter().map(AsRef::as_ref).collect();
+    let refs = refs
+        .iter()
+        .map(|r| r.iter().map(AsRef::as_ref).collect())
+        .collect();
+    (hyps, refs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

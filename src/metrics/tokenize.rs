@@ -150,21 +150,21 @@ fn tokenize_13a<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
     a.push(b' ');
 
     // Pass 2: `([^0-9])([\.,])` -> `\1 \2 ` (non-overlapping, left to right).
-    two_char_pass(
+    pair_pass(
         a,
         b,
         |x, y| !x.is_ascii_digit() && (y == b'.' || y == b','),
         |out, x, y| out.extend_from_slice(&[x, b' ', y, b' ']),
     );
     // Pass 3: `([\.,])([^0-9])` -> ` \1 \2`.
-    two_char_pass(
+    pair_pass(
         b,
         a,
         |x, y| (x == b'.' || x == b',') && !y.is_ascii_digit(),
         |out, x, y| out.extend_from_slice(&[b' ', x, b' ', y]),
     );
     // Pass 4: `([0-9])(-)` -> `\1 \2 `.
-    two_char_pass(
+    pair_pass(
         a,
         b,
         |x, y| x.is_ascii_digit() && y == b'-',
@@ -178,13 +178,14 @@ fn is_13a_symbol(c: u8) -> bool {
     matches!(c, b'{'..=b'~' | b'['..=b'`' | b' '..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/')
 }
 
-/// `re.sub` of a two-character pattern: leftmost matches, never overlapping.
+/// `re.sub` of a two-character pattern over bytes or chars: leftmost matches, never
+/// overlapping.
 #[inline]
-fn two_char_pass(
-    src: &[u8],
-    out: &mut Vec<u8>,
-    matches: impl Fn(u8, u8) -> bool,
-    replace: impl Fn(&mut Vec<u8>, u8, u8),
+fn pair_pass<T: Copy>(
+    src: &[T],
+    out: &mut Vec<T>,
+    matches: impl Fn(T, T) -> bool,
+    replace: impl Fn(&mut Vec<T>, T, T),
 ) {
     out.clear();
     let mut i = 0;
@@ -255,13 +256,13 @@ fn tokenize_intl<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
     x.extend(line.chars());
 
     // `(\P{N})(\p{P})` -> `\1 \2 `, then `(\p{P})(\P{N})` -> ` \1 \2`.
-    char_pair_pass(
+    pair_pass(
         x,
         y,
         |a, b| !is_n(a) && is_p(b),
         |o, a, b| o.extend([a, ' ', b, ' ']),
     );
-    char_pair_pass(
+    pair_pass(
         y,
         x,
         |a, b| is_p(a) && !is_n(b),
@@ -281,25 +282,6 @@ fn tokenize_intl<'a>(line: &str, s: &'a mut TokScratch) -> &'a str {
         }
     }
     as_str(&s.a)
-}
-
-fn char_pair_pass(
-    src: &[char],
-    out: &mut Vec<char>,
-    matches: impl Fn(char, char) -> bool,
-    replace: impl Fn(&mut Vec<char>, char, char),
-) {
-    out.clear();
-    let mut i = 0;
-    while i < src.len() {
-        if i + 1 < src.len() && matches(src[i], src[i + 1]) {
-            replace(out, src[i], src[i + 1]);
-            i += 2;
-        } else {
-            out.push(src[i]);
-            i += 1;
-        }
-    }
 }
 
 #[cfg(test)]
