@@ -9,6 +9,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::fastmath;
@@ -136,61 +137,35 @@ fn dot_tanh<T: Real>(q: &[T], k: &[T], v: &[T]) -> T {
 }
 
 fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims) -> Vec<T> {
-    let (t, s, a, per) = (d.steps, d.src, d.units, d.per_head());
-    let mut out = vec![T::zero(); d.batch * t * s * d.heads];
-    out.par_chunks_mut(t * s * d.heads)
+    let mut out = vec![T::zero(); d.batch * d.steps * d.src * d.heads];
+    out.par_chunks_mut(d.steps * d.src * d.heads)
         .enumerate()
-        .for_each(|(b, out)| {
-            for ti in 0..t {
-                let q = &q[(b * t + ti) * a..][..a];
-                for si in 0..s {
-                    let k = &k[(b * s + si) * a..][..a];
-                    for h in 0..d.heads {
-                        let r = h * per..(h + 1) * per;
-                        out[(ti * s + si) * d.heads + h] =
-                            dot_tanh(&q[r.clone()], &k[r.clone()], &v[r]);
-                    }
-                }
-            }
-        });
+        .for_each(|(b, out)| forward_row(b, out, q, k, v, d));
     out
 }
 
-/// Gradients `(dq, dk, dv)` for the upstream gradient `g: [batch, steps, src, heads]`.
-fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
+/// The scores of batch row `b` into `out: [steps, src, heads]`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn forward_row<T: Real>(b: usize, out: &mut [T], q: &[T], k: &[T], v: &[T], d: Dims) {
     let (t, s, a, per) = (d.steps, d.src, d.units, d.per_head());
-    let per_batch: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..d.batch)
-        .into_par_iter()
-        .map(|b| {
-            let mut dq = vec![T::zero(); t * a];
-            let mut dk = vec![T::zero(); s * a];
-            let mut dv = vec![T::zero(); a];
-            for ti in 0..t {
-                let q = &q[(b * t + ti) * a..][..a];
-                for si in 0..s {
-                    let k = &k[(b * s + si) * a..][..a];
-                    for h in 0..d.heads {
-                        let gg = g[((b * t + ti) * s + si) * d.heads + h];
-                        if gg == T::zero() {
-                            continue;
-                        }
-                        let r = h * per..(h + 1) * per;
-                        let dq = &mut dq[ti * a..][r.clone()];
-                        let dk = &mut dk[si * a..][r.clone()];
-                        let dv = &mut dv[r.clone()];
-                        let (q, k, v) = (&q[r.clone()], &k[r.clone()], &v[r]);
-                        for i in 0..per {
-                            let th = (q[i] + k[i]).tanh();
-                            dv[i] += gg * th;
-                            let dpre = gg * v[i] * (T::one() - th * th);
-                            dq[i] += dpre;
-                            dk[i] += dpre;
-                        }
-                    }
-                }
+    for ti in 0..t {
+        let q = &q[(b * t + ti) * a..][..a];
+        for si in 0..s {
+            let k = &k[(b * s + si) * a..][..a];
+            for h in 0..d.heads {
+                let r = h * per..(h + 1) * per;
+                out[(ti * s + si) * d.heads + h] = dot_tanh(&q[r.clone()], &k[r.clone()], &v[r]);
             }
-            (dq, dk, dv)
-        })
+        }
+    }
+}
+
+/// Gradients `(dq, dk, dv)` for the upstream gradient `g: [batch, steps, src, heads]`.
+fn backward<T: Real>(q: &[T], k: &[T], v: &[T], g: &[T], d: Dims) -> Grads<T> {
+    let (t, s, a) = (d.steps, d.src, d.units);
+    let per_batch: Vec<Grads<T>> = (0..d.batch)
+        .into_par_iter()
+        .map(|b| backward_row(b, q, k, v, g, d))
         .collect();
     let mut dq = Vec::with_capacity(d.batch * t * a);
     let mut dk = Vec::with_capacity(d.batch * s * a);
@@ -274,6 +249,43 @@ impl CustomOp3 for AdditiveScore {
         };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+/// `(dq, dk, dv)` of one batch row.
+type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+/// The gradients of batch row `b`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn backward_row<T: Real>(b: usize, q: &[T], k: &[T], v: &[T], g: &[T], d: Dims) -> Grads<T> {
+    let (t, s, a, per) = (d.steps, d.src, d.units, d.per_head());
+    let mut dq = vec![T::zero(); t * a];
+    let mut dk = vec![T::zero(); s * a];
+    let mut dv = vec![T::zero(); a];
+    for ti in 0..t {
+        let q = &q[(b * t + ti) * a..][..a];
+        for si in 0..s {
+            let k = &k[(b * s + si) * a..][..a];
+            for h in 0..d.heads {
+                let gg = g[((b * t + ti) * s + si) * d.heads + h];
+                if gg == T::zero() {
+                    continue;
+                }
+                let r = h * per..(h + 1) * per;
+                let dq = &mut dq[ti * a..][r.clone()];
+                let dk = &mut dk[si * a..][r.clone()];
+                let dv = &mut dv[r.clone()];
+                let (q, k, v) = (&q[r.clone()], &k[r.clone()], &v[r]);
+                for i in 0..per {
+                    let th = (q[i] + k[i]).tanh();
+                    dv[i] += gg * th;
+                    let dpre = gg * v[i] * (T::one() - th * th);
+                    dq[i] += dpre;
+                    dk[i] += dpre;
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@
 //! Both end in the attentional vector `tanh(W [h_top; context])` and the output
 //! projection. One decoder step ([`Decoder::step`]) is shared by greedy and beam search.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, Module, VarBuilder};
 
 use super::attention::{Attention, AttentionMemory};
 use super::config::ModelConfig;
 use super::dropout::Dropout;
+use super::log_softmax::biased_log_softmax;
 use super::lstm::{Lstm, LstmState};
 
 /// The decoder's recurrent state for a batch (or a beam).
@@ -175,7 +176,10 @@ impl Decoder {
     ) -> Result<(Tensor, DecoderState, Tensor)> {
         let x = self.embedding.forward(prev)?;
         let (o, next, weights) = self.advance(mem, state, &x, &mut Dropout::inactive())?;
-        let log_probs = candle_nn::ops::log_softmax(&self.logits(&o)?, D::Minus1)?;
+        // No rank-1 bias product here (it exists for the training gradient): the bias is
+        // added inside the fused log-softmax.
+        let logits = o.matmul(&self.output_weight.t()?)?;
+        let log_probs = biased_log_softmax(logits, &self.output_bias)?;
         Ok((log_probs, next, weights))
     }
 

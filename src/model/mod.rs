@@ -8,6 +8,7 @@ pub mod dropout;
 pub mod encoder;
 pub mod fastmath;
 pub mod init;
+pub mod log_softmax;
 pub mod lstm;
 pub mod persist;
 pub mod seq2seq;

@@ -9,6 +9,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+use multiversion::multiversion;
+
 use crate::model::fastmath::{exp, lanes_fold};
 
 /// The target keeps probability `1 - smoothing`; the rest is spread evenly over the
@@ -97,6 +99,7 @@ struct FusedLoss {
 /// Rows per rayon task: enough work to pay for the hand-off.
 const ROWS_PER_TASK: usize = 16;
 
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn row_stats(row: &[f32]) -> (f32, f32, f64) {
     let max = lanes_fold(row, f32::NEG_INFINITY, f32::max)
         .into_iter()
@@ -107,6 +110,14 @@ fn row_stats(row: &[f32]) -> (f32, f32, f64) {
         .map(|&x| x as f64)
         .sum();
     (max, sum_exp, sum)
+}
+
+/// `g = s · (softmax(row) - every)` from the row's max and `1 / Σ exp(x - max)`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn grad_row(g: &mut [f32], row: &[f32], max: f32, norm: f32, s: f32, every: f32) {
+    for (g, &x) in g.iter_mut().zip(row) {
+        *g = s * (exp(x - max) * norm - every);
+    }
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -198,9 +209,7 @@ impl CustomOp1 for FusedLossGrad<'_> {
                 let s = self.scale * w;
                 let every = c.every as f32;
                 let norm = 1.0 / sum_exp;
-                for (g, &x) in g.iter_mut().zip(row) {
-                    *g = s * (exp(x - max) * norm - every);
-                }
+                grad_row(g, row, max, norm, s, every);
                 g[t as usize] -= s * c.target as f32;
             });
         Ok((CpuStorage::F32(grad), layout.shape().clone()))

@@ -31,6 +31,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::model::fastmath::has_avx2_fma;
+
 /// Added to the variance in every layer norm (PyTorch's default).
 pub const LN_EPS: f64 = 1e-5;
 
@@ -690,17 +692,6 @@ impl<T> Saved<T> {
                 }
             })
             .collect()
-    }
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
