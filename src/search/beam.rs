@@ -9,6 +9,7 @@
 //! of them, or at the length bound; it then leaves the batch.
 
 use candle_core::Device;
+use rayon::prelude::*;
 
 use super::ensemble::Ensemble;
 use super::{penalty, rows_tensor, source_batch, top_k, with_host_f32, Hypothesis, SearchConfig};
@@ -151,6 +152,10 @@ pub fn beam_search(
         // Parents (rows of this step) of the rows of the next step.
         let mut parents: Vec<u32> = Vec::with_capacity(row_sentence.len());
         with_host_f32(&log_probs, |lp| {
+            // The row scans are independent: run them on all threads before the
+            // (sequential, cheap) bookkeeping per sentence.
+            let row_tops: Vec<Vec<(u32, f32)>> =
+                lp.par_chunks(vocab).map(|row| top_k(row, 2 * k)).collect();
             let mut row = 0;
             for s in sentences.iter_mut().filter(|s| !s.live.is_empty()) {
                 let first_row = row;
@@ -168,7 +173,7 @@ pub fn beam_search(
                         .map(|(c, w)| c + w)
                         .collect();
                     let cp = penalty::coverage_penalty(&cov, cfg.beta);
-                    for (token, l) in top_k(&lp[r * vocab..(r + 1) * vocab], 2 * k) {
+                    for &(token, l) in &row_tops[r] {
                         let log_prob = h.log_prob + l;
                         candidates.push(Candidate {
                             score: log_prob / lp_norm + cp,
