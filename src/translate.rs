@@ -58,11 +58,13 @@ pub struct TranslateArgs {
     #[arg(short = 'b', long, default_value_t = 5)]
     pub beam: usize,
     /// Length normalisation α of GNMT: lp(Y) = ((5+|Y|)/6)^α. 0: raw log-probability.
-    #[arg(long, default_value_t = 0.6)]
-    pub alpha: f32,
+    /// Default: the model's `decode_alpha` (config.json; 0.6 unless tuned).
+    #[arg(long)]
+    pub alpha: Option<f32>,
     /// Coverage penalty β of GNMT: cp = β·Σᵢ log(min(Σⱼ aᵢⱼ, 1)). 0: none.
-    #[arg(long, default_value_t = 0.2)]
-    pub beta: f32,
+    /// Default: the model's `decode_beta` (config.json; 0.2 unless tuned).
+    #[arg(long)]
+    pub beta: Option<f32>,
     /// Output the N best translations (at most the beam size).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nbest: usize,
@@ -375,8 +377,8 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     let model_cfg = translator.models[0].config().clone();
     translator.search = SearchConfig {
         beam: args.beam,
-        alpha: args.alpha,
-        beta: args.beta,
+        alpha: args.alpha.unwrap_or(model_cfg.decode_alpha),
+        beta: args.beta.unwrap_or(model_cfg.decode_beta),
         nbest: args.nbest,
         max_len_a: args.max_len_a.unwrap_or(model_cfg.max_decode_len_a),
         max_len_b: args.max_len_b.unwrap_or(model_cfg.max_decode_len_b),

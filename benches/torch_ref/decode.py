@@ -27,8 +27,8 @@ def main():
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--alpha", type=float, default=0.6)
-    ap.add_argument("--beta", type=float, default=0.2)
+    ap.add_argument("--alpha", type=float, help="default: the model's decode_alpha")
+    ap.add_argument("--beta", type=float, help="default: the model's decode_beta")
     ap.add_argument("--output")
     args = ap.parse_args()
     if args.beam < 1:
@@ -36,6 +36,8 @@ def main():
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
+    alpha = model.cfg.decode_alpha if args.alpha is None else args.alpha
+    beta = model.cfg.decode_beta if args.beta is None else args.beta
     with open(args.input) as f:
         sources = []
         for n, line in enumerate(f, 1):
@@ -51,7 +53,7 @@ def main():
         for b in range(0, len(order), args.batch_size):
             idx = order[b : b + args.batch_size]
             batch = [sources[i] for i in idx]
-            out = greedy(model, batch) if args.beam == 1 else beam_search(model, batch, args.beam, args.alpha, args.beta)
+            out = greedy(model, batch) if args.beam == 1 else beam_search(model, batch, args.beam, alpha, beta)
             for i, h in zip(idx, out):
                 hyps[i] = h
     dt = time.perf_counter() - t0

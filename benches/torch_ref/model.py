@@ -85,7 +85,8 @@ DEFAULTS = dict(
     src_vocab_size=8000, tgt_vocab_size=8000, embedding_size=256, hidden_size=256,
     encoder_layers=2, decoder_layers=2, bidirectional="bottom", residual_from=3, dropout=0.2,
     layer_norm=False, attention="normalized_additive", attention_heads=4, input_feeding=False,
-    tie_target_embeddings=False, max_decode_len_a=1.5, max_decode_len_b=10,
+    tie_target_embeddings=False, max_decode_len_a=1.5, max_decode_len_b=10, decode_alpha=0.6,
+    decode_beta=0.2,
 )
 
 

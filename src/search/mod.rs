@@ -45,12 +45,12 @@ pub struct SearchConfig {
 }
 
 impl SearchConfig {
-    /// GNMT's defaults with the model's length bound.
+    /// Beam 5 with the model's α, β and length bound.
     pub fn for_model(cfg: &ModelConfig) -> Self {
         Self {
             beam: 5,
-            alpha: 0.6,
-            beta: 0.2,
+            alpha: cfg.decode_alpha,
+            beta: cfg.decode_beta,
             nbest: 1,
             max_len_a: cfg.max_decode_len_a,
             max_len_b: cfg.max_decode_len_b,

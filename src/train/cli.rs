@@ -50,6 +50,27 @@ pub struct AverageArgs {
     /// The model folder to write.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
+    /// The weights' storage type: f16 or bf16 halve the folder (search computes in f32
+    /// either way); a single checkpoint with --dtype f16 is a conversion.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::F32)]
+    pub dtype: WeightsDtype,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<WeightsDtype> for candle_core::DType {
+    fn from(d: WeightsDtype) -> Self {
+        match d {
+            WeightsDtype::F32 => Self::F32,
+            WeightsDtype::F16 => Self::F16,
+            WeightsDtype::Bf16 => Self::BF16,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -237,19 +258,25 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
 pub fn run_average(args: &AverageArgs) -> Result<()> {
     let (dirs, run) = average_inputs(args)?;
     let (tensors, config) = average_checkpoints(&dirs)?;
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(args.dtype.into())?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     save_tensors(&out.join(MODEL_FILE), &tensors)?;
     write_atomic(&out.join(CONFIG_FILE), config.as_bytes())?;
-    if let Some(run) = run {
-        for name in [
-            crate::subword::SOURCE_TOKENIZER,
-            crate::subword::TARGET_TOKENIZER,
-        ] {
-            let f = run.join(name);
-            if f.is_file() {
-                write_atomic(&out.join(name), &std::fs::read(&f)?)?;
-            }
+    // The tokenizers: beside the weights in a model folder, in RUN for checkpoints.
+    for name in [
+        crate::subword::SOURCE_TOKENIZER,
+        crate::subword::TARGET_TOKENIZER,
+    ] {
+        let found = std::iter::once(&dirs[0])
+            .chain(run.as_ref())
+            .map(|d| d.join(name))
+            .find(|f| f.is_file());
+        if let Some(f) = found {
+            write_atomic(&out.join(name), &std::fs::read(&f)?)?;
         }
     }
     // The result must be a loadable model folder.
