@@ -1,4 +1,5 @@
-//! Learning curves: training loss and validation BLEU over steps, as SVG.
+//! Pictures: learning curves (training loss and validation BLEU over steps, SVG) and
+//! attention heatmaps (SVG or PNG).
 
 use std::path::Path;
 
@@ -8,6 +9,21 @@ use plotters::prelude::*;
 use crate::train::log::{read_metrics, Record, METRICS_FILE};
 
 pub const CURVE_FILE: &str = "curve.svg";
+
+/// DejaVu Sans (Bitstream Vera licence, assets/fonts/DejaVuSans.LICENSE), built in so
+/// that PNG text renders the same on a machine without fonts; plotters also measures
+/// text with it when laying out SVG.
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// Registers [`FONT`] as plotters' "sans-serif" (once); every drawing calls it first.
+fn register_fonts() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
+    anyhow::ensure!(ok, "the built-in font does not load");
+    Ok(())
+}
 
 /// Reads `RUN/metrics.jsonl` and writes `RUN/curve.svg`; returns the picture's path.
 pub fn plot_run(run_dir: &Path) -> Result<std::path::PathBuf> {
@@ -20,6 +36,7 @@ pub fn plot_run(run_dir: &Path) -> Result<std::path::PathBuf> {
 
 /// The learning curve as SVG text: loss (and validation loss) on top, BLEU below.
 pub fn learning_curve_svg(records: &[Record]) -> Result<String> {
+    register_fonts()?;
     let mut loss = Vec::new();
     let mut valid_loss = Vec::new();
     let mut bleu = Vec::new();
@@ -130,43 +147,65 @@ pub fn plot_run_dir(run_dir: &Path) -> Result<std::path::PathBuf> {
     plot_run(run_dir).with_context(|| format!("plotting {}", run_dir.display()))
 }
 
-/// Fails unless `path` names an SVG file: the heatmap is drawn with plotters' SVG
-/// backend (a PNG backend would need font rendering this build does not include).
-pub fn check_attention_plot_path(path: &Path) -> Result<()> {
+/// The picture formats of an attention plot, chosen by the file name's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlotFormat {
+    Svg,
+    Png,
+}
+
+/// The format `path` asks for (`.svg` or `.png`, any case); anything else is an error
+/// naming the file.
+pub fn check_attention_plot_path(path: &Path) -> Result<PlotFormat> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    if ext.as_deref() != Some("svg") {
-        anyhow::bail!(
-            "attention plot {}: only SVG output is supported; use a file name ending in .svg",
+    match ext.as_deref() {
+        Some("svg") => Ok(PlotFormat::Svg),
+        Some("png") => Ok(PlotFormat::Png),
+        _ => anyhow::bail!(
+            "attention plot {}: use a file name ending in .svg or .png",
             path.display()
-        );
+        ),
     }
-    Ok(())
 }
 
-/// Writes [`attention_heatmap_svg`] to `path` (which must end in `.svg`).
+/// Writes the attention heatmap of one sentence pair to `path`, as SVG or PNG by its
+/// extension.
 pub fn write_attention_plot(
     path: &Path,
     source: &[String],
     target: &[String],
     weights: &[Vec<f32>],
 ) -> Result<()> {
-    check_attention_plot_path(path)?;
-    let svg = attention_heatmap_svg(source, target, weights)?;
-    crate::io::write_atomic(path, svg.as_bytes())
+    let bytes = match check_attention_plot_path(path)? {
+        PlotFormat::Svg => attention_heatmap_svg(source, target, weights)?.into_bytes(),
+        PlotFormat::Png => attention_heatmap_png(source, target, weights)?,
+    };
+    crate::io::write_atomic(path, &bytes)
         .with_context(|| format!("writing the attention plot {}", path.display()))
 }
 
-/// The attention matrix of one sentence pair as an SVG heatmap: source tokens along the
-/// top (rotated), target tokens down the left, one cell per weight (white 0 → dark blue
-/// 1). `weights[j][i]` is the attention of target token j on source token i.
-pub fn attention_heatmap_svg(
+/// Where the cells and labels of a heatmap go.
+struct HeatmapLayout {
+    left: i32,
+    top: i32,
+    width: u32,
+    height: u32,
+}
+
+const CELL: i32 = 24;
+
+fn label(t: &str) -> String {
+    t.trim().replace(char::is_control, "\u{fffd}")
+}
+
+fn heatmap_layout(
     source: &[String],
     target: &[String],
     weights: &[Vec<f32>],
-) -> Result<String> {
+) -> Result<HeatmapLayout> {
     if weights.len() != target.len() || weights.iter().any(|r| r.len() != source.len()) {
         anyhow::bail!(
             "attention plot: {} target tokens and {} source tokens, but the matrix is {}×{}",
@@ -176,9 +215,7 @@ pub fn attention_heatmap_svg(
             weights.first().map_or(0, Vec::len)
         );
     }
-    const CELL: i32 = 24;
     const CHAR: i32 = 8;
-    let label = |t: &String| t.trim().replace(char::is_control, "\u{fffd}");
     let longest = |ts: &[String]| {
         ts.iter()
             .map(|t| label(t).chars().count())
@@ -187,56 +224,106 @@ pub fn attention_heatmap_svg(
     };
     let left = 16 + CHAR * longest(target) as i32;
     let top = 16 + CHAR * longest(source) as i32;
-    let width = left + CELL * source.len().max(1) as i32 + 16;
-    let height = top + CELL * target.len().max(1) as i32 + 16;
+    Ok(HeatmapLayout {
+        left,
+        top,
+        width: (left + CELL * source.len().max(1) as i32 + 16) as u32,
+        height: (top + CELL * target.len().max(1) as i32 + 16) as u32,
+    })
+}
 
+/// Draws the heatmap on any plotters backend: source tokens along the top (rotated),
+/// target tokens down the left, one cell per weight (white 0 → dark blue 1).
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    layout: &HeatmapLayout,
+    source: &[String],
+    target: &[String],
+    weights: &[Vec<f32>],
+) -> Result<()> {
+    let (left, top) = (layout.left, layout.top);
+    root.fill(&WHITE).map_err(plot_err)?;
+    let font = ("sans-serif", 14).into_font();
+    let below = font.color(&BLACK);
+    let rotated = font.transform(FontTransform::Rotate270).color(&BLACK);
+    for (i, s) in source.iter().enumerate() {
+        let x = left + CELL * i as i32 + CELL / 2 - 7;
+        root.draw_text(&label(s), &rotated, (x, top - 6))
+            .map_err(plot_err)?;
+    }
+    for (j, (t, row)) in target.iter().zip(weights).enumerate() {
+        let y = top + CELL * j as i32;
+        root.draw_text(&label(t), &below, (8, y + CELL / 2 - 7))
+            .map_err(plot_err)?;
+        for (i, &w) in row.iter().enumerate() {
+            let x = left + CELL * i as i32;
+            let w = if w.is_finite() {
+                w.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let shade = |full: f32| (255.0 - (255.0 - full) * w) as u8;
+            let color = RGBColor(shade(8.0), shade(48.0), shade(107.0));
+            root.draw(&Rectangle::new(
+                [(x, y), (x + CELL, y + CELL)],
+                color.filled(),
+            ))
+            .map_err(plot_err)?;
+        }
+    }
+    let corner = (
+        left + CELL * source.len() as i32,
+        top + CELL * target.len() as i32,
+    );
+    root.draw(&Rectangle::new(
+        [(left, top), corner],
+        BLACK.stroke_width(1),
+    ))
+    .map_err(plot_err)?;
+    root.present().map_err(plot_err)
+}
+
+/// The attention matrix of one sentence pair as an SVG heatmap. `weights[j][i]` is the
+/// attention of target token j on source token i.
+pub fn attention_heatmap_svg(
+    source: &[String],
+    target: &[String],
+    weights: &[Vec<f32>],
+) -> Result<String> {
+    register_fonts()?;
+    let layout = heatmap_layout(source, target, weights)?;
     let mut svg = String::new();
     {
         let root =
-            SVGBackend::with_string(&mut svg, (width as u32, height as u32)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let font = ("sans-serif", 14).into_font();
-        let below = font.color(&BLACK);
-        let rotated = font.transform(FontTransform::Rotate270).color(&BLACK);
-        for (i, s) in source.iter().enumerate() {
-            let x = left + CELL * i as i32 + CELL / 2 - 7;
-            root.draw_text(&label(s), &rotated, (x, top - 6))
-                .map_err(plot_err)?;
-        }
-        for (j, (t, row)) in target.iter().zip(weights).enumerate() {
-            let y = top + CELL * j as i32;
-            root.draw_text(&label(t), &below, (8, y + CELL / 2 - 7))
-                .map_err(plot_err)?;
-            for (i, &w) in row.iter().enumerate() {
-                let x = left + CELL * i as i32;
-                let w = if w.is_finite() {
-                    w.clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
-                let shade = |full: f32| (255.0 - (255.0 - full) * w) as u8;
-                let color = RGBColor(shade(8.0), shade(48.0), shade(107.0));
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + CELL, y + CELL)],
-                    color.filled(),
-                ))
-                .map_err(plot_err)?;
-            }
-        }
-        root.draw(&Rectangle::new(
-            [
-                (left, top),
-                (
-                    left + CELL * source.len() as i32,
-                    top + CELL * target.len() as i32,
-                ),
-            ],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
+            SVGBackend::with_string(&mut svg, (layout.width, layout.height)).into_drawing_area();
+        draw_heatmap(&root, &layout, source, target, weights)?;
     }
     Ok(svg)
+}
+
+/// The same heatmap as [`attention_heatmap_svg`], rendered to a PNG file's bytes.
+pub fn attention_heatmap_png(
+    source: &[String],
+    target: &[String],
+    weights: &[Vec<f32>],
+) -> Result<Vec<u8>> {
+    register_fonts()?;
+    let layout = heatmap_layout(source, target, weights)?;
+    let (w, h) = (layout.width, layout.height);
+    let mut rgb = vec![255u8; 3 * w as usize * h as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw_heatmap(&root, &layout, source, target, weights)?;
+    }
+    let mut png_bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png_bytes, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .and_then(|mut writer| writer.write_image_data(&rgb))
+        .context("encoding the attention plot as PNG")?;
+    Ok(png_bytes)
 }
 
 #[cfg(test)]
@@ -278,6 +365,52 @@ mod tests {
         assert!(svg.matches("<polyline").count() >= 3, "{svg}");
         assert_eq!(svg.matches("<circle").count(), 4);
         assert!(learning_curve_svg(&[]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn png_heatmap_has_cells_and_text() -> Result<()> {
+        let source: Vec<String> = ["Der", "Hund", "</s>"].map(String::from).to_vec();
+        let target: Vec<String> = ["The", "dog", "</s>"].map(String::from).to_vec();
+        let weights = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ];
+        let bytes = attention_heatmap_png(&source, &target, &weights)?;
+        let layout = heatmap_layout(&source, &target, &weights)?;
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info()?;
+        let mut rgb = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut rgb)?;
+        assert_eq!((info.width, info.height), (layout.width, layout.height));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let pixel = |x: i32, y: i32| {
+            let at = 3 * (y as usize * info.width as usize + x as usize);
+            [rgb[at], rgb[at + 1], rgb[at + 2]]
+        };
+        let centre = |i: i32, j: i32| {
+            pixel(
+                layout.left + CELL * i + CELL / 2,
+                layout.top + CELL * j + CELL / 2,
+            )
+        };
+        // Weight 1 is dark blue, weight 0 white.
+        assert_eq!(centre(0, 0), [8, 48, 107]);
+        assert_eq!(centre(1, 1), [8, 48, 107]);
+        assert_eq!(centre(1, 0), [255, 255, 255]);
+        // The labels left of the grid are drawn: dark pixels where only text can be.
+        let text_pixels = (0..layout.top + CELL * 3)
+            .flat_map(|y| (0..layout.left - 2).map(move |x| (x, y)))
+            .filter(|&(x, y)| pixel(x, y)[0] < 128)
+            .count();
+        assert!(
+            text_pixels > 30,
+            "only {text_pixels} dark pixels in the label column"
+        );
+        assert!(
+            check_attention_plot_path(Path::new("a.PNG"))? == PlotFormat::Png
+                && check_attention_plot_path(Path::new("a.bmp")).is_err()
+        );
         Ok(())
     }
 }

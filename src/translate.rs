@@ -80,8 +80,9 @@ pub struct TranslateArgs {
     /// Positions of --alignments: words (whitespace-separated) or subwords.
     #[arg(long, value_enum, default_value_t = AlignUnit::Word)]
     pub align_unit: AlignUnit,
-    /// Draw the attention of the first (non-empty) sentence as an SVG heatmap.
-    #[arg(long, value_name = "OUT.svg")]
+    /// Draw the attention of the first (non-empty) sentence as a heatmap: SVG or PNG by
+    /// the file name's extension.
+    #[arg(long, value_name = "OUT.svg|OUT.png")]
     pub attention_plot: Option<PathBuf>,
     /// Longest output: A·|source subwords + 1| + B (default: the model's config).
     #[arg(long, value_name = "A")]

@@ -356,7 +356,7 @@ fn check_pharaoh(alignment: &str, source: &str, translation: &str) {
 }
 
 #[test]
-fn attention_plot_is_an_svg_with_the_tokens() {
+fn attention_plot_is_an_svg_or_png_with_the_tokens() {
     let tiny = tiny_model();
     let tmp = tempfile::tempdir().unwrap();
     let plot = tmp.path().join("att.svg");
@@ -391,6 +391,16 @@ fn attention_plot_is_an_svg_with_the_tokens() {
     );
     // One heatmap cell per (target, source) pair.
     assert!(svg.matches("<rect").count() > 5 * 6, "too few cells");
+
+    // The same plot as PNG (its pixels are checked in src/plot.rs).
+    let png = tmp.path().join("att.png");
+    ok(run(rnmt()
+        .args(model_arg(&tiny.dir))
+        .arg("--attention-plot")
+        .arg(&png)
+        .arg(sentence)));
+    let bytes = std::fs::read(&png).expect("PNG plot written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG file");
 
     let out = run(rnmt()
         .args(model_arg(&tiny.dir))
