@@ -108,17 +108,22 @@ pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 /// Sets the CPU thread count for everything that computes.
 ///
 /// candle's matmul hands `gemm` a `Parallelism::Rayon(n)` with `n` read from
-/// `RAYON_NUM_THREADS` (not from rayon's pool), and gemm runs on rayon's global pool;
-/// candle's element-wise ops use their own spinning pool sized once from
-/// `CANDLE_NUM_THREADS` (falling back to `RAYON_NUM_THREADS`). So `threads` sets both
-/// variables and rayon's global pool, and must run before the first tensor op. On a
-/// shared or busy CPU fewer threads can be faster: idle workers spin.
+/// `RAYON_NUM_THREADS` (not from rayon's pool), and gemm and rnmt's fused kernels run on
+/// rayon's global pool: `threads` sets both, and must run before the first tensor op.
+/// candle's element-wise ops use a pool of their own, sized once from
+/// `CANDLE_NUM_THREADS`, whose workers spin between ops and take the core from gemm;
+/// the element-wise ops are small here, so that pool gets one thread (the caller) unless
+/// `CANDLE_NUM_THREADS` is set. Measured on Multi30k config A, 2 threads, 40 steps, 3
+/// alternating rounds: 2,658 target tok/s against 2,496 with a 2-thread element-wise
+/// pool (+6.5 %).
 pub fn set_threads(threads: usize) {
     if threads == 0 {
         return;
     }
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     // Fails only if the pool already exists (e.g. a second run in one process).
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
