@@ -1,7 +1,7 @@
 //! Beam search on a tiny trained model: beam 1 is greedy, n-best lists are sorted,
 //! distinct and scored as forced decoding scores them, batching changes nothing, ensembles
 //! average log-probabilities. (How the beam width trades off against the model score is
-//! tested on the shipped model, in tests/default_model.rs.)
+//! tested on the shipped model, in tests/shipped_models.rs.)
 
 mod translate_support;
 
