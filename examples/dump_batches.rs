@@ -230,20 +230,27 @@ fn reference_steps(
     Ok(())
 }
 
+/// The text of `input` and a buffered writer on a new `output`.
+fn read_input_create_output(
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<(String, std::io::BufWriter<std::fs::File>)> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("cannot read {}", input.display()))?;
+    let out = std::fs::File::create(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    Ok((text, std::io::BufWriter::new(out)))
+}
+
 /// Source-side subword ids of every line of `input`, one JSON array per line.
 fn encode_lines(
     prepared: &PreparedData,
     input: &std::path::Path,
     output: &std::path::Path,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(input)
-        .with_context(|| format!("cannot read {}", input.display()))?;
+    let (text, mut out) = read_input_create_output(input, output)?;
     let lines: Vec<&str> = text.lines().collect();
     let ids = prepared.source_tokenizer().encode_batch(&lines)?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(output)
-            .with_context(|| format!("cannot create {}", output.display()))?,
-    );
     for row in &ids {
         writeln!(out, "{}", serde_json::to_string(row)?)?;
     }
@@ -263,12 +270,7 @@ fn decode_lines(
     input: &std::path::Path,
     output: &std::path::Path,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(input)
-        .with_context(|| format!("cannot read {}", input.display()))?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(output)
-            .with_context(|| format!("cannot create {}", output.display()))?,
-    );
+    let (text, mut out) = read_input_create_output(input, output)?;
     for (n, line) in text.lines().enumerate() {
         let ids: Vec<u32> = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON array of ids", input.display(), n + 1))?;
