@@ -20,7 +20,10 @@
 # folder trained on the same prepared data), then decodes Multi30k test2016 (LIMIT
 # lines) at beam 1 and beam 5 with `rnmt translate` and benches/torch_ref/decode.py from
 # the same weights, alternately ROUNDS times; sent/s is wall clock of the whole command
-# (model loading and, for PyTorch, `import torch` included), median over rounds.
+# (model loading and, for PyTorch, `import torch` included), median over rounds; BLEU of
+# both outputs on the same lines. SHORTLIST=1 decodes with `rnmt translate --shortlist`
+# (learning MODEL/shortlist.safetensors from Multi30k train first if it is missing;
+# SHORTLIST_SIZE sets --shortlist-size), PyTorch with the full vocabulary.
 # roofline: matmul FLOPs per target token on the first STEPS batches
 # (benches/torch_ref/roofline.py), this machine's sgemm peak on 1 and 2 threads through
 # the gemm crate (examples/lstm_bench.rs), and, given TOKS="1=X,2=Y" (rnmt train tok/s
@@ -30,7 +33,7 @@
 # default ~/.cache/rnmt-bench-venv), TORCH_PIP_ARGS (extra pip arguments, e.g.
 # "--index-url https://download.pytorch.org/whl/cpu"), RNMT_CORPORA, WORK (default
 # target/vs_pytorch), ROUNDS (3), STEPS (60), WARMUP (10), MAX_TOKENS (1024),
-# DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL.
+# DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL, SHORTLIST, SHORTLIST_SIZE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -163,7 +166,15 @@ if [ -z "$model" ]; then
   model=$run/best
 fi
 [ -f "$model/model.safetensors" ] || { echo "MODEL=$model has no model.safetensors" >&2; exit 1; }
+decode_args=()
+if [ "${SHORTLIST:-0}" = 1 ]; then
+  if [ ! -f "$model/shortlist.safetensors" ]; then
+    "$rnmt" shortlist --model "$model" --train "$corpora/multi30k/train" --src-lang de --tgt-lang en
+  fi
+  decode_args=(--shortlist --shortlist-size "${SHORTLIST_SIZE:-500,50}")
+fi
 head -n "${LIMIT:-1000}" "$corpora/multi30k/test_2016_flickr.de" > "$work/test.de"
+head -n "${LIMIT:-1000}" "$corpora/multi30k/test_2016_flickr.en" > "$work/test.en"
 n=$(wc -l < "$work/test.de")
 "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches 0 --out /dev/null \
   --encode-source "$work/test.de" --encoded-out "$work/test.ids.jsonl" 2> /dev/null
@@ -175,14 +186,14 @@ wall() { # OUT command... → sentences/s, wall clock; stdout into OUT
   t1=$(date +%s.%N)
   awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", n / (b - a)}'
 }
-echo "config $size (emb/hidden $width), $threads thread(s), $n sentences, $rounds rounds, model $model"
+echo "config $size (emb/hidden $width), $threads thread(s), $n sentences, $rounds rounds, model $model${decode_args[*]:+, rnmt ${decode_args[*]}}"
 printf "%-5s %-6s %14s %14s\n" beam round "rnmt sent/s" "pytorch sent/s"
 summary=()
 for beam in 1 5; do
   ours=() theirs=()
   for r in $(seq "$rounds"); do
     ours+=("$(wall "$work/rnmt.hyp" "$rnmt" translate --model "$model" --beam "$beam" --threads "$threads" \
-      --batch-size 32 --input "$work/test.de")")
+      --batch-size 32 --input "$work/test.de" "${decode_args[@]}")")
     theirs+=("$(wall /dev/null "$py" benches/torch_ref/decode.py --model "$model" \
       --input "$work/test.ids.jsonl" --output "$work/torch.ids.jsonl" --beam "$beam" \
       --threads "$threads" --batch-size 32)")
@@ -193,7 +204,9 @@ for beam in 1 5; do
   "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches 0 --out /dev/null \
     --decode-target "$work/torch.ids.jsonl" --decoded-out "$work/torch.hyp" 2> /dev/null
   same=$(paste -d '\t' "$work/rnmt.hyp" "$work/torch.hyp" | awk -F '\t' '$1 == $2' | wc -l)
-  echo "beam $beam: $same of $n translations identical in rnmt and pytorch"
+  echo "beam $beam: $same of $n translations identical in rnmt and pytorch; BLEU rnmt" \
+    "$("$rnmt" bleu "$work/test.en" -i "$work/rnmt.hyp" -f text -w 1 | awk '{print $3}')" \
+    "pytorch $("$rnmt" bleu "$work/test.en" -i "$work/torch.hyp" -f text -w 1 | awk '{print $3}')"
   a=$(median "${ours[@]}") b=$(median "${theirs[@]}")
   summary+=("beam $beam: rnmt $a pytorch $b ratio $(ratio "$a" "$b")")
 done

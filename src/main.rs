@@ -22,6 +22,16 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// A closed pipe (`rnmt bleu … | head -1`) ends the process quietly, as it ends `cat` and
+/// `grep`: Rust ignores SIGPIPE, so every `println!` after the reader left would panic.
+fn die_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "rnmt",
@@ -55,6 +65,11 @@ enum Command {
         after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
     )]
     Translate(rnmt::translate::TranslateArgs),
+    /// Learn a lexical shortlist for `rnmt translate --shortlist` (IBM Model 1 on a corpus).
+    #[command(
+        after_help = "Example:\n  rnmt shortlist -m models/tatoeba-de-en --train tatoeba-deu-eng/train --src-lang de --tgt-lang en"
+    )]
+    Shortlist(rnmt::search::shortlist::ShortlistArgs),
     /// Score translations with sacreBLEU-compatible BLEU and chrF.
     #[command(
         after_help = "Example:\n  rnmt bleu ref.en -i hyp.en\n  rnmt bleu ref.en -i hyp.en -m bleu chrf -f text"
@@ -85,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Average(args) => rnmt::train::cli::run_average(&args),
         Command::Plot(args) => rnmt::train::cli::run_plot(&args),
         Command::Translate(args) => rnmt::translate::run(&args),
+        Command::Shortlist(args) => rnmt::search::shortlist::run(&args),
         Command::Bleu(args) => rnmt::metrics::cli::run(&args),
         Command::Corpus(CorpusCommand::Fetch(args)) => rnmt::corpus::fetch::run_fetch(&args),
         Command::Corpus(CorpusCommand::List(args)) => rnmt::corpus::fetch::run_list(&args),
@@ -92,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    die_on_closed_pipe();
     keep_freed_memory();
     // sacreBLEU's single-dash long flags (-lc, -tok, ...) are accepted as users type them.
     let cli = Cli::parse_from(rnmt::metrics::cli::expand_sacrebleu_flags(std::env::args()));

@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::hub;
 use crate::model::{load_model, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
-use crate::search::{search, Ensemble, Hypothesis, SearchConfig};
+use crate::search::shortlist::{DEFAULT_SIZE, SHORTLIST_FILE};
+use crate::search::{search, Ensemble, Hypothesis, SearchConfig, Shortlist, ShortlistSize};
 use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,6 +69,15 @@ pub struct TranslateArgs {
     /// Output the N best translations (at most the beam size).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nbest: usize,
+    /// Score only a lexical shortlist of target subwords per batch: faster, and results
+    /// may differ from the full search. Needs MODEL/shortlist.safetensors (`rnmt
+    /// shortlist`).
+    #[arg(long)]
+    pub shortlist: bool,
+    /// FREQUENT,PER_WORD: the most frequent target subwords and the most probable
+    /// translations of each source subword that --shortlist scores.
+    #[arg(long, value_name = "FREQUENT,PER_WORD", default_value = DEFAULT_SIZE)]
+    pub shortlist_size: ShortlistSize,
     /// Sentences decoded together in one batch.
     #[arg(long, default_value_t = 32, value_name = "S")]
     pub batch_size: usize,
@@ -108,6 +118,8 @@ pub struct Translator {
     device: Device,
     pub search: SearchConfig,
     pub max_input_len: usize,
+    /// Search over a lexical shortlist (see [`crate::search::shortlist`]).
+    pub shortlist: Option<(Shortlist, ShortlistSize)>,
 }
 
 /// One input line, ready for search.
@@ -178,7 +190,22 @@ impl Translator {
             device: device.clone(),
             search,
             max_input_len: 250,
+            shortlist: None,
         })
+    }
+
+    /// Loads the shortlist of model folder `dir` (the first model's, for an ensemble).
+    pub fn load_shortlist(&self, dir: &Path) -> Result<Shortlist> {
+        let path = dir.join(SHORTLIST_FILE);
+        if !path.exists() {
+            bail!(
+                "{} does not exist; learn one with `rnmt shortlist -m {} --train PREFIX --src-lang S --tgt-lang T`",
+                path.display(),
+                dir.display()
+            );
+        }
+        let cfg = self.models[0].config();
+        Shortlist::load(&path, cfg.src_vocab_size, cfg.tgt_vocab_size)
     }
 
     pub fn source_tokenizer(&self) -> &SubwordModel {
@@ -203,7 +230,10 @@ impl Translator {
             .filter(|&i| prepared[i].ids.is_some())
             .collect();
         order.sort_by_key(|&i| prepared[i].ids.as_ref().map_or(0, Vec::len));
-        let ens = Ensemble::new(self.models.iter().collect())?;
+        let mut ens = Ensemble::new(self.models.iter().collect())?;
+        if let Some((list, size)) = &self.shortlist {
+            ens = ens.with_shortlist(list, *size);
+        }
         let mut out: Vec<Option<Translation>> = vec![None; lines.len()];
         for batch in order.chunks(batch_size.max(1)) {
             let sources: Vec<Vec<u32>> = batch
@@ -390,6 +420,10 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
         bail!("--max-input-len must be at least 1");
     }
     translator.max_input_len = args.max_input_len;
+    if args.shortlist {
+        let list = translator.load_shortlist(&dirs[0])?;
+        translator.shortlist = Some((list, args.shortlist_size));
+    }
     if let Some(plot) = &args.attention_plot {
         crate::plot::check_attention_plot_path(plot)?;
     }

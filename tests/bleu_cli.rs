@@ -232,3 +232,24 @@ fn line_count_mismatch_and_unreadable_files_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    // `rnmt bleu ref -i hyp | head -0`: the reader is gone before anything is printed.
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..50).map(|i| format!("line {i} of a test")).collect();
+    let path = write(dir.path(), "ref.en", &lines);
+    let path = path.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rnmt"))
+        .args(["bleu", path, "-i", path, "-m", "bleu", "chrf"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

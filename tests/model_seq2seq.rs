@@ -155,7 +155,7 @@ fn decoder_step_matches_teacher_forcing() {
         let steps = bt.tgt_in.dim(1).unwrap();
         for t in 0..steps {
             let prev = bt.tgt_in.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
-            let (log_probs, next, weights) = model.decoder_step(&enc, &state, &prev).unwrap();
+            let (log_probs, next, weights) = model.decoder_step(&enc, &state, &prev, None).unwrap();
             let expected = forced.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
             // Only rows whose target is still running at step t are comparable.
             for (row, pair) in pairs.iter().enumerate() {
@@ -207,16 +207,17 @@ fn select_reorders_and_expands_the_batch() {
         let enc = model.encode(&bt.src, &bt.src_mask).unwrap();
         let state = model.decoder_init(&enc).unwrap();
         let prev = Tensor::new(&[5u32, 6, 7], &Device::Cpu).unwrap();
-        let (lp, state, _) = model.decoder_step(&enc, &state, &prev).unwrap();
+        let (lp, state, _) = model.decoder_step(&enc, &state, &prev, None).unwrap();
         let rows = Tensor::new(&[2u32, 0, 2, 1], &Device::Cpu).unwrap();
         let (enc2, state2) = (enc.select(&rows).unwrap(), state.select(&rows).unwrap());
         let next = Tensor::new(&[4u32, 8, 9, 10], &Device::Cpu).unwrap();
-        let (lp2, _, _) = model.decoder_step(&enc2, &state2, &next).unwrap();
+        let (lp2, _, _) = model.decoder_step(&enc2, &state2, &next, None).unwrap();
         let (lp1, _, _) = model
             .decoder_step(
                 &enc,
                 &state,
                 &Tensor::new(&[8u32, 10, 4], &Device::Cpu).unwrap(),
+                None,
             )
             .unwrap();
         // Row 0 of the selection is sentence 2 fed 4 — as is row 2 of the original.

@@ -5,11 +5,12 @@
 
 mod translate_support;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use rnmt::search::{
     beam_search, force_decode, greedy_search, search, Ensemble, Hypothesis, SearchConfig,
+    Shortlist, ShortlistSize,
 };
-use translate_support::tiny_model;
+use translate_support::{tiny_model, training_pairs};
 
 fn config(beam: usize, alpha: f32, beta: f32, nbest: usize) -> SearchConfig {
     SearchConfig {
@@ -192,4 +193,92 @@ fn attention_rows_cover_every_step() {
             }
         }
     }
+}
+
+#[test]
+fn shortlist_search_is_full_search_with_the_other_words_masked() {
+    // Normalising over the shortlist's columns is the full softmax with every other
+    // target subword's bias at -inf: same outputs, same scores.
+    let tiny = tiny_model();
+    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
+    let encoded: Vec<(Vec<u32>, Vec<u32>)> = training_pairs()
+        .iter()
+        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
+        .collect();
+    let (model, cfg, vars) = rnmt::model::load_model_with_vars(&tiny.dir, &Device::Cpu).unwrap();
+    let list = Shortlist::learn(
+        encoded.iter().map(|(s, t)| (s.as_slice(), t.as_slice())),
+        cfg.src_vocab_size,
+        cfg.tgt_vocab_size,
+        5,
+        10,
+    )
+    .unwrap();
+    let sources = tiny.encoded(24);
+    let size = ShortlistSize {
+        frequent: 8,
+        per_word: 2,
+    };
+    let ids = list.target_ids(&sources, size);
+    assert!(
+        ids.len() * 2 < cfg.tgt_vocab_size,
+        "{} of {} target ids: not a real restriction",
+        ids.len(),
+        cfg.tgt_vocab_size
+    );
+    let restricted = Ensemble::single(&model).with_shortlist(&list, size);
+    let short: Vec<Vec<Vec<Hypothesis>>> = [config(1, 0.6, 0.2, 1), config(4, 0.6, 0.2, 2)]
+        .iter()
+        .map(|cfg| search(&restricted, &sources, cfg, &Device::Cpu).unwrap())
+        .collect();
+
+    let bias_var = vars
+        .data()
+        .lock()
+        .unwrap()
+        .get("decoder.output.bias")
+        .expect("the output bias")
+        .clone();
+    let mut bias = bias_var.as_tensor().to_vec1::<f32>().unwrap();
+    let mut outside = 0;
+    for (id, b) in bias.iter_mut().enumerate() {
+        if ids.binary_search(&(id as u32)).is_err() {
+            *b = -1e30;
+            outside += 1;
+        }
+    }
+    assert!(outside > 0);
+    bias_var
+        .set(&Tensor::new(bias.as_slice(), &Device::Cpu).unwrap())
+        .unwrap();
+    let full = Ensemble::single(&model);
+    let mut changed = 0;
+    for (i, cfg) in [config(1, 0.6, 0.2, 1), config(4, 0.6, 0.2, 2)]
+        .iter()
+        .enumerate()
+    {
+        let masked = search(&full, &sources, cfg, &Device::Cpu).unwrap();
+        for (j, (a, b)) in short[i].iter().zip(&masked).enumerate() {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.tokens, y.tokens, "beam {}, sentence {j}", cfg.beam);
+                assert!((x.log_prob - y.log_prob).abs() < 1e-3, "sentence {j}");
+                assert!(x.tokens.iter().all(|t| ids.binary_search(t).is_ok()));
+            }
+        }
+    }
+    // The restriction matters: unmasked search uses other subwords on some sentence, or
+    // scores differ (the shortlist renormalises).
+    let unmasked = tiny.load();
+    let plain = search(
+        &Ensemble::single(&unmasked),
+        &sources,
+        &config(4, 0.6, 0.2, 2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (a, b) in short[1].iter().zip(&plain) {
+        changed += usize::from((a[0].log_prob - b[0].log_prob).abs() > 1e-4);
+    }
+    assert!(changed > 0, "the shortlist changed no score");
 }

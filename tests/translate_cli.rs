@@ -747,3 +747,65 @@ fn hub_models_download_on_loopback_then_work_offline() {
         "{err}"
     );
 }
+
+#[test]
+fn shortlist_is_learned_then_used_and_its_absence_is_explained() {
+    let tiny = tiny_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_model(tiny, &tmp.path().join("model"));
+    let s: Vec<&str> = tiny.sentences[20..32].iter().map(String::as_str).collect();
+
+    let out = run(rnmt().args(model_arg(&model)).arg("--shortlist").args(&s));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("shortlist.safetensors does not exist") && err.contains("rnmt shortlist"),
+        "{err}"
+    );
+
+    let pairs = translate_support::training_pairs();
+    let train = tmp.path().join("train");
+    for (lang, side) in [("de", 0), ("en", 1)] {
+        let text: String = pairs
+            .iter()
+            .map(|p| format!("{}\n", if side == 0 { &p.0 } else { &p.1 }))
+            .collect();
+        std::fs::write(train.with_extension(lang), text).unwrap();
+    }
+    let learned = Command::new(env!("CARGO_BIN_EXE_rnmt"))
+        .args(["shortlist", "--model"])
+        .arg(&model)
+        .arg("--train")
+        .arg(&train)
+        .args(["--src-lang", "de", "--tgt-lang", "en"])
+        .output()
+        .unwrap();
+    let learned = ok(learned);
+    assert!(stderr(&learned).contains("learned from 2000 sentence pairs"));
+    assert!(model.join("shortlist.safetensors").is_file());
+
+    // Every subword the tiny task uses is among its 1000 most frequent: the same search.
+    let full = reference_translations(tiny, &s, "5");
+    let out = ok(run(rnmt()
+        .args(model_arg(&model))
+        .args(["--shortlist", "--shortlist-size", "1000,100"])
+        .args(&s)));
+    assert_eq!(lines(&out), full);
+    // A tight shortlist still gives one line per input.
+    let out = ok(run(rnmt()
+        .args(model_arg(&model))
+        .args(["--shortlist", "--shortlist-size", "2,1"])
+        .args(&s)));
+    assert_eq!(lines(&out).len(), s.len());
+
+    let out = run(rnmt()
+        .args(model_arg(&model))
+        .args(["--shortlist", "--shortlist-size", "many"])
+        .args(&s));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("FREQUENT,PER_WORD"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -57,9 +57,7 @@ pub struct Decoder {
     attention: Attention,
     /// `[h_top; context] → hidden`, followed by tanh: Luong's attentional vector.
     combine: Linear,
-    /// `[vocab, hidden]`; the target embeddings themselves when tied.
-    output_weight: Tensor,
-    output_bias: Tensor,
+    output: OutputLayer,
     input_feeding: bool,
     hidden_size: usize,
 }
@@ -85,20 +83,21 @@ impl Decoder {
         let attention =
             Attention::new(cfg.attention, cfg.attention_heads, h, h, vb.pp("attention"))?;
         let combine = linear(2 * h, h, vb.pp("combine"))?;
-        let output_weight = if cfg.tie_target_embeddings {
-            embedding.embeddings().clone()
-        } else {
-            vb.get((cfg.tgt_vocab_size, h), "output.weight")?
+        let output = OutputLayer {
+            weight: if cfg.tie_target_embeddings {
+                embedding.embeddings().clone()
+            } else {
+                vb.get((cfg.tgt_vocab_size, h), "output.weight")?
+            },
+            bias: vb.get(cfg.tgt_vocab_size, "output.bias")?,
         };
-        let output_bias = vb.get(cfg.tgt_vocab_size, "output.bias")?;
         Ok(Self {
             embedding,
             layers,
             residual,
             attention,
             combine,
-            output_weight,
-            output_bias,
+            output,
             input_feeding: cfg.input_feeding,
             hidden_size: h,
         })
@@ -106,7 +105,12 @@ impl Decoder {
 
     /// The dtype the decoder computes in (that of its parameters).
     pub fn dtype(&self) -> candle_core::DType {
-        self.output_bias.dtype()
+        self.output.bias.dtype()
+    }
+
+    /// The output projection onto the whole target vocabulary.
+    pub fn output_layer(&self) -> &OutputLayer {
+        &self.output
     }
 
     /// Precomputes the attention's memory side for an encoder output.
@@ -167,19 +171,18 @@ impl Decoder {
     }
 
     /// One step for search: `prev: u32 [batch]` → (log-probabilities `[batch, vocab]`,
-    /// the next state, attention weights `[batch, src]`).
+    /// the next state, attention weights `[batch, src]`). `output` replaces the full
+    /// output layer (a shortlist's rows: the log-probabilities are then over its columns).
     pub fn step(
         &self,
         mem: &AttentionMemory,
         state: &DecoderState,
         prev: &Tensor,
+        output: Option<&OutputLayer>,
     ) -> Result<(Tensor, DecoderState, Tensor)> {
         let x = self.embedding.forward(prev)?;
         let (o, next, weights) = self.advance(mem, state, &x, &mut Dropout::inactive())?;
-        // No rank-1 bias product here (it exists for the training gradient): the bias is
-        // added inside the fused log-softmax.
-        let logits = o.matmul(&self.output_weight.t()?)?;
-        let log_probs = biased_log_softmax(logits, &self.output_bias)?;
+        let log_probs = output.unwrap_or(&self.output).log_probs(&o)?;
         Ok((log_probs, next, weights))
     }
 
@@ -249,12 +252,37 @@ impl Decoder {
         let dims = attentional.dims();
         let hidden = dims[dims.len() - 1];
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("at least one dim") = self.output_bias.dim(0)?;
+        *out_dims.last_mut().expect("at least one dim") = self.output.bias.dim(0)?;
         let x = attentional.contiguous()?.reshape(((), hidden))?;
         // The bias enters as the rank-1 product `1 · bᵀ`: its gradient is then a gemm
         // (`1ᵀ · g`) instead of candle's strided sum over the rows of `[tokens, vocab]`.
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-        let bias = ones.matmul(&self.output_bias.unsqueeze(0)?)?;
-        (x.matmul(&self.output_weight.t()?)? + bias)?.reshape(out_dims)
+        let bias = ones.matmul(&self.output.bias.unsqueeze(0)?)?;
+        (x.matmul(&self.output.weight.t()?)? + bias)?.reshape(out_dims)
+    }
+}
+
+/// The output projection `hidden → vocab`, or onto a subset of the vocabulary.
+#[derive(Clone, Debug)]
+pub struct OutputLayer {
+    /// `[vocab, hidden]`; the target embeddings themselves when tied.
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl OutputLayer {
+    /// The layer onto the target ids `ids` (u32 `[k]`): column j scores `ids[j]`.
+    pub fn restrict(&self, ids: &Tensor) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.index_select(ids, 0)?.contiguous()?,
+            bias: self.bias.index_select(ids, 0)?,
+        })
+    }
+
+    /// Search: `[rows, hidden]` → log-probabilities `[rows, vocab]`. No rank-1 bias
+    /// product (it exists for the training gradient): the bias is added inside the fused
+    /// log-softmax.
+    fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
+        biased_log_softmax(o.matmul(&self.weight.t()?)?, &self.bias)
     }
 }

@@ -15,7 +15,7 @@ pub mod seq2seq;
 
 pub use attention::{Attention, AttentionMemory};
 pub use config::{AttentionKind, Bidirectional, ModelConfig};
-pub use decoder::{Decoder, DecoderState};
+pub use decoder::{Decoder, DecoderState, OutputLayer};
 pub use encoder::Encoder;
 pub use init::init_weights;
 pub use persist::{load_model, load_model_with_vars, save_model, CONFIG_FILE, WEIGHTS_FILE};

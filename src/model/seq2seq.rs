@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::attention::AttentionMemory;
 use super::config::ModelConfig;
-use super::decoder::{Decoder, DecoderState};
+use super::decoder::{Decoder, DecoderState, OutputLayer};
 use super::dropout::Dropout;
 use super::encoder::Encoder;
 use crate::batch::BatchTensors;
@@ -115,14 +115,21 @@ impl Seq2Seq {
     }
 
     /// One decoder step for search: `prev: u32 [batch]` → (log-probs `[batch, vocab]`,
-    /// the new state, attention weights `[batch, src]`).
+    /// the new state, attention weights `[batch, src]`); over the columns of `output`
+    /// when given (see [`OutputLayer::restrict`]).
     pub fn decoder_step(
         &self,
         enc: &EncoderOutput,
         state: &DecoderState,
         prev: &Tensor,
+        output: Option<&OutputLayer>,
     ) -> Result<(Tensor, DecoderState, Tensor)> {
-        self.decoder.step(&enc.attention, state, prev)
+        self.decoder.step(&enc.attention, state, prev, output)
+    }
+
+    /// The output layer onto the whole target vocabulary.
+    pub fn output_layer(&self) -> &OutputLayer {
+        self.decoder.output_layer()
     }
 
     /// Greedy decoding: ids without BOS/EOS, at most `max_len` tokens per sentence.
@@ -135,7 +142,7 @@ impl Seq2Seq {
         let mut out = vec![Vec::new(); batch];
         let mut done = vec![false; batch];
         for _ in 0..max_len {
-            let (log_probs, next, _) = self.decoder_step(&enc, &state, &prev)?;
+            let (log_probs, next, _) = self.decoder_step(&enc, &state, &prev, None)?;
             let best = log_probs.argmax(D::Minus1)?;
             for (i, id) in best.to_vec1::<u32>()?.into_iter().enumerate() {
                 if done[i] {

@@ -12,7 +12,7 @@ use candle_core::Device;
 use rayon::prelude::*;
 
 use super::ensemble::Ensemble;
-use super::{penalty, rows_tensor, source_batch, top_k, with_host_f32, Hypothesis, SearchConfig};
+use super::{penalty, rows_tensor, top_k, with_host_f32, Hypothesis, SearchConfig};
 use crate::subword::{BOS_ID, EOS_ID};
 
 /// A hypothesis still being extended.
@@ -101,8 +101,7 @@ pub fn beam_search(
         return Ok(Vec::new());
     }
     let k = cfg.beam;
-    let (src, mask) = source_batch(sources, device)?;
-    let enc0 = ens.encode(&src, &mask)?;
+    let enc0 = ens.encode_for_search(sources, device)?;
 
     let mut sentences: Vec<Sentence> = sources
         .iter()
@@ -173,13 +172,13 @@ pub fn beam_search(
                         .map(|(c, w)| c + w)
                         .collect();
                     let cp = penalty::coverage_penalty(&cov, cfg.beta);
-                    for &(token, l) in &row_tops[r] {
+                    for &(column, l) in &row_tops[r] {
                         let log_prob = h.log_prob + l;
                         candidates.push(Candidate {
                             score: log_prob / lp_norm + cp,
                             log_prob,
                             parent: j,
-                            token,
+                            token: enc.target_id(column),
                         });
                     }
                     coverages.push(cov);

@@ -2,14 +2,29 @@
 //! average of the members' log-probabilities (a normalised geometric mean would only add
 //! a per-row constant, which changes no ranking within a step).
 
+use std::sync::Arc;
+
 use anyhow::{bail, ensure};
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
-use crate::model::{DecoderState, EncoderOutput, Seq2Seq};
+use super::shortlist::{Shortlist, ShortlistSize};
+use super::{rows_tensor, source_batch};
+use crate::model::{DecoderState, EncoderOutput, OutputLayer, Seq2Seq};
 
-/// The members' encodings of one source batch.
+/// The members' encodings of one source batch, with the target subwords that steps score.
 #[derive(Clone, Debug)]
-pub struct EnsembleEncoding(Vec<EncoderOutput>);
+pub struct EnsembleEncoding {
+    members: Vec<EncoderOutput>,
+    /// A shortlist's subset of the target vocabulary (`None`: all of it).
+    targets: Option<Arc<TargetSubset>>,
+}
+
+/// Target ids and, for each member, its output layer onto them.
+#[derive(Debug)]
+struct TargetSubset {
+    ids: Vec<u32>,
+    layers: Vec<OutputLayer>,
+}
 
 /// The members' decoder states.
 #[derive(Clone, Debug)]
@@ -18,11 +33,22 @@ pub struct EnsembleState(Vec<DecoderState>);
 impl EnsembleEncoding {
     /// Rows `rows` (u32 indices) of every member's encoding.
     pub fn select(&self, rows: &Tensor) -> Result<Self> {
-        self.0
-            .iter()
-            .map(|e| e.select(rows))
-            .collect::<Result<_>>()
-            .map(Self)
+        Ok(Self {
+            members: self
+                .members
+                .iter()
+                .map(|e| e.select(rows))
+                .collect::<Result<_>>()?,
+            targets: self.targets.clone(),
+        })
+    }
+
+    /// The target id that column `column` of a step's log-probabilities scores.
+    pub fn target_id(&self, column: u32) -> u32 {
+        match &self.targets {
+            Some(t) => t.ids[column as usize],
+            None => column,
+        }
     }
 }
 
@@ -38,6 +64,7 @@ impl EnsembleState {
 
 pub struct Ensemble<'m> {
     models: Vec<&'m Seq2Seq>,
+    shortlist: Option<(&'m Shortlist, ShortlistSize)>,
 }
 
 impl<'m> Ensemble<'m> {
@@ -61,13 +88,23 @@ impl<'m> Ensemble<'m> {
                 );
             }
         }
-        Ok(Self { models })
+        Ok(Self {
+            models,
+            shortlist: None,
+        })
     }
 
     pub fn single(model: &'m Seq2Seq) -> Self {
         Self {
             models: vec![model],
+            shortlist: None,
         }
+    }
+
+    /// Search then scores only the shortlist's target subwords for each batch.
+    pub fn with_shortlist(mut self, shortlist: &'m Shortlist, size: ShortlistSize) -> Self {
+        self.shortlist = Some((shortlist, size));
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -83,25 +120,54 @@ impl<'m> Ensemble<'m> {
         self.models[0]
     }
 
-    pub fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<EnsembleEncoding> {
-        self.models
-            .iter()
-            .map(|m| m.encode(src, src_mask))
-            .collect::<Result<_>>()
-            .map(EnsembleEncoding)
+    /// Encodes `sources` (subword ids without EOS) as one batch whose steps score every
+    /// target subword.
+    pub fn encode(&self, sources: &[Vec<u32>], device: &Device) -> Result<EnsembleEncoding> {
+        let (src, mask) = source_batch(sources, device)?;
+        Ok(EnsembleEncoding {
+            members: self
+                .models
+                .iter()
+                .map(|m| m.encode(&src, &mask))
+                .collect::<Result<_>>()?,
+            targets: None,
+        })
+    }
+
+    /// Like [`Self::encode`], for search: with a shortlist, steps score only its target
+    /// subwords for these sources.
+    pub fn encode_for_search(
+        &self,
+        sources: &[Vec<u32>],
+        device: &Device,
+    ) -> Result<EnsembleEncoding> {
+        let mut enc = self.encode(sources, device)?;
+        if let Some((list, size)) = self.shortlist {
+            let ids = list.target_ids(sources, size);
+            let rows = rows_tensor(&ids, device)?;
+            let layers = self
+                .models
+                .iter()
+                .map(|m| m.output_layer().restrict(&rows))
+                .collect::<Result<_>>()?;
+            enc.targets = Some(Arc::new(TargetSubset { ids, layers }));
+        }
+        Ok(enc)
     }
 
     pub fn init(&self, enc: &EnsembleEncoding) -> Result<EnsembleState> {
         self.models
             .iter()
-            .zip(&enc.0)
+            .zip(&enc.members)
             .map(|(m, e)| m.decoder_init(e))
             .collect::<Result<_>>()
             .map(EnsembleState)
     }
 
-    /// One step of every member: (averaged log-probabilities `[rows, vocab]`, the next
-    /// states, averaged attention weights `[rows, src]`).
+    /// One step of every member: (averaged log-probabilities `[rows, vocab]` — over the
+    /// columns of the encoding's shortlist if it has one, see
+    /// [`EnsembleEncoding::target_id`] —, the next states, averaged attention weights
+    /// `[rows, src]`).
     pub fn step(
         &self,
         enc: &EnsembleEncoding,
@@ -111,8 +177,15 @@ impl<'m> Ensemble<'m> {
         let mut log_probs = Vec::with_capacity(self.models.len());
         let mut weights = Vec::with_capacity(self.models.len());
         let mut states = Vec::with_capacity(self.models.len());
-        for ((m, e), s) in self.models.iter().zip(&enc.0).zip(&state.0) {
-            let (lp, next, w) = m.decoder_step(e, s, prev)?;
+        for (i, ((m, e), s)) in self
+            .models
+            .iter()
+            .zip(&enc.members)
+            .zip(&state.0)
+            .enumerate()
+        {
+            let output = enc.targets.as_ref().map(|t| &t.layers[i]);
+            let (lp, next, w) = m.decoder_step(e, s, prev, output)?;
             log_probs.push(lp);
             weights.push(w);
             states.push(next);

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 
 use super::ensemble::Ensemble;
-use super::{argmax, rows_tensor, source_batch, with_host_f32, Hypothesis, SearchConfig};
+use super::{argmax, rows_tensor, with_host_f32, Hypothesis, SearchConfig};
 use crate::subword::{BOS_ID, EOS_ID};
 
 struct Row {
@@ -28,8 +28,7 @@ pub fn greedy_search(
     if sources.is_empty() {
         return Ok(Vec::new());
     }
-    let (src, mask) = source_batch(sources, device)?;
-    let mut enc = ens.encode(&src, &mask)?;
+    let mut enc = ens.encode_for_search(sources, device)?;
     let mut state = ens.init(&enc)?;
     let finish = |out: &mut Vec<Option<Hypothesis>>, r: Row, ended: bool| {
         let steps = r.tokens.len() + usize::from(ended);
@@ -77,7 +76,12 @@ pub fn greedy_search(
             .to_vec2::<f32>()?;
         let vocab = log_probs.dims()[1];
         let best: Vec<(u32, f32)> = with_host_f32(&log_probs, |lp| {
-            lp.chunks_exact(vocab).map(argmax).collect()
+            lp.chunks_exact(vocab)
+                .map(|row| {
+                    let (column, l) = argmax(row);
+                    (enc.target_id(column), l)
+                })
+                .collect()
         })?;
 
         let mut kept = Vec::with_capacity(rows.len());

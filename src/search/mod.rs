@@ -8,6 +8,7 @@
 //! * [`greedy_search`]: beam 1 without the bookkeeping of candidates.
 //! * [`force_decode`]: scores given outputs exactly as search scores them.
 //! * [`alignment`]: hard alignments from attention.
+//! * [`shortlist`]: search over a per-batch subset of the target vocabulary (opt-in).
 
 pub mod alignment;
 mod beam;
@@ -15,6 +16,7 @@ pub mod ensemble;
 mod greedy;
 pub mod penalty;
 mod rescore;
+pub mod shortlist;
 
 use anyhow::ensure;
 use candle_core::{DType, Device, Storage, Tensor};
@@ -23,6 +25,7 @@ pub use beam::beam_search;
 pub use ensemble::Ensemble;
 pub use greedy::greedy_search;
 pub use rescore::force_decode;
+pub use shortlist::{Shortlist, ShortlistSize};
 
 use crate::model::ModelConfig;
 use crate::subword::{EOS_ID, PAD_ID};

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 
 use super::ensemble::Ensemble;
-use super::{source_batch, with_host_f32, Hypothesis, SearchConfig};
+use super::{with_host_f32, Hypothesis, SearchConfig};
 use crate::subword::{BOS_ID, EOS_ID, PAD_ID};
 
 /// Scores `outputs[i]` (target subwords without BOS/EOS; `true` when the output ends
@@ -31,8 +31,7 @@ pub fn force_decode(
             anyhow::bail!("output {i}: token id {bad} is outside the target vocabulary of {vocab}");
         }
     }
-    let (src, mask) = source_batch(sources, device)?;
-    let enc = ens.encode(&src, &mask)?;
+    let enc = ens.encode(sources, device)?;
     let mut state = ens.init(&enc)?;
     let steps: Vec<usize> = outputs
         .iter()

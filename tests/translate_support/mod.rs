@@ -41,6 +41,10 @@ impl TinyModel {
         SubwordModel::load(&self.dir.join(SOURCE_TOKENIZER)).unwrap()
     }
 
+    pub fn target(&self) -> SubwordModel {
+        SubwordModel::load(&self.dir.join(TARGET_TOKENIZER)).unwrap()
+    }
+
     /// The first `n` held-out sentences as source subword ids.
     pub fn encoded(&self, n: usize) -> Vec<Vec<u32>> {
         let tok = self.source();
@@ -127,10 +131,15 @@ pub fn tiny_model() -> &'static TinyModel {
     MODEL.get_or_init(build)
 }
 
+/// The tiny model's training pairs.
+pub fn training_pairs() -> Vec<(String, String)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    (0..2000).map(|_| sentence_pair(&mut rng)).collect()
+}
+
 fn build() -> TinyModel {
     let start = std::time::Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let pairs: Vec<(String, String)> = (0..2000).map(|_| sentence_pair(&mut rng)).collect();
+    let pairs = training_pairs();
     let learn = |side: Vec<&str>| {
         let cfg = SubwordConfig {
             kind: SubwordKind::Bpe,
