@@ -282,3 +282,24 @@ fn shortlist_search_is_full_search_with_the_other_words_masked() {
     }
     assert!(changed > 0, "the shortlist changed no score");
 }
+
+#[test]
+fn looked_up_bottom_projections_search_like_computed_ones() {
+    // `load_model` prepares for search (the bottom layer's E·W_ih as a table);
+    // `load_model_with_vars` does not: both must find the same outputs with the same scores.
+    let tiny = tiny_model();
+    let prepared = tiny.load();
+    let (plain, cfg, _) = rnmt::model::load_model_with_vars(&tiny.dir, &Device::Cpu).unwrap();
+    assert!(!cfg.input_feeding, "the table exists for the GNMT wiring");
+    let sources = tiny.encoded(20);
+    for cfg in [config(1, 0.6, 0.2, 1), config(4, 0.6, 0.2, 2)] {
+        let a = search(&Ensemble::single(&prepared), &sources, &cfg, &Device::Cpu).unwrap();
+        let b = search(&Ensemble::single(&plain), &sources, &cfg, &Device::Cpu).unwrap();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            for (p, q) in x.iter().zip(y) {
+                assert_eq!(p.tokens, q.tokens, "sentence {i}, beam {}", cfg.beam);
+                assert!((p.log_prob - q.log_prob).abs() < 1e-4, "sentence {i}");
+            }
+        }
+    }
+}

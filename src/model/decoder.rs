@@ -58,6 +58,9 @@ pub struct Decoder {
     /// `[h_top; context] → hidden`, followed by tanh: Luong's attentional vector.
     combine: Linear,
     output: OutputLayer,
+    /// Search only, GNMT wiring: `E·W_ihᵀ` of the bottom layer for every target subword
+    /// `[vocab, 4·hidden]` (see [`Decoder::precompute_bottom_projection`]).
+    bottom_projection: Option<Tensor>,
     input_feeding: bool,
     hidden_size: usize,
 }
@@ -98,6 +101,7 @@ impl Decoder {
             attention,
             combine,
             output,
+            bottom_projection: None,
             input_feeding: cfg.input_feeding,
             hidden_size: h,
         })
@@ -106,6 +110,19 @@ impl Decoder {
     /// The dtype the decoder computes in (that of its parameters).
     pub fn dtype(&self) -> candle_core::DType {
         self.output.bias.dtype()
+    }
+
+    /// For search with the GNMT wiring: the bottom layer's input is the embedding of the
+    /// previous subword alone, so its product with `W_ih` (a quarter of the FLOPs of a step)
+    /// can be computed once for the whole vocabulary and looked up. The weights must not
+    /// change afterwards (inference only). A no-op with input feeding, where the bottom
+    /// input also holds the previous attentional vector.
+    pub fn precompute_bottom_projection(&mut self) -> Result<()> {
+        if !self.input_feeding {
+            let table = self.layers[0].input_projection(self.embedding.embeddings())?;
+            self.bottom_projection = Some(table);
+        }
+        Ok(())
     }
 
     /// The output projection onto the whole target vocabulary.
@@ -147,7 +164,7 @@ impl Decoder {
             let mut weights = Vec::with_capacity(steps);
             for t in 0..steps {
                 let x = emb.narrow(1, t, 1)?.squeeze(1)?;
-                let (o, next, w) = self.advance(mem, &state, &x, dropout)?;
+                let (o, next, w) = self.advance(mem, &state, StepInput::Embedded(x), dropout)?;
                 outputs.push(o);
                 weights.push(w);
                 state = next;
@@ -180,19 +197,23 @@ impl Decoder {
         prev: &Tensor,
         output: Option<&OutputLayer>,
     ) -> Result<(Tensor, DecoderState, Tensor)> {
-        let x = self.embedding.forward(prev)?;
-        let (o, next, weights) = self.advance(mem, state, &x, &mut Dropout::inactive())?;
+        let input = match &self.bottom_projection {
+            Some(table) => StepInput::Projected(table.index_select(prev, 0)?),
+            None => StepInput::Embedded(self.embedding.forward(prev)?),
+        };
+        let (o, next, weights) = self.advance(mem, state, input, &mut Dropout::inactive())?;
         let log_probs = output.unwrap_or(&self.output).log_probs(&o)?;
         Ok((log_probs, next, weights))
     }
 
-    /// One time step of the stack from the embedded input `x: [batch, embedding]` →
-    /// (attentional vector `[batch, hidden]`, next state, attention weights).
+    /// One time step of the stack from the previous subword's embedding (or, with the GNMT
+    /// wiring, its bottom-layer projection) → (attentional vector `[batch, hidden]`, next
+    /// state, attention weights).
     fn advance(
         &self,
         mem: &AttentionMemory,
         state: &DecoderState,
-        x: &Tensor,
+        input: StepInput,
         dropout: &mut Dropout,
     ) -> Result<(Tensor, DecoderState, Tensor)> {
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -201,7 +222,10 @@ impl Decoder {
             Ok((context.squeeze(1)?, weights.squeeze(1)?))
         };
         let (h, context, weights) = if self.input_feeding {
-            let mut input = Tensor::cat(&[x, &state.feed], 1)?;
+            let StepInput::Embedded(x) = input else {
+                candle_core::bail!("input feeding needs the embedded input");
+            };
+            let mut input = Tensor::cat(&[&x, &state.feed], 1)?;
             let mut h = input.clone();
             for (l, layer) in self.layers.iter().enumerate() {
                 if l > 0 {
@@ -218,7 +242,10 @@ impl Decoder {
             let (context, weights) = attend(&h)?;
             (h, context, weights)
         } else {
-            let s = self.layers[0].step(x, &state.layers[0])?;
+            let s = match input {
+                StepInput::Embedded(x) => self.layers[0].step(&x, &state.layers[0])?,
+                StepInput::Projected(p) => self.layers[0].step_projected(&p, &state.layers[0])?,
+            };
             let mut h = s.h.clone();
             layers.push(s);
             let (context, weights) = attend(&h)?;
@@ -260,6 +287,14 @@ impl Decoder {
         let bias = ones.matmul(&self.output.bias.unsqueeze(0)?)?;
         (x.matmul(&self.output.weight.t()?)? + bias)?.reshape(out_dims)
     }
+}
+
+/// What a decoder step starts from.
+enum StepInput {
+    /// The previous subword's embedding `[batch, embedding]`.
+    Embedded(Tensor),
+    /// Its product with the bottom layer's `W_ih` `[batch, 4·hidden]` (GNMT wiring).
+    Projected(Tensor),
 }
 
 /// The output projection `hidden → vocab`, or onto a subset of the vocabulary.

@@ -4,10 +4,11 @@
 //! leaves a half-written model behind. Loading checks every tensor against the model the
 //! config describes and names the file and tensor of any mismatch.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::config::ModelConfig;
@@ -36,9 +37,24 @@ pub fn save_model(dir: impl AsRef<Path>, cfg: &ModelConfig, varmap: &VarMap) -> 
     Ok(())
 }
 
-/// Loads the model in `dir` onto `device` (f32).
+/// Loads the model in `dir` onto `device` (f32) for inference, prepared for search
+/// ([`Seq2Seq::prepare_for_search`]).
+///
+/// Its weights are plain tensors, not variables: candle records the graph of every op
+/// on a variable, so in search each step's state would keep the whole history of the
+/// batch alive (measured on 1000 Multi30k sentences at beam 5: peak RSS 408 MB with
+/// variables; fresh pages for that history were a tenth of the decoding time).
 pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
-    let (model, cfg, _) = load_model_with_vars(dir, device)?;
+    let (_, cfg, vars) = load_model_with_vars(dir, device)?;
+    let tensors: HashMap<String, Tensor> = vars
+        .data()
+        .lock()
+        .expect("variable map lock poisoned")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let mut model = Seq2Seq::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, device))?;
+    model.prepare_for_search()?;
     Ok((model, cfg))
 }
 

@@ -127,6 +127,12 @@ impl Seq2Seq {
         self.decoder.step(&enc.attention, state, prev, output)
     }
 
+    /// Precomputes what search can look up instead of computing each step (see
+    /// [`Decoder::precompute_bottom_projection`]); the weights must not change afterwards.
+    pub fn prepare_for_search(&mut self) -> Result<()> {
+        self.decoder.precompute_bottom_projection()
+    }
+
     /// The output layer onto the whole target vocabulary.
     pub fn output_layer(&self) -> &OutputLayer {
         self.decoder.output_layer()

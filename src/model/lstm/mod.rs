@@ -178,14 +178,28 @@ impl Lstm {
             }
         }
         let xproj = xs_times_w_ih(xs, &self.weight_ih)?;
+        self.forward_projected(&xproj, mask, reverse, &init, recurrence)
+    }
+
+    /// The recurrence over input projections `xproj = xs·W_ihᵀ: [batch, time, 4·hidden]`
+    /// (no bias: it is added here).
+    fn forward_projected(
+        &self,
+        xproj: &Tensor,
+        mask: &Tensor,
+        reverse: bool,
+        init: &LstmState,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, LstmState)> {
+        let init = init.clone();
         let fused = recurrence == Recurrence::Auto
-            && xs.device().is_cpu()
-            && matches!(xs.dtype(), DType::F32 | DType::F64)
-            && time > 0;
+            && xproj.device().is_cpu()
+            && matches!(xproj.dtype(), DType::F32 | DType::F64)
+            && xproj.dim(1)? > 0;
         if fused {
-            self.fused_recurrence(&xproj, mask, reverse, &init)
+            self.fused_recurrence(xproj, mask, reverse, &init)
         } else {
-            let xproj = self.finish_input_projection(&xproj)?;
+            let xproj = self.finish_input_projection(xproj)?;
             self.stepwise_recurrence(&xproj, mask, reverse, init)
         }
     }
@@ -213,6 +227,21 @@ impl Lstm {
         let (_, next) =
             self.forward_with(&x.unsqueeze(1)?, &mask, false, Some(state), recurrence)?;
         Ok(next)
+    }
+
+    /// [`Lstm::step`] from the input's projection `x·W_ihᵀ: [batch, 4·hidden]`, e.g. a row
+    /// of [`Lstm::input_projection`] of every embedding.
+    pub fn step_projected(&self, xproj: &Tensor, state: &LstmState) -> Result<LstmState> {
+        let (batch, _) = xproj.dims2()?;
+        let mask = Tensor::ones((batch, 1), DType::F32, xproj.device())?;
+        let (_, next) =
+            self.forward_projected(&xproj.unsqueeze(1)?, &mask, false, state, Recurrence::Auto)?;
+        Ok(next)
+    }
+
+    /// `x·W_ihᵀ` for `x: [rows, input]`: the part of a step that depends on the input only.
+    pub fn input_projection(&self, x: &Tensor) -> Result<Tensor> {
+        xs_times_w_ih(x, &self.weight_ih)
     }
 
     /// Layer norm (if asked) and bias on `x·W_ihᵀ`, for the step-by-step path: the fused op
