@@ -76,13 +76,16 @@ impl ModelSpec {
 }
 
 /// The local folder of a `--model` argument, downloading Hub models first.
-pub fn resolve(spec: &str) -> Result<PathBuf> {
+///
+/// `extra` names files beyond [`MODEL_FILES`] that the caller will read (e.g. the
+/// shortlist): downloaded too from the Hub; a local folder's caller checks them itself.
+pub fn resolve(spec: &str, extra: &[&str]) -> Result<PathBuf> {
     match ModelSpec::parse(spec)? {
         ModelSpec::Local(dir) => {
             check_model_dir(&dir)?;
             Ok(dir)
         }
-        ModelSpec::Hub { repo, revision } => download(&repo, revision.as_deref()),
+        ModelSpec::Hub { repo, revision } => download(&repo, revision.as_deref(), extra),
     }
 }
 
@@ -136,9 +139,10 @@ pub fn default_model() -> Result<PathBuf> {
     )
 }
 
-/// Fetches the model files of a Hub repository into the Hugging Face cache (files
-/// already cached are not fetched again) and returns the snapshot folder holding them.
-pub fn download(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
+/// Fetches the model files of a Hub repository, and the `extra` ones, into the Hugging
+/// Face cache (files already cached are not fetched again) and returns the snapshot
+/// folder holding them.
+pub fn download(repo: &str, revision: Option<&str>, extra: &[&str]) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main");
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     let name = format!("hf:{repo}@{revision}");
@@ -156,7 +160,7 @@ pub fn download(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
                 .context("setting up the Hugging Face Hub client")?,
         )
     };
-    for file in MODEL_FILES {
+    for &file in MODEL_FILES.iter().chain(extra) {
         let path = match &api {
             // `get` reads the cache first, so a downloaded model works offline.
             Some(api) => api.repo(hub_repo.clone()).get(file).with_context(|| {
@@ -222,7 +226,7 @@ mod tests {
 
     #[test]
     fn missing_folder_is_named() {
-        let err = resolve("/nonexistent/model").unwrap_err().to_string();
+        let err = resolve("/nonexistent/model", &[]).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/model"), "{err}");
     }
 }

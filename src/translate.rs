@@ -401,7 +401,16 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     } else {
         args.models
             .iter()
-            .map(|m| hub::resolve(m))
+            .map(|m| {
+                hub::resolve(
+                    m,
+                    if args.shortlist {
+                        &[SHORTLIST_FILE]
+                    } else {
+                        &[]
+                    },
+                )
+            })
             .collect::<Result<Vec<_>>>()?
     };
     let mut translator = Translator::load(&dirs, &device)?;

@@ -749,6 +749,55 @@ fn hub_models_download_on_loopback_then_work_offline() {
 }
 
 #[test]
+fn hub_downloads_the_shortlist_when_it_is_asked_for() {
+    let tiny = tiny_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_model(tiny, &tmp.path().join("model"));
+    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = translate_support::training_pairs()
+        .iter()
+        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
+        .collect();
+    let (vs, vt) = (src_tok.vocab_size(), tgt_tok.vocab_size());
+    let it = pairs.iter().map(|(s, t)| (s.as_slice(), t.as_slice()));
+    rnmt::search::Shortlist::learn(it, vs, vt, 5, 100)
+        .unwrap()
+        .save(&model.join("shortlist.safetensors"))
+        .unwrap();
+    let s: Vec<&str> = tiny.sentences[40..44].iter().map(String::as_str).collect();
+    let local = stdout(&ok(run(rnmt()
+        .args(model_arg(&model))
+        .arg("--shortlist")
+        .args(&s))));
+
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = HubServer::start(vec![("rnmt-test/listed".into(), model.clone())]);
+    let hub = || {
+        let mut cmd = rnmt();
+        cmd.env("HF_HOME", hf_home.path())
+            .env("HF_ENDPOINT", &server.url)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1");
+        cmd
+    };
+    ok(run(hub().args(["--model", "hf:rnmt-test/listed"]).args(&s)));
+    let out = ok(run(hub()
+        .args(["--model", "hf:rnmt-test/listed", "--shortlist"])
+        .args(&s)));
+    assert_eq!(stdout(&out), local);
+    let requests = server.stop();
+    let url = "GET /rnmt-test/listed/resolve/main/shortlist.safetensors HTTP/1.1";
+    // Only the run with --shortlist asked for it: metadata, then the download.
+    assert_eq!(
+        requests.iter().filter(|r| *r == url).count(),
+        2,
+        "{requests:#?}"
+    );
+}
+
+#[test]
 fn shortlist_is_learned_then_used_and_its_absence_is_explained() {
     let tiny = tiny_model();
     let tmp = tempfile::tempdir().unwrap();
