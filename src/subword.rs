@@ -189,6 +189,9 @@ pub struct PreparedManifest {
     pub tgt_lang: String,
     pub filter: crate::corpus::FilterConfig,
     pub subword: SubwordConfig,
+    /// The source side's vocabulary size when it differs from `subword.vocab_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_vocab_size: Option<usize>,
     pub joint_vocab: bool,
 }
 

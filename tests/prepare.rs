@@ -150,6 +150,46 @@ fn python_tokenizers_gives_the_same_ids() {
 }
 
 #[test]
+fn source_vocabulary_can_be_larger() {
+    let Some(corpora) = corpora_dir_for_tests() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(rnmt()
+        .args(["prepare", "--src-lang", "de", "--tgt-lang", "en"])
+        .args([
+            "--vocab-size",
+            "2000",
+            "--src-vocab-size",
+            "6000",
+            "--train",
+        ])
+        .arg(corpora.join("multi30k/train"))
+        .arg("--out")
+        .arg(dir.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prepared = PreparedData::load(dir.path()).unwrap();
+    assert_eq!(prepared.source_tokenizer().vocab_size(), 6000);
+    assert_eq!(prepared.target_tokenizer().vocab_size(), 2000);
+    assert_eq!(prepared.manifest.src_vocab_size, Some(6000));
+    let out = run(rnmt()
+        .args([
+            "prepare",
+            "--src-lang",
+            "de",
+            "--tgt-lang",
+            "en",
+            "--joint-vocab",
+        ])
+        .args(["--src-vocab-size", "6000", "--train"])
+        .arg(corpora.join("multi30k/train"))
+        .arg("--out")
+        .arg(dir.path()));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--joint-vocab"), "{}", stderr(&out));
+}
+
+#[test]
 fn prepare_writes_summary_and_manifest() {
     let Some(corpora) = corpora_dir_for_tests() else {
         return;
