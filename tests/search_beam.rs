@@ -303,3 +303,45 @@ fn looked_up_bottom_projections_search_like_computed_ones() {
         }
     }
 }
+
+#[test]
+fn ensembles_search_over_the_shortlist_too() {
+    let tiny = tiny_model();
+    let (a, b) = (tiny.load(), tiny.load_other());
+    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
+    let encoded: Vec<(Vec<u32>, Vec<u32>)> = training_pairs()
+        .iter()
+        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
+        .collect();
+    let list = Shortlist::learn(
+        encoded.iter().map(|(s, t)| (s.as_slice(), t.as_slice())),
+        a.config().src_vocab_size,
+        a.config().tgt_vocab_size,
+        5,
+        10,
+    )
+    .unwrap();
+    let size = ShortlistSize {
+        frequent: 8,
+        per_word: 2,
+    };
+    let sources = tiny.encoded(12);
+    let ids = list.target_ids(&sources, size);
+    let cfg = config(3, 0.0, 0.0, 1);
+    let pair = Ensemble::new(vec![&a, &b])
+        .unwrap()
+        .with_shortlist(&list, size);
+    let out = beam_search(&pair, &sources, &cfg, &Device::Cpu).unwrap();
+    // A model twice is the model, with the shortlist as without it.
+    let twice = Ensemble::new(vec![&a, &a])
+        .unwrap()
+        .with_shortlist(&list, size);
+    let single = Ensemble::single(&a).with_shortlist(&list, size);
+    let x = beam_search(&twice, &sources, &cfg, &Device::Cpu).unwrap();
+    let y = beam_search(&single, &sources, &cfg, &Device::Cpu).unwrap();
+    for ((p, q), r) in x.iter().zip(&y).zip(&out) {
+        assert_eq!(p[0].tokens, q[0].tokens);
+        assert!((p[0].log_prob - q[0].log_prob).abs() < 1e-4);
+        assert!(r[0].tokens.iter().all(|t| ids.binary_search(t).is_ok()));
+    }
+}
