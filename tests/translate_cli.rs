@@ -833,13 +833,20 @@ fn shortlist_is_learned_then_used_and_its_absence_is_explained() {
     assert!(stderr(&learned).contains("learned from 2000 sentence pairs"));
     assert!(model.join("shortlist.safetensors").is_file());
 
-    // Every subword the tiny task uses is among its 1000 most frequent: the same search.
+    // Every subword the tiny task's training targets use is among its 1000 most frequent,
+    // so the shortlist leaves out only subwords never seen there. Their probability mass
+    // is small but not zero, and renormalising without it shifts each hypothesis' score by
+    // a constant of its own, which may flip a near-tie (the exact property, that shortlist
+    // search is full search with the other subwords masked, is tested in search_beam.rs).
     let full = reference_translations(tiny, &s, "5");
     let out = ok(run(rnmt()
         .args(model_arg(&model))
         .args(["--shortlist", "--shortlist-size", "1000,100"])
         .args(&s)));
-    assert_eq!(lines(&out), full);
+    let got = lines(&out);
+    assert_eq!(got.len(), full.len());
+    let same = got.iter().zip(&full).filter(|(a, b)| a == b).count();
+    assert!(same >= full.len() - 2, "{got:#?}\n{full:#?}");
     // A tight shortlist still gives one line per input.
     let out = ok(run(rnmt()
         .args(model_arg(&model))

@@ -281,11 +281,15 @@ impl Decoder {
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("at least one dim") = self.output.bias.dim(0)?;
         let x = attentional.contiguous()?.reshape(((), hidden))?;
-        // The bias enters as the rank-1 product `1 · bᵀ`: its gradient is then a gemm
-        // (`1ᵀ · g`) instead of candle's strided sum over the rows of `[tokens, vocab]`.
+        // The bias is one more input column: `[x, 1] · [W, b]ᵀ` is one gemm, and its
+        // gradient holds b's (a column sum done by gemm, not candle's strided sum over the
+        // rows). Adding `1·bᵀ` as a tensor of its own cost a pass over `[tokens, vocab]`,
+        // the step's largest tensor, forward, and eight backward: candle accumulates each
+        // gradient edge as zeros + add.
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-        let bias = ones.matmul(&self.output.bias.unsqueeze(0)?)?;
-        (x.matmul(&self.output.weight.t()?)? + bias)?.reshape(out_dims)
+        let x1 = Tensor::cat(&[&x, &ones], 1)?;
+        let wb = Tensor::cat(&[&self.output.weight, &self.output.bias.unsqueeze(1)?], 1)?;
+        x1.matmul(&wb.t()?)?.reshape(out_dims)
     }
 }
 
