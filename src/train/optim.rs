@@ -13,6 +13,7 @@ use candle_core::{
     backprop::GradStore, bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage,
     Tensor, Var,
 };
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Adam hyper-parameters. `weight_decay > 0` gives AdamW (decoupled decay).
@@ -269,14 +270,51 @@ impl InplaceOp2 for AdamUpdate<'_> {
         // sqrt(vhat) = sqrt(v) / sqrt(bc2); computed per element without temporaries.
         let step = self.lr / self.bc1;
         let decay = 1.0 - self.lr * self.weight_decay;
-        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let g = g * self.grad_scale;
-            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-            *w = *w * decay - step * *m / (v.sqrt() / self.bc2_sqrt + self.eps);
-        }
+        let (scale, beta1, beta2) = (self.grad_scale, self.beta1, self.beta2);
+        let (bc2_sqrt, eps) = (self.bc2_sqrt, self.eps);
+        // Element-wise, so splitting it over the threads changes no result.
+        w.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(g.par_chunks(PARALLEL_CHUNK))
+            .zip(m.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(v.par_chunks_mut(PARALLEL_CHUNK))
+            .for_each(|(((w, g), m), v)| {
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let g = g * scale;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *w = *w * decay - step * *m / (v.sqrt() / bc2_sqrt + eps);
+                }
+            });
         Ok(())
     }
+}
+
+/// Elements per parallel task of the optimizer's passes over parameters.
+const PARALLEL_CHUNK: usize = 1 << 15;
+
+/// `Σ x²` in f64, chunk by chunk on all threads. The chunks are fixed and their sums added
+/// in order, so the result does not depend on the number of threads; within a chunk,
+/// eight running sums instead of one keep the additions from waiting on each other.
+fn sum_of_squares(data: &[f32]) -> f64 {
+    let chunks: Vec<f64> = data
+        .par_chunks(PARALLEL_CHUNK)
+        .map(|chunk| {
+            let mut acc = [0f64; 8];
+            let mut lanes = chunk.chunks_exact(8);
+            for x in &mut lanes {
+                for (a, &x) in acc.iter_mut().zip(x) {
+                    *a += (x as f64) * (x as f64);
+                }
+            }
+            let rest: f64 = lanes
+                .remainder()
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum();
+            acc.iter().sum::<f64>() + rest
+        })
+        .collect();
+    chunks.iter().sum()
 }
 
 /// The global L2 norm of all gradients of `vars`, computed in f64 in one pass over each
@@ -291,10 +329,9 @@ pub fn global_grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
             Device::Cpu => {
                 let (storage, layout) = g.storage_and_layout();
                 match (&*storage, layout.contiguous_offsets()) {
-                    (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) => data[a..b]
-                        .iter()
-                        .map(|&x| (x as f64) * (x as f64))
-                        .sum::<f64>(),
+                    (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) => {
+                        sum_of_squares(&data[a..b])
+                    }
                     _ => g
                         .to_dtype(DType::F64)?
                         .sqr()?
