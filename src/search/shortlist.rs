@@ -313,6 +313,16 @@ struct CooccurrenceTable {
 
 impl CooccurrenceTable {
     fn new<'a>(pairs: impl Iterator<Item = (&'a [u32], &'a [u32])>, rows: usize) -> Self {
+        Self::compacting_at(pairs, rows, 1 << 26)
+    }
+
+    /// Builds the table, deduplicating the pairs seen whenever more than `compact_at`
+    /// have gathered.
+    fn compacting_at<'a>(
+        pairs: impl Iterator<Item = (&'a [u32], &'a [u32])>,
+        rows: usize,
+        mut compact_at: usize,
+    ) -> Self {
         let null = (rows - 1) as u32;
         let mut keys: Vec<u64> = Vec::new();
         let (mut src_set, mut tgt_set): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
@@ -327,6 +337,13 @@ impl CooccurrenceTable {
             tgt_set.dedup();
             for &s in &src_set {
                 keys.extend(tgt_set.iter().map(|&t| ((s as u64) << 32) | t as u64));
+            }
+            // Occurrences outnumber distinct pairs by far on a large corpus (WMT: billions
+            // against tens of millions): deduplicate as we go to bound the memory.
+            if keys.len() > compact_at {
+                keys.sort_unstable();
+                keys.dedup();
+                compact_at = compact_at.max(2 * keys.len());
             }
         }
         keys.sort_unstable();
@@ -395,6 +412,19 @@ mod tests {
         // Most frequent target first (5: 15 times, 20 and 21: 5 times each; ties keep the
         // lower id first).
         assert_eq!(list.frequent, vec![5, 20, 21]);
+    }
+
+    #[test]
+    fn deduplicating_early_builds_the_same_table() {
+        let pairs = toy();
+        let it = || pairs.iter().map(|(s, t)| (s.as_slice(), t.as_slice()));
+        let at_end = CooccurrenceTable::new(it(), 13);
+        let early = CooccurrenceTable::compacting_at(it(), 13, 3);
+        assert_eq!(at_end.starts, early.starts);
+        assert_eq!(at_end.targets, early.targets);
+        // Row 4 (the article) co-occurs with 5, 20 and 21; NULL (row 12) with all three.
+        assert_eq!(&at_end.targets[at_end.row(4)], &[5, 20, 21]);
+        assert_eq!(&at_end.targets[at_end.row(12)], &[5, 20, 21]);
     }
 
     #[test]
