@@ -8,9 +8,9 @@ mod translate_support;
 use candle_core::{Device, Tensor};
 use rnmt::search::{
     beam_search, force_decode, greedy_search, search, Ensemble, Hypothesis, SearchConfig,
-    Shortlist, ShortlistSize,
+    ShortlistSize,
 };
-use translate_support::{tiny_model, training_pairs};
+use translate_support::tiny_model;
 
 fn config(beam: usize, alpha: f32, beta: f32, nbest: usize) -> SearchConfig {
     SearchConfig {
@@ -200,20 +200,8 @@ fn shortlist_search_is_full_search_with_the_other_words_masked() {
     // Normalising over the shortlist's columns is the full softmax with every other
     // target subword's bias at -inf: same outputs, same scores.
     let tiny = tiny_model();
-    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
-    let encoded: Vec<(Vec<u32>, Vec<u32>)> = training_pairs()
-        .iter()
-        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
-        .collect();
     let (model, cfg, vars) = rnmt::model::load_model_with_vars(&tiny.dir, &Device::Cpu).unwrap();
-    let list = Shortlist::learn(
-        encoded.iter().map(|(s, t)| (s.as_slice(), t.as_slice())),
-        cfg.src_vocab_size,
-        cfg.tgt_vocab_size,
-        5,
-        10,
-    )
-    .unwrap();
+    let list = tiny.shortlist(10);
     let sources = tiny.encoded(24);
     let size = ShortlistSize {
         frequent: 8,
@@ -308,19 +296,7 @@ fn looked_up_bottom_projections_search_like_computed_ones() {
 fn ensembles_search_over_the_shortlist_too() {
     let tiny = tiny_model();
     let (a, b) = (tiny.load(), tiny.load_other());
-    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
-    let encoded: Vec<(Vec<u32>, Vec<u32>)> = training_pairs()
-        .iter()
-        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
-        .collect();
-    let list = Shortlist::learn(
-        encoded.iter().map(|(s, t)| (s.as_slice(), t.as_slice())),
-        a.config().src_vocab_size,
-        a.config().tgt_vocab_size,
-        5,
-        10,
-    )
-    .unwrap();
+    let list = tiny.shortlist(10);
     let size = ShortlistSize {
         frequent: 8,
         per_word: 2,

@@ -753,15 +753,7 @@ fn hub_downloads_the_shortlist_when_it_is_asked_for() {
     let tiny = tiny_model();
     let tmp = tempfile::tempdir().unwrap();
     let model = copy_model(tiny, &tmp.path().join("model"));
-    let (src_tok, tgt_tok) = (tiny.source(), tiny.target());
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = translate_support::training_pairs()
-        .iter()
-        .map(|(s, t)| (src_tok.encode(s).unwrap(), tgt_tok.encode(t).unwrap()))
-        .collect();
-    let (vs, vt) = (src_tok.vocab_size(), tgt_tok.vocab_size());
-    let it = pairs.iter().map(|(s, t)| (s.as_slice(), t.as_slice()));
-    rnmt::search::Shortlist::learn(it, vs, vt, 5, 100)
-        .unwrap()
+    tiny.shortlist(100)
         .save(&model.join("shortlist.safetensors"))
         .unwrap();
     let s: Vec<&str> = tiny.sentences[40..44].iter().map(String::as_str).collect();

@@ -45,6 +45,18 @@ impl TinyModel {
         SubwordModel::load(&self.dir.join(TARGET_TOKENIZER)).unwrap()
     }
 
+    /// A lexical shortlist learned from the training pairs (5 EM iterations, `keep`
+    /// translations per source subword).
+    pub fn shortlist(&self, keep: usize) -> rnmt::search::Shortlist {
+        let (src, tgt) = (self.source(), self.target());
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = training_pairs()
+            .iter()
+            .map(|(s, t)| (src.encode(s).unwrap(), tgt.encode(t).unwrap()))
+            .collect();
+        let it = pairs.iter().map(|(s, t)| (s.as_slice(), t.as_slice()));
+        rnmt::search::Shortlist::learn(it, src.vocab_size(), tgt.vocab_size(), 5, keep).unwrap()
+    }
+
     /// The first `n` held-out sentences as source subword ids.
     pub fn encoded(&self, n: usize) -> Vec<Vec<u32>> {
         let tok = self.source();
