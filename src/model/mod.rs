@@ -18,5 +18,7 @@ pub use config::{AttentionKind, Bidirectional, ModelConfig};
 pub use decoder::{Decoder, DecoderState, OutputLayer};
 pub use encoder::Encoder;
 pub use init::init_weights;
-pub use persist::{load_model, load_model_with_vars, save_model, CONFIG_FILE, WEIGHTS_FILE};
+pub use persist::{
+    load_config, load_model, load_model_with_vars, save_model, CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use seq2seq::{EncoderOutput, Seq2Seq};

@@ -58,6 +58,16 @@ pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<(Seq2Seq, Mo
     Ok((model, cfg))
 }
 
+/// The model config of a model or checkpoint folder (`DIR/config.json`), without the
+/// weights.
+pub fn load_config(dir: impl AsRef<Path>) -> Result<ModelConfig> {
+    let config_path = dir.as_ref().join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    ModelConfig::from_json(&text)
+        .with_context(|| format!("{}: invalid model config", config_path.display()))
+}
+
 /// Like [`load_model`], also returning the variables (to continue training from them).
 pub fn load_model_with_vars(
     dir: impl AsRef<Path>,
@@ -65,10 +75,7 @@ pub fn load_model_with_vars(
 ) -> Result<(Seq2Seq, ModelConfig, VarMap)> {
     let dir = dir.as_ref();
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let cfg = ModelConfig::from_json(&text)
-        .with_context(|| format!("{}: invalid model config", config_path.display()))?;
+    let cfg = load_config(dir)?;
 
     let weights_path = dir.join(WEIGHTS_FILE);
     let mut tensors = candle_core::safetensors::load(&weights_path, device).with_context(|| {

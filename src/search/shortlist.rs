@@ -55,7 +55,8 @@ pub struct ShortlistArgs {
 /// `rnmt shortlist`: learns the table from a corpus and writes MODEL/shortlist.safetensors.
 pub fn run(args: &ShortlistArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let (_, cfg) = crate::model::load_model(&args.model, &Device::Cpu)?;
+    // The vocabulary sizes the table must fit; the weights are not needed.
+    let cfg = crate::model::load_config(&args.model)?;
     let source =
         crate::subword::SubwordModel::load(&args.model.join(crate::subword::SOURCE_TOKENIZER))?;
     let target =

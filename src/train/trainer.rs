@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::metrics::{Bleu, BleuConfig};
-use crate::model::{init_weights, save_model, ModelConfig, Seq2Seq};
+use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, load_weights_into, publish_checkpoint, read_state,
     save_tensors, write_atomic, TrainState, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
@@ -131,10 +131,7 @@ impl Trainer {
     /// Continues from the checkpoint folder `dir`.
     pub fn resume_from(cfg: TrainConfig, device: Device, dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("cannot read {}", config_path.display()))?;
-        let saved = ModelConfig::from_json(&text)
-            .with_context(|| format!("{}: invalid model config", config_path.display()))?;
+        let saved = crate::model::load_config(dir)?;
         if saved != cfg.model {
             bail!(
                 "{}: the checkpoint's model differs from [model] of the config \
