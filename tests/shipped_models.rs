@@ -12,12 +12,12 @@ const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tatoeba-de-en")
 /// BLEU of the first 400 lines of tatoeba-deu-eng/test.de with beam 5, measured with
 /// `rnmt translate --model models/tatoeba-de-en -i test400.de | rnmt bleu test400.en`,
 /// minus a margin of 1.0 for numeric differences across machines.
-const DE_EN_BLEU_FLOOR: f64 = 63.2 - 1.0;
+const DE_EN_BLEU_FLOOR: f64 = 60.6 - 1.0;
 /// The same for models/tatoeba-en-de (test.en → test.de), measured 44.5.
 const EN_DE_BLEU_FLOOR: f64 = 44.5 - 1.0;
-/// The same with `--shortlist` (the default size 500,50), measured 62.3 and 45.0 (on the
-/// whole test split the shortlist costs the default model 0.06 BLEU: 50.86 → 50.80).
-const DE_EN_SHORTLIST_BLEU_FLOOR: f64 = 62.3 - 1.0;
+/// The same with `--shortlist` (the default size 500,50), measured 60.4 and 45.0 (on the
+/// whole test split the default model scores 49.4 with and without it).
+const DE_EN_SHORTLIST_BLEU_FLOOR: f64 = 60.4 - 1.0;
 const EN_DE_SHORTLIST_BLEU_FLOOR: f64 = 45.0 - 1.0;
 
 #[test]
@@ -28,7 +28,13 @@ fn readme_command_translates_with_the_default_model() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     let line = text.trim().to_lowercase();
-    assert!(line.contains("dog") && line.contains("cat"), "{text}");
+    // "jagt" is present tense: "chases"/"hunts" or their progressive forms. The BPE model
+    // shipped before said "The dog reads the cat.", and "chased" would be the wrong tense.
+    let verbs = ["chases", "is chasing", "hunts", "is hunting", "is after"];
+    assert!(
+        line.contains("dog") && line.contains("cat") && verbs.iter().any(|v| line.contains(v)),
+        "{text}"
+    );
 }
 
 const EN_DE_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tatoeba-en-de");
@@ -106,7 +112,7 @@ fn assert_tatoeba_bleu(model: &str, src: &str, tgt: &str, args: &[&str], floor: 
 /// by 0.01 nats and the result is "The house chases the cat." at -4.67. Only exhaustive
 /// search is monotone. Measured with the shipped model (`cargo test --release --test
 /// shipped_models wider -- --nocapture` prints the counts): beam 2 against greedy higher
-/// on 46, lower on 2 of 300 sentences; beam 5 against beam 2 higher on 21, lower on 1.
+/// on 38, lower on 3 of 300 sentences; beam 5 against beam 2 higher on 20, lower on 0.
 #[test]
 fn wider_beams_score_higher_without_penalties() {
     let Some(corpora) = corpora_dir_for_tests() else {
