@@ -12,12 +12,12 @@ const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tatoeba-de-en")
 /// BLEU of the first 400 lines of tatoeba-deu-eng/test.de with beam 5, measured with
 /// `rnmt translate --model models/tatoeba-de-en -i test400.de | rnmt bleu test400.en`,
 /// minus a margin of 1.0 for numeric differences across machines.
-const DE_EN_BLEU_FLOOR: f64 = 60.6 - 1.0;
+const DE_EN_BLEU_FLOOR: f64 = 59.8 - 1.0;
 /// The same for models/tatoeba-en-de (test.en → test.de), measured 44.5.
 const EN_DE_BLEU_FLOOR: f64 = 44.5 - 1.0;
-/// The same with `--shortlist` (the default size 500,50), measured 60.4 and 45.0 (on the
-/// whole test split the default model scores 49.4 with and without it).
-const DE_EN_SHORTLIST_BLEU_FLOOR: f64 = 60.4 - 1.0;
+/// The same with `--shortlist` (the default size 500,50), measured 59.3 and 45.0 (on the
+/// whole test split the default model scores 50.1 without it, 50.2 with it).
+const DE_EN_SHORTLIST_BLEU_FLOOR: f64 = 59.3 - 1.0;
 const EN_DE_SHORTLIST_BLEU_FLOOR: f64 = 45.0 - 1.0;
 
 #[test]
@@ -112,7 +112,7 @@ fn assert_tatoeba_bleu(model: &str, src: &str, tgt: &str, args: &[&str], floor: 
 /// by 0.01 nats and the result is "The house chases the cat." at -4.67. Only exhaustive
 /// search is monotone. Measured with the shipped model (`cargo test --release --test
 /// shipped_models wider -- --nocapture` prints the counts): beam 2 against greedy higher
-/// on 38, lower on 3 of 300 sentences; beam 5 against beam 2 higher on 20, lower on 0.
+/// on 43, lower on 4 of 300 sentences; beam 5 against beam 2 higher on 20, lower on 0.
 #[test]
 fn wider_beams_score_higher_without_penalties() {
     let Some(corpora) = corpora_dir_for_tests() else {
