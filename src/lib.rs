@@ -4,7 +4,9 @@
 //! metrics.
 
 pub mod batch;
+pub mod cli;
 pub mod corpus;
+pub mod device;
 pub mod hub;
 pub mod io;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! `rnmt prepare`: validate and filter a parallel corpus, learn subword models, and write
+//! Preparing a corpus for training: validate and filter a parallel corpus, learn subword models, and write
 //! a folder the trainer reads (`prepare.json`, `tokenizer-src.json`, `tokenizer-tgt.json`,
 //! `summary.json`).
 
@@ -14,45 +14,31 @@ use crate::subword::{
     TARGET_TOKENIZER,
 };
 
-#[derive(clap::Args, Debug, Clone)]
-#[command(
-    after_help = "Example:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
-)]
-pub struct PrepareArgs {
+/// What `prepare` reads, learns and writes.
+#[derive(Debug, Clone)]
+pub struct PrepareConfig {
     /// Training corpus prefix: PREFIX.SRC and PREFIX.TGT are aligned line by line.
-    #[arg(long, value_name = "PREFIX")]
     pub train: PathBuf,
     /// Validation corpus prefix (recorded for the trainer; not used to learn subwords).
-    #[arg(long, value_name = "PREFIX")]
     pub valid: Option<PathBuf>,
-    #[arg(long)]
     pub src_lang: String,
-    #[arg(long)]
     pub tgt_lang: String,
     /// Subword vocabulary size (of each side, or of the joint vocabulary).
-    #[arg(long, default_value_t = 8000)]
     pub vocab_size: usize,
     /// The source side's vocabulary size instead (not with --joint-vocab). Source subwords
     /// cost an embedding row each and no compute, target ones a row of the output layer, so
     /// a larger source vocabulary keeps more rare words whole at no cost in speed.
-    #[arg(long, value_name = "N", conflicts_with = "joint_vocab")]
     pub src_vocab_size: Option<usize>,
     /// Learn one vocabulary from both sides (same file for source and target).
-    #[arg(long)]
     pub joint_vocab: bool,
-    #[arg(long, value_enum, default_value_t = SubwordKind::Bpe)]
     pub model_type: SubwordKind,
     /// BPE: minimum frequency of a merge.
-    #[arg(long, default_value_t = 2)]
     pub min_frequency: u64,
     /// Drop pairs with more words than this on either side.
-    #[arg(long, default_value_t = FilterConfig::default().max_len)]
     pub max_len: usize,
     /// Drop pairs whose word-count ratio exceeds this (from 5 words on).
-    #[arg(long, default_value_t = FilterConfig::default().max_ratio)]
     pub max_ratio: f64,
     /// Output folder.
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -88,7 +74,9 @@ impl std::fmt::Display for PrepareSummary {
     }
 }
 
-pub fn run(args: &PrepareArgs) -> anyhow::Result<PrepareSummary> {
+/// Validates and filters the corpus, learns the subword models and writes the prepared
+/// folder `args.out`.
+pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
     let start = Instant::now();
     let filter = FilterConfig {
         max_len: args.max_len,

@@ -26,7 +26,7 @@ pub const BOS_ID: u32 = 2;
 pub const EOS_ID: u32 = 3;
 pub const SPECIAL_TOKENS: [&str; 4] = [PAD, UNK, BOS, EOS];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SubwordKind {
     Bpe,

@@ -1,38 +1,25 @@
-//! `rnmt translate`: sentences from the command line, a file or stdin, through search,
-//! to text or JSON lines.
+//! The [`Translator`]: loaded models with their tokenizers, turning lines of text into
+//! translations through search.
 //!
-//! Every input line gives exactly one output line, in order (n-best text output gives
-//! `nbest` lines per input, each tagged with the input's 0-based index, as Moses does).
-//! Empty and whitespace-only lines give empty translations without running the model;
-//! lines longer than `--max-input-len` subwords are truncated with a warning; invalid
-//! UTF-8 is decoded lossily with a warning. Lines are read in chunks and each chunk is
-//! written and flushed before the next is read; when stdin is a terminal a chunk is one
-//! line, so an interactive user gets each translation at once.
+//! Every input line gives exactly one [`Translation`], in order. Empty and
+//! whitespace-only lines give empty translations without running the model; lines longer
+//! than [`TranslateOptions::max_input_len`] subwords are truncated with a warning. A
+//! translator is immutable once built, so one can serve many threads at once; reading
+//! input and writing output belong to its front ends (the command line).
 
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::hub;
 use crate::model::{load_model, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
-use crate::search::shortlist::{DEFAULT_SIZE, SHORTLIST_FILE};
+use crate::search::shortlist::SHORTLIST_FILE;
 use crate::search::{search, Ensemble, Hypothesis, SearchConfig, Shortlist, ShortlistSize};
 use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// One translation per line (`translation ||| alignment` with --alignments).
-    Text,
-    /// One JSON object per line: translation, score, log_prob, nbest, alignment.
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlignUnit {
     /// Whitespace-separated words of the input and the translation.
     Word,
@@ -40,74 +27,67 @@ pub enum AlignUnit {
     Subword,
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct TranslateArgs {
-    /// Sentences to translate, one output line each. Without any, reads --input or stdin
-    /// line by line.
-    pub sentences: Vec<String>,
-    /// Model folder or Hugging Face Hub model `hf:ORG/NAME[@REVISION]`; repeat for an
-    /// ensemble (log-probabilities averaged). Default: the installed default model.
-    #[arg(short = 'm', long = "model", value_name = "DIR|hf:ORG/NAME[@REV]")]
-    pub models: Vec<String>,
-    /// Read sentences from FILE, one per line.
-    #[arg(short, long, value_name = "FILE", conflicts_with = "sentences")]
-    pub input: Option<PathBuf>,
-    /// Write translations to FILE instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+/// How a [`Translator`] searches; each default lives here once. `None` takes the
+/// model's own value (its config.json: `decode_alpha`, `decode_beta`,
+/// `max_decode_len_a`, `max_decode_len_b`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranslateOptions {
     /// Beam size; 1 is greedy decoding.
-    #[arg(short = 'b', long, default_value_t = 5)]
     pub beam: usize,
-    /// Length normalisation α of GNMT: lp(Y) = ((5+|Y|)/6)^α. 0: raw log-probability.
-    /// Default: the model's `decode_alpha` (config.json; 0.6 unless tuned).
-    #[arg(long)]
+    /// GNMT length normalisation α.
     pub alpha: Option<f32>,
-    /// Coverage penalty β of GNMT: cp = β·Σᵢ log(min(Σⱼ aᵢⱼ, 1)). 0: none.
-    /// Default: the model's `decode_beta` (config.json; 0.2 unless tuned).
-    #[arg(long)]
+    /// GNMT coverage penalty β.
     pub beta: Option<f32>,
-    /// Output the N best translations (at most the beam size).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Translations returned per input, best first (at most `beam`).
     pub nbest: usize,
-    /// Score only a lexical shortlist of target subwords per batch: faster, and results
-    /// may differ from the full search. Needs MODEL/shortlist.safetensors (`rnmt
-    /// shortlist`).
-    #[arg(long)]
-    pub shortlist: bool,
-    /// FREQUENT,PER_WORD: the most frequent target subwords and the most probable
-    /// translations of each source subword that --shortlist scores.
-    #[arg(long, value_name = "FREQUENT,PER_WORD", default_value = DEFAULT_SIZE)]
-    pub shortlist_size: ShortlistSize,
-    /// Sentences decoded together in one batch.
-    #[arg(long, default_value_t = 32, value_name = "S")]
-    pub batch_size: usize,
-    #[arg(short = 'f', long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Print hard alignments from attention in Pharaoh format (`i-j`: 0-based source
-    /// position i, target position j; see --align-unit).
-    #[arg(long)]
-    pub alignments: bool,
-    /// Positions of --alignments: words (whitespace-separated) or subwords.
-    #[arg(long, value_enum, default_value_t = AlignUnit::Word)]
-    pub align_unit: AlignUnit,
-    /// Draw the attention of the first (non-empty) sentence as a heatmap: SVG or PNG by
-    /// the file name's extension.
-    #[arg(long, value_name = "OUT.svg|OUT.png")]
-    pub attention_plot: Option<PathBuf>,
-    /// Longest output: A·|source subwords + 1| + B (default: the model's config).
-    #[arg(long, value_name = "A")]
+    /// Longest output: `a·|source subwords + 1| + b`.
     pub max_len_a: Option<f32>,
-    #[arg(long, value_name = "B")]
     pub max_len_b: Option<usize>,
     /// Longer inputs are cut to this many subwords (with a warning).
-    #[arg(long, default_value_t = 250, value_name = "N")]
     pub max_input_len: usize,
-    /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Sentences decoded together in one batch.
+    pub batch_size: usize,
+    /// Score only a lexical shortlist of this size (needs MODEL/shortlist.safetensors).
+    pub shortlist: Option<ShortlistSize>,
+    /// Hard alignments from attention, in these units.
+    pub alignments: Option<AlignUnit>,
+    /// Keep the attention matrix of each translation (for plots).
+    pub keep_attention: bool,
+}
+
+impl TranslateOptions {
+    pub const DEFAULT: Self = Self {
+        beam: 5,
+        alpha: None,
+        beta: None,
+        nbest: 1,
+        max_len_a: None,
+        max_len_b: None,
+        max_input_len: 250,
+        batch_size: 32,
+        shortlist: None,
+        alignments: None,
+        keep_attention: false,
+    };
+
+    /// The search of these options over a model with config `cfg`.
+    pub fn search_config(&self, cfg: &crate::model::ModelConfig) -> SearchConfig {
+        SearchConfig {
+            beam: self.beam,
+            alpha: self.alpha.unwrap_or(cfg.decode_alpha),
+            beta: self.beta.unwrap_or(cfg.decode_beta),
+            nbest: self.nbest,
+            max_len_a: self.max_len_a.unwrap_or(cfg.max_decode_len_a),
+            max_len_b: self.max_len_b.unwrap_or(cfg.max_decode_len_b),
+            keep_attention: self.alignments.is_some() || self.keep_attention,
+        }
+    }
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// Loaded models with their tokenizers.
@@ -116,10 +96,12 @@ pub struct Translator {
     source: SubwordModel,
     target: SubwordModel,
     device: Device,
-    pub search: SearchConfig,
-    pub max_input_len: usize,
+    search: SearchConfig,
+    max_input_len: usize,
+    batch_size: usize,
+    alignments: Option<AlignUnit>,
     /// Search over a lexical shortlist (see [`crate::search::shortlist`]).
-    pub shortlist: Option<(Shortlist, ShortlistSize)>,
+    shortlist: Option<(Shortlist, ShortlistSize)>,
 }
 
 /// One input line, ready for search.
@@ -157,8 +139,9 @@ pub struct AttentionMatrix {
 }
 
 impl Translator {
-    /// Loads every model folder; ensemble members must use the same tokenizer files.
-    pub fn load(dirs: &[PathBuf], device: &Device) -> Result<Self> {
+    /// Loads every model folder (several: an ensemble, whose members must use the same
+    /// tokenizer files) and, with `options.shortlist`, the first folder's shortlist.
+    pub fn new(dirs: &[PathBuf], device: &Device, options: &TranslateOptions) -> Result<Self> {
         let Some(first) = dirs.first() else {
             bail!("no model to load");
         };
@@ -182,30 +165,37 @@ impl Translator {
             let (model, _) = load_model(dir, device)?;
             models.push(model);
         }
-        let search = SearchConfig::for_model(models[0].config());
+        let search = options.search_config(models[0].config());
+        search.validate()?;
+        if options.max_input_len == 0 {
+            bail!("the input length limit (--max-input-len) must be at least 1");
+        }
+        if options.batch_size == 0 {
+            bail!("the batch size (--batch-size) must be at least 1");
+        }
+        let shortlist = match options.shortlist {
+            Some(size) => {
+                let cfg = models[0].config();
+                Some((load_shortlist(first, cfg)?, size))
+            }
+            None => None,
+        };
         Ok(Self {
             models,
             source,
             target,
             device: device.clone(),
             search,
-            max_input_len: 250,
-            shortlist: None,
+            max_input_len: options.max_input_len,
+            batch_size: options.batch_size,
+            alignments: options.alignments,
+            shortlist,
         })
     }
 
-    /// Loads the shortlist of model folder `dir` (the first model's, for an ensemble).
-    pub fn load_shortlist(&self, dir: &Path) -> Result<Shortlist> {
-        let path = dir.join(SHORTLIST_FILE);
-        if !path.exists() {
-            bail!(
-                "{} does not exist; learn one with `rnmt shortlist -m {} --train PREFIX --src-lang S --tgt-lang T`",
-                path.display(),
-                dir.display()
-            );
-        }
-        let cfg = self.models[0].config();
-        Shortlist::load(&path, cfg.src_vocab_size, cfg.tgt_vocab_size)
+    /// The search every call of [`Self::translate`] runs.
+    pub fn search_config(&self) -> &SearchConfig {
+        &self.search
     }
 
     pub fn source_tokenizer(&self) -> &SubwordModel {
@@ -217,14 +207,9 @@ impl Translator {
     }
 
     /// Translates `lines` (named `line N` in warnings, N = `first_line` + index), in
-    /// batches of `batch_size` sentences of similar length.
-    pub fn translate(
-        &self,
-        lines: &[String],
-        first_line: usize,
-        batch_size: usize,
-        align: Option<AlignUnit>,
-    ) -> Result<Vec<Translation>> {
+    /// batches of sentences of similar length.
+    pub fn translate(&self, lines: &[String], first_line: usize) -> Result<Vec<Translation>> {
+        let (batch_size, align) = (self.batch_size, self.alignments);
         let prepared = self.prepare(lines, first_line)?;
         let mut order: Vec<usize> = (0..lines.len())
             .filter(|&i| prepared[i].ids.is_some())
@@ -235,7 +220,7 @@ impl Translator {
             ens = ens.with_shortlist(list, *size);
         }
         let mut out: Vec<Option<Translation>> = vec![None; lines.len()];
-        for batch in order.chunks(batch_size.max(1)) {
+        for batch in order.chunks(batch_size) {
             let sources: Vec<Vec<u32>> = batch
                 .iter()
                 .map(|&i| prepared[i].ids.clone().expect("non-empty line"))
@@ -358,176 +343,25 @@ fn empty_translation() -> Translation {
     }
 }
 
-/// Where input lines come from.
-enum Input {
-    Sentences(std::vec::IntoIter<String>),
-    Reader(Box<dyn BufRead>),
-}
-
-impl Input {
-    /// The next line, without its line terminator (`\n` or `\r\n`). A last line without
-    /// a newline still counts; invalid UTF-8 is decoded lossily with a warning.
-    fn next_line(&mut self, line_no: usize) -> Result<Option<String>> {
-        match self {
-            Input::Sentences(it) => Ok(it.next()),
-            Input::Reader(r) => {
-                let mut buf = Vec::new();
-                if r.read_until(b'\n', &mut buf).context("reading the input")? == 0 {
-                    return Ok(None);
-                }
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                Ok(Some(match String::from_utf8(buf) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("warning: line {line_no}: invalid UTF-8, decoded with replacement characters");
-                        String::from_utf8_lossy(e.as_bytes()).into_owned()
-                    }
-                }))
-            }
-        }
-    }
-}
-
-pub fn run(args: &TranslateArgs) -> Result<()> {
-    crate::train::cli::set_threads(args.threads);
-    let device = crate::train::config::parse_device(&args.device)?.device()?;
-    let dirs = if args.models.is_empty() {
-        vec![hub::default_model()?]
-    } else {
-        args.models
-            .iter()
-            .map(|m| {
-                hub::resolve(
-                    m,
-                    if args.shortlist {
-                        &[SHORTLIST_FILE]
-                    } else {
-                        &[]
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
-    let mut translator = Translator::load(&dirs, &device)?;
-    let model_cfg = translator.models[0].config().clone();
-    translator.search = SearchConfig {
-        beam: args.beam,
-        alpha: args.alpha.unwrap_or(model_cfg.decode_alpha),
-        beta: args.beta.unwrap_or(model_cfg.decode_beta),
-        nbest: args.nbest,
-        max_len_a: args.max_len_a.unwrap_or(model_cfg.max_decode_len_a),
-        max_len_b: args.max_len_b.unwrap_or(model_cfg.max_decode_len_b),
-        keep_attention: args.alignments || args.attention_plot.is_some(),
-    };
-    translator.search.validate()?;
-    if args.max_input_len == 0 {
-        bail!("--max-input-len must be at least 1");
-    }
-    translator.max_input_len = args.max_input_len;
-    if args.shortlist {
-        let list = translator.load_shortlist(&dirs[0])?;
-        translator.shortlist = Some((list, args.shortlist_size));
-    }
-    if let Some(plot) = &args.attention_plot {
-        crate::plot::check_attention_plot_path(plot)?;
-    }
-
-    let interactive =
-        args.sentences.is_empty() && args.input.is_none() && std::io::stdin().is_terminal();
-    let mut input = if !args.sentences.is_empty() {
-        // A newline inside an argument would break the one-line-per-input rule.
-        let sentences: Vec<String> = args
-            .sentences
-            .iter()
-            .map(|s| s.replace(['\n', '\r'], " "))
-            .collect();
-        Input::Sentences(sentences.into_iter())
-    } else if let Some(path) = &args.input {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open input {}", path.display()))?;
-        Input::Reader(Box::new(BufReader::new(file)))
-    } else {
-        Input::Reader(Box::new(BufReader::new(std::io::stdin())) as Box<dyn BufRead>)
-    };
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create output {}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    };
-    let chunk = if interactive {
-        1
-    } else {
-        args.batch_size.max(1) * 8
-    };
-    let align = args.alignments.then_some(args.align_unit);
-    let mut plot_pending = args.attention_plot.clone();
-    let mut line_no = 0;
-    loop {
-        let mut lines = Vec::with_capacity(chunk);
-        while lines.len() < chunk {
-            match input.next_line(line_no + lines.len() + 1)? {
-                Some(l) => lines.push(l),
-                None => break,
-            }
-        }
-        if lines.is_empty() {
-            break;
-        }
-        let translations = translator.translate(&lines, line_no + 1, args.batch_size, align)?;
-        for (i, t) in translations.iter().enumerate() {
-            write_translation(&mut out, args.format, line_no + i, t, args.nbest > 1)?;
-        }
-        out.flush().context("writing the output")?;
-        if let Some(path) = &plot_pending {
-            if let Some(m) = translations.iter().find_map(|t| t.attention.as_ref()) {
-                crate::plot::write_attention_plot(path, &m.source, &m.target, &m.weights)?;
-                eprintln!("wrote {}", path.display());
-                plot_pending = None;
-            }
-        }
-        line_no += lines.len();
-    }
-    if let Some(path) = plot_pending {
-        eprintln!(
-            "warning: no attention plot written to {}: every input line was empty",
-            path.display()
+/// The shortlist of model folder `dir`, for a model with config `cfg`.
+fn load_shortlist(dir: &Path, cfg: &crate::model::ModelConfig) -> Result<Shortlist> {
+    let path = dir.join(SHORTLIST_FILE);
+    if !path.exists() {
+        bail!(
+            "{} does not exist; learn one with `rnmt shortlist -m {} --train PREFIX --src-lang S --tgt-lang T`",
+            path.display(),
+            dir.display()
         );
     }
-    Ok(())
+    Shortlist::load(&path, cfg.src_vocab_size, cfg.tgt_vocab_size)
 }
 
-fn write_translation(
-    out: &mut dyn Write,
-    format: Format,
-    index: usize,
-    t: &Translation,
-    nbest_lines: bool,
-) -> Result<()> {
-    let align_suffix = t
-        .alignment
-        .as_ref()
-        .map(|a| format!(" ||| {a}"))
-        .unwrap_or_default();
-    match format {
-        Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
-        Format::Text if nbest_lines => {
-            if t.nbest.is_empty() {
-                writeln!(out, "{index} |||  ||| 0")?;
-            }
-            for (rank, e) in t.nbest.iter().enumerate() {
-                // The alignment belongs to the best hypothesis only.
-                let suffix = if rank == 0 { align_suffix.as_str() } else { "" };
-                writeln!(out, "{index} ||| {} ||| {}{suffix}", e.translation, e.score)?;
-            }
-        }
-        Format::Text => writeln!(out, "{}{align_suffix}", t.translation)?,
+#[cfg(test)]
+mod tests {
+    /// The server translates on many threads with one translator.
+    #[test]
+    fn translator_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Translator>();
     }
-    Ok(())
 }

@@ -1,6 +1,8 @@
 //! `rnmt bleu` end to end: sacreBLEU-compatible output, flags, stdin, paired bootstrap and
 //! error messages.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -57,7 +59,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn json_output_matches_the_library_and_carries_sacrebleu_fields() {
-    let Some(corpora) = rnmt::corpus::corpora_dir_for_tests() else {
+    let Some(corpora) = common::corpora_dir_for_tests() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +168,7 @@ fn stdin_text_output_and_sentence_level() {
 
 #[test]
 fn paired_bootstrap_is_seeded_and_separates_systems() {
-    let Some(corpora) = rnmt::corpus::corpora_dir_for_tests() else {
+    let Some(corpora) = common::corpora_dir_for_tests() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,8 @@
 //! unrounded scores sacreBLEU printed for it (made by make_goldens.py beside it). This test
 //! rebuilds every case with the same recipe and scores it with rnmt.
 
+mod common;
+
 use std::path::Path;
 
 use rnmt::metrics::{Bleu, BleuConfig, Chrf, ChrfConfig, Tokenizer};
@@ -93,7 +95,7 @@ fn close(name: &str, what: &str, ours: f64, theirs: f64, failures: &mut Vec<Stri
 
 #[test]
 fn scores_match_sacrebleu_goldens() {
-    let Some(corpora) = rnmt::corpus::corpora_dir_for_tests() else {
+    let Some(corpora) = common::corpora_dir_for_tests() else {
         return;
     };
     let doc = goldens();
@@ -221,7 +223,7 @@ fn check_signature(name: &str, ours: &str, theirs: &str, failures: &mut Vec<Stri
 /// Whole corpus files tokenized by rnmt hash to what sacreBLEU's tokenizers produce.
 #[test]
 fn tokenizers_match_sacrebleu_on_whole_files() {
-    let Some(corpora) = rnmt::corpus::corpora_dir_for_tests() else {
+    let Some(corpora) = common::corpora_dir_for_tests() else {
         return;
     };
     let doc = goldens();

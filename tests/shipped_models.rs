@@ -120,14 +120,21 @@ fn wider_beams_score_higher_without_penalties() {
     };
     let (src, _) = rnmt::corpus::read_lines(&corpora.join("tatoeba-deu-eng/test.de")).unwrap();
     let src = &src[..300];
-    let mut translator =
-        rnmt::translate::Translator::load(&[MODEL.into()], &candle_core::Device::Cpu).unwrap();
-    translator.search.alpha = 0.0;
-    translator.search.beta = 0.0;
     let mut previous: Option<(usize, Vec<f32>)> = None;
     for beam in [1, 2, 5] {
-        translator.search.beam = beam;
-        let out = translator.translate(src, 1, 32, None).unwrap();
+        let options = rnmt::translate::TranslateOptions {
+            beam,
+            alpha: Some(0.0),
+            beta: Some(0.0),
+            ..Default::default()
+        };
+        let translator = rnmt::translate::Translator::new(
+            &[MODEL.into()],
+            &candle_core::Device::Cpu,
+            &options,
+        )
+        .unwrap();
+        let out = translator.translate(src, 1).unwrap();
         let scores: Vec<f32> = out.iter().map(|t| t.log_prob).collect();
         for t in &out {
             assert_eq!(

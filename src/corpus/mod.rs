@@ -43,31 +43,6 @@ pub fn with_lang(prefix: &Path, lang: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The corpora directory for a test that needs real data: `None` (with a message) when it
-/// is missing on a user's machine, a panic when `RNMT_REQUIRE_CORPORA=1` (as in CI), so CI
-/// can never silently skip.
-pub fn corpora_dir_for_tests() -> Option<PathBuf> {
-    let dir = corpora_dir();
-    let present = dir.join("multi30k").join("train.de").exists();
-    if present {
-        return Some(dir);
-    }
-    let required = std::env::var("RNMT_REQUIRE_CORPORA")
-        .map(|v| v == "1")
-        .unwrap_or(false);
-    if required {
-        panic!(
-            "RNMT_REQUIRE_CORPORA=1 but no corpora under {} (set RNMT_CORPORA to ../shared/corpora)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: no corpora under {} (set RNMT_CORPORA)",
-        dir.display()
-    );
-    None
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
     #[error("cannot read {path}")]

@@ -8,7 +8,6 @@
 pub mod bleu;
 pub mod bootstrap;
 pub mod chrf;
-pub mod cli;
 mod ngram;
 pub mod tokenize;
 

@@ -54,7 +54,7 @@ pub struct TrainState {
     pub elapsed_s: f64,
 }
 
-pub use crate::io::{sync_dir, write_atomic, write_atomic_with};
+use crate::io::{sync_dir, write_atomic, write_atomic_with};
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     write_atomic_with(path, |tmp| {

@@ -199,7 +199,7 @@ impl TrainConfig {
         if self.schedule == ScheduleKind::Gnmt && self.decay_interval == 0 {
             bail!("decay_interval = 0: must be positive for schedule gnmt");
         }
-        parse_device(&self.device)?;
+        crate::device::parse_device(&self.device)?;
         self.model.validate().context("in [model]")?;
         Ok(())
     }
@@ -268,43 +268,6 @@ fn apply_override(table: &mut toml::Table, known: &toml::Table, assignment: &str
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
-}
-
-/// `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N` → a candle device.
-pub fn parse_device(spec: &str) -> Result<DeviceSpec> {
-    let (kind, ordinal) = match spec.split_once(':') {
-        Some((k, n)) => (
-            k,
-            n.parse::<usize>()
-                .map_err(|_| anyhow::anyhow!("device = \"{spec}\": bad device number `{n}`"))?,
-        ),
-        None => (spec, 0),
-    };
-    Ok(match kind {
-        "cpu" => DeviceSpec::Cpu,
-        "cuda" => DeviceSpec::Cuda(ordinal),
-        "metal" => DeviceSpec::Metal(ordinal),
-        _ => bail!("device = \"{spec}\": expected cpu, cuda:N or metal"),
-    })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-    Metal(usize),
-}
-
-impl DeviceSpec {
-    pub fn device(self) -> Result<candle_core::Device> {
-        Ok(match self {
-            DeviceSpec::Cpu => candle_core::Device::Cpu,
-            DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n)
-                .with_context(|| format!("cannot open cuda:{n} (built with --features cuda?)"))?,
-            DeviceSpec::Metal(n) => candle_core::Device::new_metal(n)
-                .with_context(|| format!("cannot open metal:{n} (built with --features metal?)"))?,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::train::checkpoint::write_atomic;
+use crate::io::write_atomic;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 

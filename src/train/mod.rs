@@ -1,7 +1,6 @@
 //! Training: loss, optimizer and schedules, checkpoints, validation.
 
 pub mod checkpoint;
-pub mod cli;
 pub mod config;
 pub mod log;
 pub mod loss;

@@ -17,12 +17,13 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::io::write_atomic;
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, load_weights_into, publish_checkpoint, read_state,
-    save_tensors, write_atomic, TrainState, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    save_tensors, TrainState, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
 use crate::train::config::TrainConfig;
 use crate::train::log::{MetricsLog, Progress, Record};

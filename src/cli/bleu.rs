@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use super::bootstrap::{paired_bootstrap, BootstrapConfig, PairedResult};
-use super::{
+use crate::metrics::bootstrap::{paired_bootstrap, BootstrapConfig, PairedResult};
+use crate::metrics::{
     py_float_repr, py_rstrip, Bleu, BleuConfig, Chrf, ChrfConfig, Metric, SmoothMethod, Tokenizer,
 };
 

@@ -1,0 +1,96 @@
+//! `rnmt prepare`: a corpus validated, filtered and turned into subwords for training.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::corpus::FilterConfig;
+use crate::prepare::PrepareConfig;
+use crate::subword::SubwordKind;
+
+/// `--model-type`: the subword algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModelType {
+    /// Byte-pair encoding (Sennrich et al. 2016).
+    Bpe,
+    /// Unigram language model (Kudo 2018).
+    Unigram,
+}
+
+impl From<ModelType> for SubwordKind {
+    fn from(t: ModelType) -> Self {
+        match t {
+            ModelType::Bpe => SubwordKind::Bpe,
+            ModelType::Unigram => SubwordKind::Unigram,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Example:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
+)]
+pub struct PrepareArgs {
+    /// Training corpus prefix: PREFIX.SRC and PREFIX.TGT are aligned line by line.
+    #[arg(long, value_name = "PREFIX")]
+    pub train: PathBuf,
+    /// Validation corpus prefix (recorded for the trainer; not used to learn subwords).
+    #[arg(long, value_name = "PREFIX")]
+    pub valid: Option<PathBuf>,
+    #[arg(long)]
+    pub src_lang: String,
+    #[arg(long)]
+    pub tgt_lang: String,
+    /// Subword vocabulary size (of each side, or of the joint vocabulary).
+    #[arg(long, default_value_t = 8000)]
+    pub vocab_size: usize,
+    /// The source side's vocabulary size instead (not with --joint-vocab). Source subwords
+    /// cost an embedding row each and no compute, target ones a row of the output layer, so
+    /// a larger source vocabulary keeps more rare words whole at no cost in speed.
+    #[arg(long, value_name = "N", conflicts_with = "joint_vocab")]
+    pub src_vocab_size: Option<usize>,
+    /// Learn one vocabulary from both sides (same file for source and target).
+    #[arg(long)]
+    pub joint_vocab: bool,
+    #[arg(long, value_enum, default_value_t = ModelType::Bpe)]
+    pub model_type: ModelType,
+    /// BPE: minimum frequency of a merge.
+    #[arg(long, default_value_t = 2)]
+    pub min_frequency: u64,
+    /// Drop pairs with more words than this on either side.
+    #[arg(long, default_value_t = FilterConfig::default().max_len)]
+    pub max_len: usize,
+    /// Drop pairs whose word-count ratio exceeds this (from 5 words on).
+    #[arg(long, default_value_t = FilterConfig::default().max_ratio)]
+    pub max_ratio: f64,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl From<&PrepareArgs> for PrepareConfig {
+    fn from(a: &PrepareArgs) -> Self {
+        PrepareConfig {
+            train: a.train.clone(),
+            valid: a.valid.clone(),
+            src_lang: a.src_lang.clone(),
+            tgt_lang: a.tgt_lang.clone(),
+            vocab_size: a.vocab_size,
+            src_vocab_size: a.src_vocab_size,
+            joint_vocab: a.joint_vocab,
+            model_type: a.model_type.into(),
+            min_frequency: a.min_frequency,
+            max_len: a.max_len,
+            max_ratio: a.max_ratio,
+            out: a.out.clone(),
+        }
+    }
+}
+
+pub fn run(args: &PrepareArgs) -> Result<()> {
+    let summary = crate::prepare::run(&PrepareConfig::from(args))?;
+    eprintln!("{summary}");
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! `rnmt train`: a config file with overrides, a fresh or resumed run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::io::write_atomic;
+use crate::subword::PreparedData;
+use crate::train::checkpoint::list_checkpoints;
+use crate::train::config::TrainConfig;
+use crate::train::trainer::{TrainData, Trainer, ValidSet};
+
+/// The effective config of a run, written at its start and read by `--resume`.
+pub const RUN_CONFIG_FILE: &str = "config.toml";
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// Training config (TOML). Optional with --resume (then RUN_DIR/config.toml).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set model.hidden_size=512 (repeatable; the value
+    /// is read as a TOML value, or as a string if it is not one).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in RUN_DIR from its latest checkpoint, exactly as if it had
+    /// not been interrupted.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// cpu, cuda:N or metal (overrides the config's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// CPU threads (overrides the config's `threads`; 0 = one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Quotes a string as a TOML value for a `--set` override.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The config of `rnmt train`: the file (or the run's saved one when resuming) with
+/// the --set, --device and --threads overrides applied.
+pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut overrides = args.set.clone();
+    let path = match (&args.config, &args.resume) {
+        (Some(p), _) => p.clone(),
+        (None, Some(run)) => run.join(RUN_CONFIG_FILE),
+        (None, None) => bail!("rnmt train needs --config FILE.toml (or --resume RUN_DIR)"),
+    };
+    if let Some(run) = &args.resume {
+        overrides.push(format!("run_dir={}", toml_string(&run.to_string_lossy())));
+    }
+    if let Some(d) = &args.device {
+        overrides.push(format!("device={}", toml_string(d)));
+    }
+    if let Some(t) = args.threads {
+        overrides.push(format!("threads={t}"));
+    }
+    TrainConfig::load(&path, &overrides)
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let mut cfg = resolve_config(args)?;
+    crate::device::set_threads(cfg.threads)?;
+    let device = crate::device::parse_device(&cfg.device)?.device()?;
+    let prepared = PreparedData::load(&cfg.data)?;
+    // The vocabularies are the tokenizers': the config cannot disagree with them.
+    cfg.model.src_vocab_size = prepared.source_tokenizer().vocab_size();
+    cfg.model.tgt_vocab_size = prepared.target_tokenizer().vocab_size();
+    cfg.validate()?;
+
+    let train_corpus = prepared.read_train()?;
+    let train = prepared.encode_pairs(&train_corpus)?;
+    let valid = match prepared.read_valid()? {
+        Some(c) => Some(ValidSet {
+            pairs: prepared.encode_pairs(&c)?,
+            references: c.targets().map(str::to_string).collect(),
+        }),
+        None => None,
+    };
+    let target = prepared.target_tokenizer();
+    let data = TrainData {
+        train,
+        valid,
+        detokenize: Box::new(|ids: &[u32]| target.decode(ids)),
+        model_files: prepared.tokenizer_files().to_vec(),
+        description: format!(
+            "{} → {}, trained on {} (prepared in {}).",
+            prepared.manifest.src_lang,
+            prepared.manifest.tgt_lang,
+            prepared.manifest.train.display(),
+            cfg.data.display()
+        ),
+    };
+
+    let run_dir = cfg.run_dir.clone();
+    if args.resume.is_some() {
+        warn_if_not_exact(&run_dir, &cfg);
+    }
+    let mut trainer = if args.resume.is_some() {
+        Trainer::resume(cfg.clone(), device)?
+    } else {
+        if !list_checkpoints(&run_dir)?.is_empty() {
+            bail!(
+                "{} already holds checkpoints: continue it with --resume {0}, or choose another run_dir",
+                run_dir.display()
+            );
+        }
+        Trainer::new(cfg.clone(), device)?
+    };
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    write_atomic(
+        &run_dir.join(RUN_CONFIG_FILE),
+        toml::to_string(&cfg)?.as_bytes(),
+    )?;
+    for f in &data.model_files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        write_atomic(&run_dir.join(f.file_name().unwrap_or_default()), &bytes)?;
+    }
+    eprintln!(
+        "training on {} pairs ({} dev), run folder {}",
+        data.train.len(),
+        data.valid.as_ref().map_or(0, |v| v.pairs.len()),
+        run_dir.display()
+    );
+    trainer.train(&data)?;
+    eprintln!("best model: {}", run_dir.join("best").display());
+    Ok(())
+}
+
+/// Resuming repeats the original batches only with the original seed and batch
+/// budget; say so when the config changed them.
+fn warn_if_not_exact(run_dir: &Path, cfg: &TrainConfig) {
+    let Ok(old) = TrainConfig::load(&run_dir.join(RUN_CONFIG_FILE), &[]) else {
+        return;
+    };
+    for (key, was, now) in [
+        ("seed", old.seed.to_string(), cfg.seed.to_string()),
+        (
+            "max_tokens",
+            old.max_tokens.to_string(),
+            cfg.max_tokens.to_string(),
+        ),
+        (
+            "data",
+            old.data.display().to_string(),
+            cfg.data.display().to_string(),
+        ),
+    ] {
+        if was != now {
+            eprintln!(
+                "warning: {key} changed from {was} to {now}: the resumed run will not repeat \
+                 the batches of an uninterrupted one"
+            );
+        }
+    }
+}
+
