@@ -40,7 +40,6 @@ impl DeviceSpec {
     }
 }
 
-
 /// Sets the CPU thread count for everything that computes.
 ///
 /// candle's matmul hands `gemm` a `Parallelism::Rayon(n)` with `n` read from
@@ -90,6 +89,9 @@ mod tests {
         assert_eq!(parse_device("cuda:1").unwrap(), DeviceSpec::Cuda(1));
         assert!(parse_device("tpu").is_err());
         assert!(check_threads(0).is_ok() && check_threads(MAX_THREADS).is_ok());
-        assert!(check_threads(10_000).unwrap_err().to_string().contains("at most"));
+        assert!(check_threads(10_000)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
     }
 }

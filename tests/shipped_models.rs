@@ -128,12 +128,9 @@ fn wider_beams_score_higher_without_penalties() {
             beta: Some(0.0),
             ..Default::default()
         };
-        let translator = rnmt::translate::Translator::new(
-            &[MODEL.into()],
-            &candle_core::Device::Cpu,
-            &options,
-        )
-        .unwrap();
+        let translator =
+            rnmt::translate::Translator::new(&[MODEL.into()], &candle_core::Device::Cpu, &options)
+                .unwrap();
         let out = translator.translate(src, 1).unwrap();
         let scores: Vec<f32> = out.iter().map(|t| t.log_prob).collect();
         for t in &out {

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::EncodedPair;
 use rnmt::model::ModelConfig;
-use rnmt::train::checkpoint::{self, list_checkpoints, MODEL_FILE, OPTIMIZER_FILE};
+use rnmt::train::checkpoint::{self, list_checkpoints, OPTIMIZER_FILE, WEIGHTS_FILE};
 use rnmt::train::config::TrainConfig;
 use rnmt::train::log::{read_metrics, Record, METRICS_FILE};
 use rnmt::train::trainer::{TrainData, Trainer, ValidSet};
@@ -158,10 +158,10 @@ fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
         })
         .collect();
     assert!(losses[n as usize - 1] < losses[0], "{losses:?}");
-    // Last two and the best are kept; best/ and the curve exist.
+    // Last two and the best are kept; best/ exists. (The learning curve is drawn by the
+    // `rnmt train` command, not the library trainer: tests/train_cli.rs checks it.)
     assert!(list_checkpoints(&b)?.len() <= 3);
-    assert!(b.join("best").join(MODEL_FILE).is_file());
-    assert!(b.join("curve.svg").is_file());
+    assert!(b.join("best").join(WEIGHTS_FILE).is_file());
     Ok(())
 }
 
@@ -187,7 +187,7 @@ fn corrupt_and_mismatched_checkpoints_give_clear_errors() -> anyhow::Result<()> 
     assert!(e.contains("config.json") && e.contains("differs"), "{e}");
 
     // A wrong-shape tensor in the weights.
-    let weights = ckpt.join(MODEL_FILE);
+    let weights = ckpt.join(WEIGHTS_FILE);
     let mut tensors = checkpoint::load_tensors(&weights)?;
     let name = tensors.keys().min().unwrap().clone();
     let shape = tensors[&name].dims().to_vec();
@@ -270,8 +270,8 @@ fn early_stopping_and_plateau_decay() -> anyhow::Result<()> {
     // best/ is the step-1 model; checkpoints 2 and 3 are the last two, 1 is kept as best.
     let steps: Vec<u64> = list_checkpoints(&run)?.into_iter().map(|c| c.0).collect();
     assert_eq!(steps, vec![1, 2, 3]);
-    let best = checkpoint::load_tensors(&run.join("best").join(MODEL_FILE))?;
-    let step1 = checkpoint::load_tensors(&checkpoint::checkpoint_dir(&run, 1).join(MODEL_FILE))?;
+    let best = checkpoint::load_tensors(&run.join("best").join(WEIGHTS_FILE))?;
+    let step1 = checkpoint::load_tensors(&checkpoint::checkpoint_dir(&run, 1).join(WEIGHTS_FILE))?;
     for (name, t) in &step1 {
         let diff = (t - &best[name])?.abs()?.sum_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0, "best/ differs from step 1 in {name}");

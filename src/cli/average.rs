@@ -8,7 +8,7 @@ use clap::Args;
 use crate::io::write_atomic;
 use crate::model::load_model;
 use crate::train::checkpoint::{
-    self, average_checkpoints, list_checkpoints, save_tensors, CONFIG_FILE, MODEL_FILE,
+    self, average_checkpoints, list_checkpoints, save_tensors, CONFIG_FILE, WEIGHTS_FILE,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -62,9 +62,9 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
         }
     }
     for d in &args.inputs {
-        if !d.join(MODEL_FILE).is_file() {
+        if !d.join(WEIGHTS_FILE).is_file() {
             bail!(
-                "{}: neither a run folder (with checkpoints/) nor a checkpoint (with {MODEL_FILE})",
+                "{}: neither a run folder (with checkpoints/) nor a checkpoint (with {WEIGHTS_FILE})",
                 d.display()
             );
         }
@@ -86,7 +86,7 @@ pub fn run(args: &AverageArgs) -> Result<()> {
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    save_tensors(&out.join(MODEL_FILE), &tensors)?;
+    save_tensors(&out.join(WEIGHTS_FILE), &tensors)?;
     write_atomic(&out.join(CONFIG_FILE), config.as_bytes())?;
     // The tokenizers: beside the weights in a model folder, in RUN for checkpoints.
     for name in [
@@ -110,4 +110,3 @@ pub fn run(args: &AverageArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -69,4 +69,3 @@ fn run_list(args: &ListArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

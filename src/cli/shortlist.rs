@@ -71,4 +71,3 @@ pub fn run(args: &ShortlistArgs) -> Result<()> {
     );
     Ok(())
 }
-

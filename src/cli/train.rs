@@ -127,6 +127,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         run_dir.display()
     );
     trainer.train(&data)?;
+    crate::plot::plot_run(&run_dir)?;
     eprintln!("best model: {}", run_dir.join("best").display());
     Ok(())
 }
@@ -158,4 +159,3 @@ fn warn_if_not_exact(run_dir: &Path, cfg: &TrainConfig) {
         }
     }
 }
-

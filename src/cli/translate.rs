@@ -154,7 +154,11 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     let dirs = if args.models.is_empty() {
         vec![hub::default_model()?]
     } else {
-        let extra: &[&str] = if args.shortlist { &[SHORTLIST_FILE] } else { &[] };
+        let extra: &[&str] = if args.shortlist {
+            &[SHORTLIST_FILE]
+        } else {
+            &[]
+        };
         args.models
             .iter()
             .map(|m| hub::resolve(m, extra))

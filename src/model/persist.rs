@@ -1,7 +1,8 @@
 //! The model folder: `config.json` (the [`ModelConfig`]) beside `model.safetensors`.
 //!
 //! Both files are written to a temporary name and renamed, so a crash mid-save never
-//! leaves a half-written model behind. Loading checks every tensor against the model the
+//! leaves a half-written model behind. Checkpoints (`train::checkpoint`) are model folders
+//! too, with the same names and the same loader. Loading checks every tensor against the model the
 //! config describes and names the file and tensor of any mismatch.
 
 use std::collections::HashMap;
@@ -13,28 +14,21 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::config::ModelConfig;
 use super::seq2seq::Seq2Seq;
+use crate::io::{write_atomic, write_atomic_with};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// Writes `config.json` and `model.safetensors` into `dir` (created if missing).
+/// Writes `config.json` and `model.safetensors` into `dir` (created if missing), each
+/// through [`write_atomic`].
 pub fn save_model(dir: impl AsRef<Path>, cfg: &ModelConfig, varmap: &VarMap) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config_path = dir.join(CONFIG_FILE);
-    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_string_pretty(cfg)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &config_path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), config_path.display()))?;
-    let weights_path = dir.join(WEIGHTS_FILE);
-    let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-    varmap
-        .save(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &weights_path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), weights_path.display()))?;
-    Ok(())
+    write_atomic(
+        &dir.join(CONFIG_FILE),
+        (serde_json::to_string_pretty(cfg)? + "\n").as_bytes(),
+    )?;
+    write_atomic_with(&dir.join(WEIGHTS_FILE), |tmp| Ok(varmap.save(tmp)?))
 }
 
 /// Loads the model in `dir` onto `device` (f32) for inference, prepared for search
@@ -77,53 +71,62 @@ pub fn load_model_with_vars(
     let config_path = dir.join(CONFIG_FILE);
     let cfg = load_config(dir)?;
 
-    let weights_path = dir.join(WEIGHTS_FILE);
-    let mut tensors = candle_core::safetensors::load(&weights_path, device).with_context(|| {
-        format!(
-            "{}: not a readable safetensors file",
-            weights_path.display()
-        )
-    })?;
     let varmap = VarMap::new();
     let model = Seq2Seq::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
         .with_context(|| format!("building the model of {}", config_path.display()))?;
-    {
+    load_weights_into(&varmap, &dir.join(WEIGHTS_FILE))?;
+    Ok((model, cfg, varmap))
+}
+
+/// Copies the tensors of the weights file `path` into the variables of `varmap` (the one
+/// dtype policy: float tensors of any width are converted to the variable's dtype). Every
+/// variable must be present with its shape; an extra tensor is an error too (a different
+/// model).
+pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
+    let device = {
         let vars = varmap.data().lock().expect("variable map lock poisoned");
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let Some(t) = tensors.remove(name.as_str()) else {
-                bail!(
-                    "{}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {:?})",
-                    weights_path.display(),
-                    var.dims()
-                );
-            };
-            if t.dims() != var.dims() {
-                bail!(
-                    "{}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {:?}",
-                    weights_path.display(),
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            if !t.dtype().is_float() {
-                bail!(
-                    "{}: tensor `{name}` has dtype {:?}, expected a float type",
-                    weights_path.display(),
-                    t.dtype()
-                );
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
+        match vars.values().next() {
+            Some(v) => v.device().clone(),
+            None => Device::Cpu,
         }
+    };
+    let mut tensors = candle_core::safetensors::load(path, &device)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let vars = varmap.data().lock().expect("variable map lock poisoned");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let Some(t) = tensors.remove(name.as_str()) else {
+            bail!(
+                "{}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {:?})",
+                path.display(),
+                var.dims()
+            );
+        };
+        if t.dims() != var.dims() {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            );
+        }
+        if !t.dtype().is_float() {
+            bail!(
+                "{}: tensor `{name}` has dtype {:?}, expected a float type",
+                path.display(),
+                t.dtype()
+            );
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
     }
     if let Some(extra) = tensors.keys().min() {
         bail!(
             "{}: unexpected tensor `{extra}` (not part of the model described by {CONFIG_FILE}; {} extra in all)",
-            weights_path.display(),
+            path.display(),
             tensors.len()
         );
     }
-    Ok((model, cfg, varmap))
+    Ok(())
 }

@@ -20,13 +20,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::train::schedule::PlateauState;
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 
@@ -55,6 +52,7 @@ pub struct TrainState {
 }
 
 use crate::io::{sync_dir, write_atomic, write_atomic_with};
+pub use crate::model::{CONFIG_FILE, WEIGHTS_FILE};
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     write_atomic_with(path, |tmp| {
@@ -66,42 +64,6 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))
-}
-
-/// Copies the values of a weights file into the variables of `varmap`. Every variable
-/// must be present with its shape; extra tensors are errors too (a different model).
-pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = load_tensors(path)?;
-    let vars = varmap.data().lock().unwrap();
-    for (name, var) in vars.iter() {
-        let t = tensors
-            .get(name)
-            .with_context(|| format!("{}: tensor `{name}` is missing", path.display()))?;
-        if t.dims() != var.dims() {
-            bail!(
-                "{}: tensor `{name}` has shape {:?}, the model needs {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            );
-        }
-        if t.dtype() != var.dtype() {
-            bail!(
-                "{}: tensor `{name}` is {:?}, the model needs {:?}",
-                path.display(),
-                t.dtype(),
-                var.dtype()
-            );
-        }
-        var.set(&t.to_device(var.device())?)?;
-    }
-    if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
-        bail!(
-            "{}: unexpected tensor `{extra}` (a different model?)",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 pub fn read_state(path: &Path) -> Result<TrainState> {
@@ -248,7 +210,7 @@ pub fn average_checkpoints(dirs: &[PathBuf]) -> Result<(HashMap<String, Tensor>,
                 config_path.display()
             );
         }
-        let path = dir.join(MODEL_FILE);
+        let path = dir.join(WEIGHTS_FILE);
         let tensors = load_tensors(&path)?;
         if i == 0 {
             for (name, t) in tensors {
@@ -268,7 +230,7 @@ pub fn average_checkpoints(dirs: &[PathBuf]) -> Result<(HashMap<String, Tensor>,
                     "{}: tensor `{name}` has shape {:?}, {} has {:?}",
                     path.display(),
                     t.dims(),
-                    first.join(MODEL_FILE).display(),
+                    first.join(WEIGHTS_FILE).display(),
                     acc.dims()
                 );
             }
@@ -330,7 +292,7 @@ mod tests {
             write_atomic(&d.join(CONFIG_FILE), b"{\"hidden_size\": 4}")?;
             let mut t = HashMap::new();
             t.insert("w".to_string(), Tensor::from_vec(w, shape, &dev)?);
-            save_tensors(&d.join(MODEL_FILE), &t)?;
+            save_tensors(&d.join(WEIGHTS_FILE), &t)?;
             Ok(d)
         };
         let a = mk("a", vec![1.0, 2.0, 3.0, 4.0], (2, 2))?;
@@ -348,7 +310,7 @@ mod tests {
             "{e}"
         );
 
-        fs::write(c.join(MODEL_FILE), b"garbage, not safetensors")?;
+        fs::write(c.join(WEIGHTS_FILE), b"garbage, not safetensors")?;
         let e = format!("{:#}", average_checkpoints(&[a, c]).unwrap_err());
         assert!(e.contains("c/model.safetensors"), "{e}");
         Ok(())

@@ -17,13 +17,13 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::io::write_atomic;
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
+use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::train::checkpoint::{
-    self, list_checkpoints, load_tensors, load_weights_into, publish_checkpoint, read_state,
-    save_tensors, TrainState, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, TrainState,
+    CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
 use crate::train::log::{MetricsLog, Progress, Record};
@@ -142,7 +142,7 @@ impl Trainer {
             );
         }
         let mut t = Self::new(cfg, device)?;
-        load_weights_into(&t.varmap, &dir.join(MODEL_FILE))?;
+        crate::model::load_weights_into(&t.varmap, &dir.join(WEIGHTS_FILE))?;
         let state = read_state(&dir.join(STATE_FILE))?;
         let opt_path = dir.join(OPTIMIZER_FILE);
         t.adam.load_state_tensors(
@@ -277,7 +277,6 @@ impl Trainer {
             "training stopped ({reason:?}) after {} steps",
             self.state.step
         ));
-        crate::plot::plot_run(&run_dir)?;
         Ok(reason)
     }
 
@@ -390,7 +389,7 @@ impl Trainer {
         let moments = self.adam.state_tensors()?;
         let dir = publish_checkpoint(&run_dir, self.state.step, |dir| {
             save_model(dir, &self.cfg.model, &self.varmap)?;
-            for f in [MODEL_FILE, CONFIG_FILE] {
+            for f in [WEIGHTS_FILE, CONFIG_FILE] {
                 std::fs::File::open(dir.join(f))?.sync_all()?;
             }
             save_tensors(&dir.join(OPTIMIZER_FILE), &moments)?;
@@ -398,7 +397,7 @@ impl Trainer {
         })?;
         self.last_checkpoint = Some(self.state.step);
         if let Some(card) = card {
-            let mut files = vec![dir.join(MODEL_FILE), dir.join(CONFIG_FILE)];
+            let mut files = vec![dir.join(WEIGHTS_FILE), dir.join(CONFIG_FILE)];
             files.extend(model_files.iter().cloned());
             checkpoint::replace_dir_with_copies(
                 &run_dir.join("best"),
