@@ -1,10 +1,10 @@
 //! Forced decoding: the score search would give a known output. Used to rescore n-best
 //! lists with other models and to check that search reports what it found.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use super::ensemble::Ensemble;
-use super::{with_host_f32, Hypothesis, SearchConfig};
+use super::{decode_step, Hypothesis, SearchConfig};
 use crate::subword::{BOS_ID, EOS_ID, PAD_ID};
 
 /// Scores `outputs[i]` (target subwords without BOS/EOS; `true` when the output ends
@@ -48,12 +48,9 @@ pub fn force_decode(
                 t => tokens.get(t - 1).copied().unwrap_or(PAD_ID),
             })
             .collect();
-        let prev = Tensor::from_vec(prev, sources.len(), device)?;
-        let (log_probs, next, weights) = ens.step(&enc, &state, &prev)?;
-        let weights = weights
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2::<f32>()?;
-        with_host_f32(&log_probs, |lp| {
+        let step = decode_step(ens, &enc, &state, &prev, device)?;
+        let weights = &step.weights;
+        step.with_log_probs(|lp| {
             for (i, (tokens, _)) in outputs.iter().enumerate() {
                 if t >= steps[i] {
                     continue;
@@ -68,7 +65,7 @@ pub fn force_decode(
                 }
             }
         })?;
-        state = next;
+        state = step.state;
     }
     Ok(outputs
         .iter()
