@@ -4,7 +4,7 @@
 use candle_core::Device;
 
 use super::ensemble::{Ensemble, EnsembleEncoding};
-use super::{argmax, decode_step, rows_tensor, Hypothesis, SearchConfig, Step};
+use super::{add_attention, argmax, decode_step, rows_tensor, Hypothesis, SearchConfig, Step};
 use crate::subword::{BOS_ID, EOS_ID};
 
 /// The output of one sentence so far; one row of the decoder batch.
@@ -36,17 +36,6 @@ impl Row {
     /// The token the decoder reads next: the last one output (BOS at first).
     fn last_token(&self) -> u32 {
         self.tokens.last().copied().unwrap_or(BOS_ID)
-    }
-
-    /// Adds one step's attention `weights` (over the source subwords, EOS, padding).
-    fn attend(&mut self, weights: &[f32], keep_attention: bool) {
-        let src_len = self.coverage.len();
-        for (c, w) in self.coverage.iter_mut().zip(weights) {
-            *c += w;
-        }
-        if keep_attention {
-            self.attention.push(weights[..src_len + 1].to_vec());
-        }
     }
 
     /// Stores the row's hypothesis as its sentence's output.
@@ -133,7 +122,12 @@ fn advance_rows(
     let mut kept_rows = Vec::with_capacity(rows.len());
     for (i, (mut r, (token, l))) in rows.drain(..).zip(best).enumerate() {
         r.log_prob += l;
-        r.attend(&step.weights[i], cfg.keep_attention);
+        add_attention(
+            &mut r.coverage,
+            &mut r.attention,
+            &step.weights[i],
+            cfg.keep_attention,
+        );
         if token == EOS_ID {
             r.finish(true, cfg, out);
             continue;

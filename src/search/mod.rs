@@ -185,6 +185,23 @@ fn decode_step(
     })
 }
 
+/// Adds one step's attention `weights` (over the source subwords, the source EOS, then
+/// padding) to a hypothesis' `coverage` (one entry per source subword: EOS is not a
+/// word to cover) and, with `keep_attention`, keeps the row (subwords and EOS).
+fn add_attention(
+    coverage: &mut [f32],
+    attention: &mut Vec<Vec<f32>>,
+    weights: &[f32],
+    keep_attention: bool,
+) {
+    for (c, w) in coverage.iter_mut().zip(weights) {
+        *c += w;
+    }
+    if keep_attention {
+        attention.push(weights[..coverage.len() + 1].to_vec());
+    }
+}
+
 /// Runs `f` on the row-major f32 contents of `t`. On the CPU the tensor's own buffer is
 /// borrowed: copying `[rows, vocab]` log-probabilities every step would cost as much as
 /// the top-k that reads them.
