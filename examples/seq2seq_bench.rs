@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{init_weights, ModelConfig, Seq2Seq};
+use rnmt::search::{greedy_search, Ensemble, SearchConfig};
 use rnmt::train::loss::LabelSmoothedLoss;
 
 fn parse_args() -> Result<(ModelConfig, usize, usize, usize)> {
@@ -139,8 +140,16 @@ fn main() -> Result<()> {
         ms(times[3], steps),
         (batch * len * steps) as f64 / total.as_secs_f64()
     );
+    let sources: Vec<Vec<u32>> = pairs.iter().map(|p| p.src.clone()).collect();
+    let search = SearchConfig {
+        beam: 1,
+        nbest: 1,
+        max_len_a: 0.0,
+        max_len_b: len,
+        ..SearchConfig::for_model(&cfg)
+    };
     let start = Instant::now();
-    let out = model.greedy(&bt.src, &bt.src_mask, len)?;
+    let out = greedy_search(&Ensemble::single(&model), &sources, &search, &device)?;
     let elapsed = start.elapsed();
     println!(
         "greedy decoding of {} sentences (max {len} tokens): {:.1} ms, {:.0} sentences/s",

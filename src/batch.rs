@@ -76,23 +76,21 @@ impl Batch {
             .max()
             .unwrap_or(0);
         let n = indices.len();
-        let mut src = vec![PAD_ID; n * src_max_len];
+        let (src, src_lengths) = pad_with_eos(
+            indices.iter().map(|&i| pairs[i].src.as_slice()),
+            src_max_len,
+        );
         let mut tgt_in = vec![PAD_ID; n * tgt_max_len];
         let mut tgt_out = vec![PAD_ID; n * tgt_max_len];
-        let mut src_lengths = Vec::with_capacity(n);
         let mut tgt_lengths = Vec::with_capacity(n);
         for (row, &i) in indices.iter().enumerate() {
             let pair = &pairs[i];
-            let s = &mut src[row * src_max_len..][..pair.src_len()];
-            s[..pair.src.len()].copy_from_slice(&pair.src);
-            s[pair.src.len()] = EOS_ID;
             let ti = &mut tgt_in[row * tgt_max_len..][..pair.tgt_len()];
             ti[0] = BOS_ID;
             ti[1..].copy_from_slice(&pair.tgt);
             let to = &mut tgt_out[row * tgt_max_len..][..pair.tgt_len()];
             to[..pair.tgt.len()].copy_from_slice(&pair.tgt);
             to[pair.tgt.len()] = EOS_ID;
-            src_lengths.push(pair.src_len());
             tgt_lengths.push(pair.tgt_len());
         }
         Self {
@@ -126,28 +124,66 @@ impl Batch {
 
     pub fn to_tensors(&self, device: &Device) -> Result<BatchTensors> {
         let n = self.len();
-        let mask = |lengths: &[usize], width: usize| -> Vec<f32> {
-            lengths
-                .iter()
-                .flat_map(|&l| (0..width).map(move |j| if j < l { 1.0 } else { 0.0 }))
-                .collect()
-        };
+        let (src, src_mask) =
+            padded_tensors(&self.src, &self.src_lengths, self.src_max_len, device)?;
         Ok(BatchTensors {
-            src: Tensor::from_slice(&self.src, (n, self.src_max_len), device)?,
-            src_mask: Tensor::from_vec(
-                mask(&self.src_lengths, self.src_max_len),
-                (n, self.src_max_len),
-                device,
-            )?,
+            src,
+            src_mask,
             tgt_in: Tensor::from_slice(&self.tgt_in, (n, self.tgt_max_len), device)?,
             tgt_out: Tensor::from_slice(&self.tgt_out, (n, self.tgt_max_len), device)?,
             tgt_mask: Tensor::from_vec(
-                mask(&self.tgt_lengths, self.tgt_max_len),
+                length_mask(&self.tgt_lengths, self.tgt_max_len),
                 (n, self.tgt_max_len),
                 device,
             )?,
         })
     }
+}
+
+/// The encoder's input for `sources` (subword ids without EOS), as training batches and
+/// search both feed it: u32 ids `[rows, width]` (each row's ids, EOS, then PAD) and the
+/// f32 mask (1 on the ids and EOS), `width` being the longest row plus EOS.
+pub fn source_tensors(sources: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
+    let width = sources.iter().map(|s| s.len() + 1).max().unwrap_or(0);
+    let (ids, lengths) = pad_with_eos(sources.iter().map(Vec::as_slice), width);
+    padded_tensors(&ids, &lengths, width, device)
+}
+
+/// Row-major `[rows, width]`: each row's ids, then EOS, then PAD; with each row's length
+/// counting the EOS. `width` must leave room for the longest row's EOS.
+fn pad_with_eos<'a>(rows: impl Iterator<Item = &'a [u32]>, width: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut lengths = Vec::new();
+    for row in rows {
+        let start = ids.len();
+        ids.extend_from_slice(row);
+        ids.push(EOS_ID);
+        ids.resize(start + width, PAD_ID);
+        lengths.push(row.len() + 1);
+    }
+    (ids, lengths)
+}
+
+/// The ids of [`pad_with_eos`] and their mask as tensors.
+fn padded_tensors(
+    ids: &[u32],
+    lengths: &[usize],
+    width: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let n = lengths.len();
+    Ok((
+        Tensor::from_slice(ids, (n, width), device)?,
+        Tensor::from_vec(length_mask(lengths, width), (n, width), device)?,
+    ))
+}
+
+/// f32 `[rows, width]`: 1 on the first `lengths[row]` positions of each row, 0 after.
+fn length_mask(lengths: &[usize], width: usize) -> Vec<f32> {
+    lengths
+        .iter()
+        .flat_map(|&l| (0..width).map(move |j| if j < l { 1.0 } else { 0.0 }))
+        .collect()
 }
 
 /// Groups pairs into batches whose padded size (rows × longest side) stays within a
@@ -295,5 +331,14 @@ mod tests {
         assert_eq!(m, vec![vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0, 0.0, 0.0]]);
         let m: Vec<Vec<f32>> = t.tgt_mask.to_vec2().unwrap();
         assert_eq!(m, vec![vec![1.0, 1.0, 0.0, 0.0], vec![1.0, 1.0, 1.0, 1.0]]);
+        // Search's source batch is the training batch's source side.
+        let sources: Vec<Vec<u32>> = pairs.iter().map(|p| p.src.clone()).collect();
+        let (src, src_mask) = source_tensors(&sources, &Device::Cpu).unwrap();
+        let (a, b): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+            (src.to_vec2().unwrap(), t.src.to_vec2().unwrap());
+        assert_eq!(a, b);
+        let (a, b): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            (src_mask.to_vec2().unwrap(), t.src_mask.to_vec2().unwrap());
+        assert_eq!(a, b);
     }
 }

@@ -10,7 +10,24 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{init_weights, AttentionKind, ModelConfig, Seq2Seq};
+use rnmt::search::{greedy_search, Ensemble, SearchConfig};
 use rnmt::train::loss::LabelSmoothedLoss;
+
+/// Greedy decoding (at most `max_len` subwords each), as `rnmt translate --beam 1` runs it.
+fn greedy(model: &Seq2Seq, sources: &[Vec<u32>], max_len: usize) -> Vec<Vec<u32>> {
+    let cfg = SearchConfig {
+        beam: 1,
+        nbest: 1,
+        max_len_a: 0.0,
+        max_len_b: max_len,
+        ..SearchConfig::for_model(model.config())
+    };
+    greedy_search(&Ensemble::single(model), sources, &cfg, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.tokens)
+        .collect()
+}
 
 /// Digits occupy ids 4..14, after the special tokens.
 const FIRST: u32 = 4;
@@ -68,9 +85,8 @@ fn learns(cfg: ModelConfig, steps: usize) {
 
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let test: Vec<EncodedPair> = (0..200).map(|_| pair(&mut rng)).collect();
-    let all: Vec<usize> = (0..test.len()).collect();
-    let bt = Batch::new(&test, &all).to_tensors(&device).unwrap();
-    let out = model.greedy(&bt.src, &bt.src_mask, 12).unwrap();
+    let sources: Vec<Vec<u32>> = test.iter().map(|p| p.src.clone()).collect();
+    let out = greedy(&model, &sources, 12);
     let exact = out.iter().zip(&test).filter(|(o, p)| **o == p.tgt).count();
     let accuracy = exact as f64 / test.len() as f64;
     println!(

@@ -175,11 +175,6 @@ impl ModelConfig {
         self.residual_from != 0 && layer + 1 >= self.residual_from && layer > 0
     }
 
-    /// The decoding bound for a source of `src_len` tokens.
-    pub fn max_decode_len(&self, src_len: usize) -> usize {
-        (self.max_decode_len_a * src_len as f32).ceil() as usize + self.max_decode_len_b
-    }
-
     /// Parses a `config.json` text; unknown keys and bad values are errors.
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text)?;

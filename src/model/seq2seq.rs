@@ -1,7 +1,7 @@
-//! The encoder–decoder: teacher-forced training forward, the encode / step API that
-//! search builds on, and greedy decoding for validation.
+//! The encoder–decoder: teacher-forced training forward and the encode / step API that
+//! search (and so the trainer's validation, see `search::greedy_search`) builds on.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
@@ -11,7 +11,6 @@ use super::decoder::{Decoder, DecoderState, OutputLayer};
 use super::dropout::Dropout;
 use super::encoder::Encoder;
 use crate::batch::BatchTensors;
-use crate::subword::{BOS_ID, EOS_ID};
 
 /// The encoded source batch, with the attention's memory side precomputed.
 #[derive(Clone, Debug)]
@@ -136,36 +135,5 @@ impl Seq2Seq {
     /// The output layer onto the whole target vocabulary.
     pub fn output_layer(&self) -> &OutputLayer {
         self.decoder.output_layer()
-    }
-
-    /// Greedy decoding: ids without BOS/EOS, at most `max_len` tokens per sentence.
-    pub fn greedy(&self, src: &Tensor, src_mask: &Tensor, max_len: usize) -> Result<Vec<Vec<u32>>> {
-        let enc = self.encode(src, src_mask)?;
-        let batch = enc.batch_size();
-        let device = src.device();
-        let mut state = self.decoder_init(&enc)?;
-        let mut prev = Tensor::full(BOS_ID, batch, device)?;
-        let mut out = vec![Vec::new(); batch];
-        let mut done = vec![false; batch];
-        for _ in 0..max_len {
-            let (log_probs, next, _) = self.decoder_step(&enc, &state, &prev, None)?;
-            let best = log_probs.argmax(D::Minus1)?;
-            for (i, id) in best.to_vec1::<u32>()?.into_iter().enumerate() {
-                if done[i] {
-                    continue;
-                }
-                if id == EOS_ID {
-                    done[i] = true;
-                } else {
-                    out[i].push(id);
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            state = next;
-            prev = best;
-        }
-        Ok(out)
     }
 }

@@ -11,8 +11,8 @@
 use candle_core::Device;
 use rayon::prelude::*;
 
-use super::ensemble::Ensemble;
-use super::{penalty, rows_tensor, top_k, with_host_f32, Hypothesis, SearchConfig};
+use super::ensemble::{Ensemble, EnsembleEncoding};
+use super::{decode_step, penalty, rows_tensor, top_k, Hypothesis, SearchConfig, Step};
 use crate::subword::{BOS_ID, EOS_ID};
 
 /// A hypothesis still being extended.
@@ -27,6 +27,8 @@ struct Live {
     attention: Vec<Vec<f32>>,
 }
 
+/// The search for one source sentence: its live hypotheses are consecutive rows of the
+/// decoder batch.
 struct Sentence {
     src_len: usize,
     max_len: usize,
@@ -34,6 +36,7 @@ struct Sentence {
     finished: Vec<Hypothesis>,
 }
 
+/// A possible extension of a live hypothesis by one token.
 struct Candidate {
     score: f32,
     log_prob: f32,
@@ -42,15 +45,169 @@ struct Candidate {
     token: u32,
 }
 
+/// This step's view of one sentence's rows of the decoder batch.
+struct SentenceRows<'a> {
+    /// The sentence's first row in the batch.
+    first: usize,
+    /// Per row (= per live hypothesis): its `2k` best columns and their log-probabilities.
+    tops: &'a [Vec<(u32, f32)>],
+    /// Per row: the attention weights over the source positions.
+    weights: &'a [Vec<f32>],
+}
+
 impl Sentence {
-    fn finish(&mut self, h: Live, score: f32, ended: bool, keep_attention: bool) {
+    /// The search before the first step: one empty hypothesis, or, when the length
+    /// bound allows no output at all, that empty output finished.
+    fn new(src_len: usize, cfg: &SearchConfig) -> Self {
+        let mut s = Self {
+            src_len,
+            max_len: cfg.max_len(src_len),
+            live: vec![Live {
+                tokens: Vec::new(),
+                log_prob: 0.0,
+                score: 0.0,
+                coverage: vec![0.0; src_len],
+                attention: Vec::new(),
+            }],
+            finished: Vec::new(),
+        };
+        if s.max_len == 0 {
+            let mut h = s.live.pop().expect("the initial hypothesis");
+            h.score = cfg.score(0.0, 0, &h.coverage);
+            s.finish(h, false, cfg.keep_attention);
+        }
+        s
+    }
+
+    fn finish(&mut self, h: Live, ended: bool, keep_attention: bool) {
         self.finished.push(Hypothesis {
             tokens: h.tokens,
             log_prob: h.log_prob,
-            score,
+            score: h.score,
             ended,
             attention: keep_attention.then_some(h.attention),
         });
+    }
+
+    /// One step of this sentence: replaces the live hypotheses by their best
+    /// continuations, finishes those that ended (or hit the length bound), and empties
+    /// the beam once the search is over. Returns the batch row each new live hypothesis
+    /// continues, in order.
+    fn advance(
+        &mut self,
+        rows: &SentenceRows,
+        enc: &EnsembleEncoding,
+        cfg: &SearchConfig,
+    ) -> Vec<u32> {
+        let steps = self.live[0].tokens.len() + 1;
+        let (candidates, coverages) = self.score_candidates(steps, rows, enc, cfg);
+        let candidates = best_candidates(candidates, 2 * cfg.beam);
+        let (mut live, mut parents, ended) = self.select(&candidates, &coverages, rows, cfg);
+        for h in ended {
+            self.finish(h, true, cfg.keep_attention);
+        }
+        if steps >= self.max_len {
+            // The length bound: what is still live ends here, unended.
+            for h in live.drain(..) {
+                self.finish(h, false, cfg.keep_attention);
+            }
+            parents.clear();
+        }
+        self.live = live;
+        if self.is_done(cfg) {
+            self.live.clear();
+            parents.clear();
+        }
+        parents.iter().map(|&p| (rows.first + p) as u32).collect()
+    }
+
+    /// Every live hypothesis' top tokens as scored candidates, with each hypothesis'
+    /// coverage after this step. All hypotheses have `steps` scored steps after it, so
+    /// the length penalty is computed once; the coverage penalty once per hypothesis.
+    fn score_candidates(
+        &self,
+        steps: usize,
+        rows: &SentenceRows,
+        enc: &EnsembleEncoding,
+        cfg: &SearchConfig,
+    ) -> (Vec<Candidate>, Vec<Vec<f32>>) {
+        let length = penalty::length_penalty(steps, cfg.alpha);
+        let mut coverages = Vec::with_capacity(self.live.len());
+        let mut candidates = Vec::with_capacity(2 * cfg.beam * self.live.len());
+        let per_row = rows.tops.iter().zip(rows.weights);
+        for (parent, (h, (top, weights))) in self.live.iter().zip(per_row).enumerate() {
+            let coverage: Vec<f32> = h.coverage.iter().zip(weights).map(|(c, w)| c + w).collect();
+            let penalties = penalty::Penalties {
+                length,
+                coverage: penalty::coverage_penalty(&coverage, cfg.beta),
+            };
+            candidates.extend(top.iter().map(|&(column, l)| {
+                let log_prob = h.log_prob + l;
+                Candidate {
+                    score: penalties.score(log_prob),
+                    log_prob,
+                    parent,
+                    token: enc.target_id(column),
+                }
+            }));
+            coverages.push(coverage);
+        }
+        (candidates, coverages)
+    }
+
+    /// Splits the ranked candidates into the new live hypotheses (the `k` best non-EOS
+    /// ones, with their parents' indices) and the hypotheses that end now (EOS among
+    /// the top `k`: an EOS ranked lower would not have survived a beam of `k`).
+    fn select(
+        &self,
+        candidates: &[Candidate],
+        coverages: &[Vec<f32>],
+        rows: &SentenceRows,
+        cfg: &SearchConfig,
+    ) -> (Vec<Live>, Vec<usize>, Vec<Live>) {
+        let k = cfg.beam;
+        let mut live = Vec::with_capacity(k);
+        let mut parents = Vec::with_capacity(k);
+        let mut ended = Vec::new();
+        for (pos, c) in candidates.iter().enumerate() {
+            let attention = &rows.weights[c.parent];
+            if c.token == EOS_ID {
+                if pos < k {
+                    ended.push(self.extend(c, None, &coverages[c.parent], attention, cfg));
+                }
+            } else if live.len() < k {
+                live.push(self.extend(c, Some(c.token), &coverages[c.parent], attention, cfg));
+                parents.push(c.parent);
+            }
+        }
+        (live, parents, ended)
+    }
+
+    /// The candidate as a hypothesis: its parent's tokens followed by `token` (`None`
+    /// for EOS, which is scored but not part of the output).
+    fn extend(
+        &self,
+        c: &Candidate,
+        token: Option<u32>,
+        coverage: &[f32],
+        attention: &[f32],
+        cfg: &SearchConfig,
+    ) -> Live {
+        let parent = &self.live[c.parent];
+        let mut tokens = parent.tokens.clone();
+        tokens.extend(token);
+        let mut rows = Vec::new();
+        if cfg.keep_attention {
+            rows = parent.attention.clone();
+            rows.push(attention[..self.src_len + 1].to_vec());
+        }
+        Live {
+            tokens,
+            log_prob: c.log_prob,
+            score: c.score,
+            coverage: coverage.to_vec(),
+            attention: rows,
+        }
     }
 
     fn is_done(&self, cfg: &SearchConfig) -> bool {
@@ -88,6 +245,71 @@ impl Sentence {
     }
 }
 
+/// The `n` best candidates, best first. Ties in score go to the higher log-probability,
+/// then to the earlier parent and the lower token, so that the order never depends on
+/// how the sort treats equal elements.
+fn best_candidates(mut candidates: Vec<Candidate>, n: usize) -> Vec<Candidate> {
+    candidates.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.log_prob.total_cmp(&a.log_prob))
+            .then(a.parent.cmp(&b.parent))
+            .then(a.token.cmp(&b.token))
+    });
+    candidates.truncate(n);
+    candidates
+}
+
+/// Row r of the decoder batch is a live hypothesis of sentence `rows[r]`: the sentence
+/// of each row, in batch order.
+fn row_sentences(sentences: &[Sentence]) -> Vec<u32> {
+    sentences
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.live.len()))
+        .collect()
+}
+
+/// The token each row feeds the decoder next: its hypothesis' last (BOS at first).
+fn last_tokens(sentences: &[Sentence]) -> Vec<u32> {
+    sentences
+        .iter()
+        .flat_map(|s| s.live.iter())
+        .map(|h| h.tokens.last().copied().unwrap_or(BOS_ID))
+        .collect()
+}
+
+/// Advances every unfinished sentence by `step`. Returns the parent row (a row of this
+/// step) of every row of the next step.
+fn advance_all(
+    sentences: &mut [Sentence],
+    step: &Step,
+    enc: &EnsembleEncoding,
+    cfg: &SearchConfig,
+) -> candle_core::Result<Vec<u32>> {
+    let mut parents: Vec<u32> = Vec::with_capacity(step.weights.len());
+    step.with_log_probs(|lp| {
+        // The row scans are independent: run them on all threads before the
+        // (sequential, cheap) bookkeeping per sentence.
+        let tops: Vec<Vec<(u32, f32)>> = lp
+            .par_chunks(step.columns())
+            .map(|row| top_k(row, 2 * cfg.beam))
+            .collect();
+        let mut first = 0;
+        for s in sentences.iter_mut().filter(|s| !s.live.is_empty()) {
+            let end = first + s.live.len();
+            let rows = SentenceRows {
+                first,
+                tops: &tops[first..end],
+                weights: &step.weights[first..end],
+            };
+            parents.extend(s.advance(&rows, enc, cfg));
+            first = end;
+        }
+    })?;
+    Ok(parents)
+}
+
 /// Beam search over `sources` (subword ids without EOS) as one batch; `nbest`
 /// hypotheses per sentence, best first.
 pub fn beam_search(
@@ -100,154 +322,29 @@ pub fn beam_search(
     if sources.is_empty() {
         return Ok(Vec::new());
     }
-    let k = cfg.beam;
-    let enc0 = ens.encode_for_search(sources, device)?;
-
+    // One encoding row per sentence; each step's batch repeats a sentence's row once
+    // per live hypothesis.
+    let per_sentence = ens.encode_for_search(sources, device)?;
     let mut sentences: Vec<Sentence> = sources
         .iter()
-        .map(|s| Sentence {
-            src_len: s.len(),
-            max_len: cfg.max_len(s.len()),
-            live: vec![Live {
-                tokens: Vec::new(),
-                log_prob: 0.0,
-                score: 0.0,
-                coverage: vec![0.0; s.len()],
-                attention: Vec::new(),
-            }],
-            finished: Vec::new(),
-        })
+        .map(|s| Sentence::new(s.len(), cfg))
         .collect();
-    for s in sentences.iter_mut().filter(|s| s.max_len == 0) {
-        let h = s.live.pop().expect("the initial hypothesis");
-        let score = cfg.score(0.0, 0, &h.coverage);
-        s.finish(h, score, false, cfg.keep_attention);
-    }
-
-    // Row r of the decoder batch is hypothesis `row_hyp[r]` of sentence `row_sentence[r]`.
-    let row_map = |sentences: &[Sentence]| -> Vec<u32> {
-        sentences
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.live.len()))
-            .collect()
-    };
-    let mut row_sentence = row_map(&sentences);
-    let mut enc = enc0.select(&rows_tensor(&row_sentence, device)?)?;
+    let mut rows = row_sentences(&sentences);
+    let mut enc = per_sentence.select(&rows_tensor(&rows, device)?)?;
     let mut state = ens.init(&enc)?;
-
-    while !row_sentence.is_empty() {
-        let prev: Vec<u32> = sentences
-            .iter()
-            .flat_map(|s| s.live.iter())
-            .map(|h| h.tokens.last().copied().unwrap_or(BOS_ID))
-            .collect();
-        let (log_probs, next, weights) = ens.step(&enc, &state, &rows_tensor(&prev, device)?)?;
-        let weights = weights
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2::<f32>()?;
-        let vocab = log_probs.dims()[1];
-
-        // Parents (rows of this step) of the rows of the next step.
-        let mut parents: Vec<u32> = Vec::with_capacity(row_sentence.len());
-        with_host_f32(&log_probs, |lp| {
-            // The row scans are independent: run them on all threads before the
-            // (sequential, cheap) bookkeeping per sentence.
-            let row_tops: Vec<Vec<(u32, f32)>> =
-                lp.par_chunks(vocab).map(|row| top_k(row, 2 * k)).collect();
-            let mut row = 0;
-            for s in sentences.iter_mut().filter(|s| !s.live.is_empty()) {
-                let first_row = row;
-                row += s.live.len();
-                let steps = s.live[0].tokens.len() + 1;
-                let lp_norm = penalty::length_penalty(steps, cfg.alpha);
-                let mut coverages = Vec::with_capacity(s.live.len());
-                let mut candidates = Vec::with_capacity(2 * k * s.live.len());
-                for (j, h) in s.live.iter().enumerate() {
-                    let r = first_row + j;
-                    let cov: Vec<f32> = h
-                        .coverage
-                        .iter()
-                        .zip(&weights[r])
-                        .map(|(c, w)| c + w)
-                        .collect();
-                    let cp = penalty::coverage_penalty(&cov, cfg.beta);
-                    for &(column, l) in &row_tops[r] {
-                        let log_prob = h.log_prob + l;
-                        candidates.push(Candidate {
-                            score: log_prob / lp_norm + cp,
-                            log_prob,
-                            parent: j,
-                            token: enc.target_id(column),
-                        });
-                    }
-                    coverages.push(cov);
-                }
-                candidates.sort_by(|a, b| {
-                    b.score
-                        .total_cmp(&a.score)
-                        .then(b.log_prob.total_cmp(&a.log_prob))
-                        .then(a.parent.cmp(&b.parent))
-                        .then(a.token.cmp(&b.token))
-                });
-                candidates.truncate(2 * k);
-
-                let extend = |c: &Candidate, token: Option<u32>| {
-                    let h = &s.live[c.parent];
-                    let mut tokens = h.tokens.clone();
-                    tokens.extend(token);
-                    let mut attention = Vec::new();
-                    if cfg.keep_attention {
-                        attention = h.attention.clone();
-                        attention.push(weights[first_row + c.parent][..s.src_len + 1].to_vec());
-                    }
-                    Live {
-                        tokens,
-                        log_prob: c.log_prob,
-                        score: c.score,
-                        coverage: coverages[c.parent].clone(),
-                        attention,
-                    }
-                };
-                let mut live = Vec::with_capacity(k);
-                let mut ended = Vec::new();
-                for (pos, c) in candidates.iter().enumerate() {
-                    if c.token == EOS_ID {
-                        if pos < k {
-                            ended.push((extend(c, None), c.score));
-                        }
-                    } else if live.len() < k {
-                        live.push((extend(c, Some(c.token)), c.score));
-                        parents.push((first_row + c.parent) as u32);
-                    }
-                }
-                for (h, score) in ended {
-                    s.finish(h, score, true, cfg.keep_attention);
-                }
-                if steps >= s.max_len {
-                    // The length bound: what is still live ends here, unended.
-                    parents.truncate(parents.len() - live.len());
-                    for (h, score) in live.drain(..) {
-                        s.finish(h, score, false, cfg.keep_attention);
-                    }
-                }
-                s.live = live.into_iter().map(|(h, _)| h).collect();
-                if s.is_done(cfg) {
-                    parents.truncate(parents.len() - s.live.len());
-                    s.live.clear();
-                }
-            }
-        })?;
-
-        let new_rows = row_map(&sentences);
-        if new_rows.is_empty() {
+    while !rows.is_empty() {
+        let step = decode_step(ens, &enc, &state, &last_tokens(&sentences), device)?;
+        let parents = advance_all(&mut sentences, &step, &enc, cfg)?;
+        let next_rows = row_sentences(&sentences);
+        if next_rows.is_empty() {
             break;
         }
-        state = next.select(&rows_tensor(&parents, device)?)?;
-        if new_rows != row_sentence {
-            enc = enc0.select(&rows_tensor(&new_rows, device)?)?;
+        state = step.state.select(&rows_tensor(&parents, device)?)?;
+        // The encoding only changes when a sentence left or its beam changed width.
+        if next_rows != rows {
+            enc = per_sentence.select(&rows_tensor(&next_rows, device)?)?;
         }
-        row_sentence = new_rows;
+        rows = next_rows;
     }
     Ok(sentences
         .into_iter()

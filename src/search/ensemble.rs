@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, ensure};
 use candle_core::{Device, Result, Tensor};
 
+use super::rows_tensor;
 use super::shortlist::{Shortlist, ShortlistSize};
-use super::{rows_tensor, source_batch};
+use crate::batch::source_tensors;
 use crate::model::{DecoderState, EncoderOutput, OutputLayer, Seq2Seq};
 
 /// The members' encodings of one source batch, with the target subwords that steps score.
@@ -123,7 +124,7 @@ impl<'m> Ensemble<'m> {
     /// Encodes `sources` (subword ids without EOS) as one batch whose steps score every
     /// target subword.
     pub fn encode(&self, sources: &[Vec<u32>], device: &Device) -> Result<EnsembleEncoding> {
-        let (src, mask) = source_batch(sources, device)?;
+        let (src, mask) = source_tensors(sources, device)?;
         Ok(EnsembleEncoding {
             members: self
                 .models

@@ -21,6 +21,8 @@ pub mod shortlist;
 use anyhow::ensure;
 use candle_core::{DType, Device, Storage, Tensor};
 
+use ensemble::{EnsembleEncoding, EnsembleState};
+
 pub use beam::beam_search;
 pub use ensemble::Ensemble;
 pub use greedy::greedy_search;
@@ -28,10 +30,9 @@ pub use rescore::force_decode;
 pub use shortlist::{Shortlist, ShortlistSize};
 
 use crate::model::ModelConfig;
-use crate::subword::{EOS_ID, PAD_ID};
 
-/// How to search. `max_len_a`/`max_len_b` bound the output at `a·|src| + b` subwords,
-/// where `|src|` counts the source subwords plus EOS (as the trainer's validation does).
+/// How to search. `max_len_a`/`max_len_b` bound the output at `⌈a·|src|⌉ + b` subwords,
+/// where `|src|` counts the source subwords plus EOS.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchConfig {
     pub beam: usize,
@@ -83,9 +84,14 @@ impl SearchConfig {
         Ok(())
     }
 
-    /// The output bound for a source of `src_subwords` subwords (EOS not counted).
+    /// The output bound for a source of `src_subwords` subwords (EOS not counted): the
+    /// one length bound of search, greedy decoding and the trainer's validation.
+    /// Saturating: `f32 as usize` already clamps a product too large for `usize` (and
+    /// NaN, which [`Self::validate`] rules out, to 0), and the sums saturate too, so a
+    /// huge `a` or `b` means "no bound" instead of wrapping round to a small one.
     pub fn max_len(&self, src_subwords: usize) -> usize {
-        (self.max_len_a * (src_subwords + 1) as f32).ceil() as usize + self.max_len_b
+        let scaled = (self.max_len_a * src_subwords.saturating_add(1) as f32).ceil() as usize;
+        scaled.saturating_add(self.max_len_b)
     }
 
     fn score(&self, log_prob: f32, len: usize, coverage: &[f32]) -> f32 {
@@ -136,22 +142,64 @@ pub fn search(
     }
 }
 
-/// The padded source batch: ids followed by EOS, PAD after; the mask is 1 on real
-/// tokens.
-fn source_batch(sources: &[Vec<u32>], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let width = sources.iter().map(|s| s.len() + 1).max().unwrap_or(1);
-    let mut ids = vec![PAD_ID; sources.len() * width];
-    let mut mask = vec![0f32; sources.len() * width];
-    for (row, s) in sources.iter().enumerate() {
-        let r = &mut ids[row * width..][..s.len() + 1];
-        r[..s.len()].copy_from_slice(s);
-        r[s.len()] = EOS_ID;
-        mask[row * width..][..s.len() + 1].fill(1.0);
+/// One decoder step of the ensemble, as greedy search, beam search and forced decoding
+/// all read it.
+struct Step {
+    /// `[rows, columns]`: over the target vocabulary, or over the columns of the
+    /// encoding's shortlist (see [`EnsembleEncoding::target_id`]).
+    log_probs: Tensor,
+    /// The decoder state after the step, row for row.
+    state: EnsembleState,
+    /// Per row, the attention weights over the source positions (subwords, EOS, then
+    /// padding), on the host: every search adds them to its coverage.
+    weights: Vec<Vec<f32>>,
+}
+
+impl Step {
+    /// Columns per row of [`Self::log_probs`].
+    fn columns(&self) -> usize {
+        self.log_probs.dims()[1]
     }
-    Ok((
-        Tensor::from_vec(ids, (sources.len(), width), device)?,
-        Tensor::from_vec(mask, (sources.len(), width), device)?,
-    ))
+
+    /// Runs `f` on the row-major log-probabilities (borrowed on the CPU, see
+    /// [`with_host_f32`]).
+    fn with_log_probs<R>(&self, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+        with_host_f32(&self.log_probs, f)
+    }
+}
+
+/// Advances every row of `state` by one step, row `r` reading the token `prev[r]`.
+fn decode_step(
+    ens: &Ensemble,
+    enc: &EnsembleEncoding,
+    state: &EnsembleState,
+    prev: &[u32],
+    device: &Device,
+) -> candle_core::Result<Step> {
+    let (log_probs, state, weights) = ens.step(enc, state, &rows_tensor(prev, device)?)?;
+    let weights = weights.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(Step {
+        log_probs,
+        state,
+        weights,
+    })
+}
+
+/// Adds one step's attention `weights` (over the source subwords, the source EOS, then
+/// padding) to a hypothesis' `coverage` (one entry per source subword: EOS is not a
+/// word to cover) and, with `keep_attention`, keeps the row (subwords and EOS).
+fn add_attention(
+    coverage: &mut [f32],
+    attention: &mut Vec<Vec<f32>>,
+    weights: &[f32],
+    keep_attention: bool,
+) {
+    for (c, w) in coverage.iter_mut().zip(weights) {
+        *c += w;
+    }
+    if keep_attention {
+        attention.push(weights[..coverage.len() + 1].to_vec());
+    }
 }
 
 /// Runs `f` on the row-major f32 contents of `t`. On the CPU the tensor's own buffer is
@@ -224,5 +272,27 @@ mod tests {
         cfg.max_len_a = 1.5;
         cfg.max_len_b = 10;
         assert_eq!(cfg.max_len(5), 19);
+    }
+
+    #[test]
+    fn huge_length_bounds_saturate() {
+        // `--max-len-a 1e30 --max-len-b 18446744073709551615`: no wrap, no panic.
+        let mut cfg = SearchConfig::for_model(&ModelConfig::default());
+        cfg.max_len_a = 1e30;
+        cfg.max_len_b = usize::MAX;
+        cfg.validate().unwrap();
+        assert_eq!(cfg.max_len(0), usize::MAX);
+        assert_eq!(cfg.max_len(7), usize::MAX);
+        assert_eq!(cfg.max_len(usize::MAX), usize::MAX);
+        cfg.max_len_b = 0;
+        assert_eq!(cfg.max_len(3), usize::MAX);
+        cfg.max_len_a = 0.0;
+        cfg.max_len_b = usize::MAX;
+        assert_eq!(cfg.max_len(3), usize::MAX);
+        cfg.max_len_a = 1.5;
+        cfg.max_len_b = usize::MAX - 1;
+        assert_eq!(cfg.max_len(1), usize::MAX);
+        // Search's stopping bound stays a number for such a length.
+        assert!(penalty::score_bound(-1.0, usize::MAX, 0.6) <= 0.0);
     }
 }

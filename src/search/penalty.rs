@@ -29,9 +29,35 @@ pub fn coverage_penalty(coverage: &[f32], beta: f32) -> f32 {
         .sum::<f32>()
 }
 
+/// The two penalties of one hypothesis: what its score adds to the log-probability.
+/// Beam search computes `length` once per step (every hypothesis of a sentence has the
+/// same length) and `coverage` once per hypothesis, then scores all the hypothesis'
+/// candidate tokens with them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalties {
+    /// `lp(Y)`, see [`length_penalty`].
+    pub length: f32,
+    /// `cp(X; Y)`, see [`coverage_penalty`].
+    pub coverage: f32,
+}
+
+impl Penalties {
+    pub fn new(len: usize, coverage: &[f32], alpha: f32, beta: f32) -> Self {
+        Self {
+            length: length_penalty(len, alpha),
+            coverage: coverage_penalty(coverage, beta),
+        }
+    }
+
+    /// `log P / lp + cp`: the one place the GNMT score is computed.
+    pub fn score(self, log_prob: f32) -> f32 {
+        log_prob / self.length + self.coverage
+    }
+}
+
 /// The GNMT score of a hypothesis.
 pub fn gnmt_score(log_prob: f32, len: usize, coverage: &[f32], alpha: f32, beta: f32) -> f32 {
-    log_prob / length_penalty(len, alpha) + coverage_penalty(coverage, beta)
+    Penalties::new(len, coverage, alpha, beta).score(log_prob)
 }
 
 /// The highest score any extension of a live hypothesis could still reach, for outputs

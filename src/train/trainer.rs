@@ -21,6 +21,7 @@ use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Seq2Seq};
+use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, TrainState,
     CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
@@ -428,13 +429,19 @@ impl Trainer {
         };
         let subset = &valid.pairs[..n];
         let mut hyps = vec![String::new(); n];
+        // The search `rnmt translate --beam 1` runs, with the model's length bound (α
+        // and β only change the scores, not greedy tokens).
+        let ens = Ensemble::single(&self.model);
+        let search = SearchConfig {
+            beam: 1,
+            nbest: 1,
+            ..SearchConfig::for_model(&self.cfg.model)
+        };
         for idx in batcher.epoch(subset, 0) {
-            let batch = Batch::new(subset, &idx);
-            let t = batch.to_tensors(&self.device)?;
-            let max_len = self.cfg.model.max_decode_len(batch.src_max_len);
-            let out = self.model.greedy(&t.src, &t.src_mask, max_len)?;
-            for (&i, ids) in idx.iter().zip(out) {
-                hyps[i] = detokenize(&ids)?;
+            let sources: Vec<Vec<u32>> = idx.iter().map(|&i| subset[i].src.clone()).collect();
+            let out = greedy_search(&ens, &sources, &search, &self.device)?;
+            for (&i, h) in idx.iter().zip(out) {
+                hyps[i] = detokenize(&h.tokens)?;
             }
         }
         let refs = vec![valid.references[..n].to_vec()];
