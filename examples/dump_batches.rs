@@ -35,7 +35,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use rnmt::batch::{Batch, TokenBatcher};
 use rnmt::model::{init_weights, save_model, Seq2Seq};
-use rnmt::subword::PreparedData;
+use rnmt::prepare::PreparedData;
 use rnmt::train::config::TrainConfig;
 use rnmt::train::loss::LabelSmoothedLoss;
 use rnmt::train::optim::{clip_scale, global_grad_norm, Adam};

@@ -5,7 +5,7 @@
 //! every line, which a character-level vocabulary with unknown characters cannot promise.
 //! The files load unchanged in Python's `tokenizers` (`Tokenizer.from_file`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -176,108 +176,6 @@ impl SubwordModel {
 /// File names of the source and target subword models in a prepared or model folder.
 pub const SOURCE_TOKENIZER: &str = "tokenizer-src.json";
 pub const TARGET_TOKENIZER: &str = "tokenizer-tgt.json";
-/// What `rnmt prepare` records about its run.
-pub const PREPARE_FILE: &str = "prepare.json";
-
-/// What `rnmt prepare` wrote into a folder: enough for the trainer to read the same
-/// corpus with the same filters and the same subword models.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PreparedManifest {
-    pub train: PathBuf,
-    pub valid: Option<PathBuf>,
-    pub src_lang: String,
-    pub tgt_lang: String,
-    pub filter: crate::corpus::FilterConfig,
-    pub subword: SubwordConfig,
-    /// The source side's vocabulary size when it differs from `subword.vocab_size`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src_vocab_size: Option<usize>,
-    pub joint_vocab: bool,
-}
-
-/// A prepared folder, loaded.
-pub struct PreparedData {
-    pub dir: PathBuf,
-    pub manifest: PreparedManifest,
-    source: SubwordModel,
-    target: SubwordModel,
-}
-
-impl PreparedData {
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join(PREPARE_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {} (is {} a folder written by `rnmt prepare`?)",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        let manifest: PreparedManifest = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid prepare manifest", path.display()))?;
-        Ok(Self {
-            source: SubwordModel::load(&dir.join(SOURCE_TOKENIZER))?,
-            target: SubwordModel::load(&dir.join(TARGET_TOKENIZER))?,
-            dir: dir.to_path_buf(),
-            manifest,
-        })
-    }
-
-    pub fn source_tokenizer(&self) -> &SubwordModel {
-        &self.source
-    }
-
-    pub fn target_tokenizer(&self) -> &SubwordModel {
-        &self.target
-    }
-
-    pub fn tokenizer_files(&self) -> [PathBuf; 2] {
-        [
-            self.dir.join(SOURCE_TOKENIZER),
-            self.dir.join(TARGET_TOKENIZER),
-        ]
-    }
-
-    /// The training corpus, read and filtered as `prepare` did.
-    pub fn read_train(&self) -> anyhow::Result<crate::corpus::ParallelCorpus> {
-        let m = &self.manifest;
-        Ok(crate::corpus::ParallelCorpus::read(
-            &m.train,
-            &m.src_lang,
-            &m.tgt_lang,
-            &m.filter,
-        )?)
-    }
-
-    /// The validation corpus, every line kept (it is scored against its references).
-    pub fn read_valid(&self) -> anyhow::Result<Option<crate::corpus::ParallelCorpus>> {
-        let m = &self.manifest;
-        match &m.valid {
-            Some(prefix) => Ok(Some(crate::corpus::ParallelCorpus::read_unfiltered(
-                prefix,
-                &m.src_lang,
-                &m.tgt_lang,
-            )?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn encode_pairs(
-        &self,
-        corpus: &crate::corpus::ParallelCorpus,
-    ) -> anyhow::Result<Vec<crate::batch::EncodedPair>> {
-        let src: Vec<&str> = corpus.sources().collect();
-        let tgt: Vec<&str> = corpus.targets().collect();
-        let src = self.source.encode_batch(&src)?;
-        let tgt = self.target.encode_batch(&tgt)?;
-        Ok(src
-            .into_iter()
-            .zip(tgt)
-            .map(|(src, tgt)| crate::batch::EncodedPair { src, tgt })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

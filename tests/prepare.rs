@@ -8,7 +8,8 @@ use std::path::Path;
 use common::*;
 use rnmt::batch::TokenBatcher;
 use rnmt::corpus::read_lines;
-use rnmt::subword::{PreparedData, SubwordConfig, SubwordKind, SubwordModel, UNK_ID};
+use rnmt::prepare::PreparedData;
+use rnmt::subword::{SubwordConfig, SubwordKind, SubwordModel, UNK_ID};
 
 fn all_lines(corpora: &Path) -> Vec<(String, Vec<String>)> {
     let mut files = Vec::new();

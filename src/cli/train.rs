@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::io::write_atomic;
-use crate::subword::PreparedData;
+use crate::prepare::PreparedData;
 use crate::train::checkpoint::list_checkpoints;
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{TrainData, Trainer, ValidSet};
