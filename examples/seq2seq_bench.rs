@@ -7,8 +7,8 @@
 //!     [--hidden 256] [--vocab 8000] [--batch 64] [--len 14] [--steps 5] \
 //!     [--attention normalized_additive] [--input-feeding] [--layers 2]
 //! ```
-//! Threads come from `RAYON_NUM_THREADS`. Sizes default to the prototype measurements of
-//! DESIGN.md (vocab 8k, batch 64 × 14, emb/hid 256).
+//! Threads come from `RAYON_NUM_THREADS`. Sizes default to config A of the README's
+//! performance section (vocab 8k, batch 64 × 14, emb/hid 256).
 
 use std::time::{Duration, Instant};
 
