@@ -118,10 +118,6 @@ impl Batch {
         self.tgt_lengths.iter().sum()
     }
 
-    pub fn source_tokens(&self) -> usize {
-        self.src_lengths.iter().sum()
-    }
-
     pub fn to_tensors(&self, device: &Device) -> Result<BatchTensors> {
         let n = self.len();
         let (src, src_mask) =

@@ -108,7 +108,7 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
 
 /// The directories searched for the default model, in order: `$RNMT_MODELS`, then the
 /// `models/` folder of the source tree this binary was built from.
-pub fn models_dirs() -> Vec<PathBuf> {
+fn models_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os(MODELS_ENV).filter(|d| !d.is_empty()) {
         dirs.push(PathBuf::from(dir));

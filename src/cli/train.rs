@@ -42,7 +42,7 @@ fn toml_string(s: &str) -> String {
 
 /// The config of `rnmt train`: the file (or the run's saved one when resuming) with
 /// the --set, --device and --threads overrides applied.
-pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
+fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut overrides = args.set.clone();
     let path = match (&args.config, &args.resume) {
         (Some(p), _) => p.clone(),

@@ -42,7 +42,7 @@ pub struct PairedResult {
 }
 
 /// `n_samples` rows of `n_lines` line indices drawn with replacement.
-pub fn resample_indices(n_lines: usize, cfg: &BootstrapConfig) -> Vec<u32> {
+fn resample_indices(n_lines: usize, cfg: &BootstrapConfig) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     (0..n_lines * cfg.n_samples)
         .map(|_| rng.random_range(0..n_lines as u32))

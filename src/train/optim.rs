@@ -65,8 +65,10 @@ impl Adam {
     }
 
     /// Like [`Adam::new`], but with the moments as tensors and the update as tensor
-    /// ops even on the CPU: the path every other device takes.
-    pub fn with_tensor_moments(vars: Vec<(String, Var)>, hp: AdamParams) -> Result<Self> {
+    /// ops even on the CPU: the path every other device takes (the twin the fused CPU
+    /// update is tested against).
+    #[cfg(test)]
+    fn with_tensor_moments(vars: Vec<(String, Var)>, hp: AdamParams) -> Result<Self> {
         Self::build(vars, hp, true)
     }
 

@@ -131,7 +131,7 @@ impl Trainer {
     }
 
     /// Continues from the checkpoint folder `dir`.
-    pub fn resume_from(cfg: TrainConfig, device: Device, dir: &Path) -> Result<Self> {
+    fn resume_from(cfg: TrainConfig, device: Device, dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let saved = crate::model::load_config(dir)?;
         if saved != cfg.model {
