@@ -18,6 +18,8 @@ if [ ! -f "$data/prepare.json" ]; then
   "$1" prepare --train "$corpora/multi30k/train" --src-lang de --tgt-lang en \
     --vocab-size 8000 --out "$data" > /dev/null
 fi
+# The figures depend on the CPU: say which one, and the SIMD flags the kernels can choose from.
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); flags:$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_vnni|avx512_bf16|amx_tile)$' | tr '\n' ' ')"
 for r in $(seq "$rounds"); do
   for bin in "$@"; do
     run=$work/ab-$(basename "$bin")-$r

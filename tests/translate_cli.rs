@@ -211,6 +211,55 @@ fn reads_and_writes_files() {
     assert!(stderr(&out).contains("nope.de"), "{}", stderr(&out));
 }
 
+/// `-i F -o F` reads F whole before replacing it (the output goes to a temporary file
+/// renamed at the end); a failed run leaves an existing output untouched.
+#[test]
+fn output_replaces_the_file_only_when_done() {
+    let tiny = tiny_model();
+    let s: Vec<&str> = tiny.sentences[20..23].iter().map(String::as_str).collect();
+    let expected = reference_translations(tiny, &s, "5");
+    let tmp = tempfile::tempdir().unwrap();
+    let same = tmp.path().join("same.txt");
+    std::fs::write(&same, s.join("\n") + "\n").unwrap();
+    ok(run(rnmt()
+        .args(model_arg(&tiny.dir))
+        .arg("-i")
+        .arg(&same)
+        .arg("-o")
+        .arg(&same)));
+    assert_eq!(
+        std::fs::read_to_string(&same).unwrap(),
+        expected.join("\n") + "\n"
+    );
+
+    let before = std::fs::read(&same).unwrap();
+    let out = run(rnmt()
+        .args(model_arg(&tiny.dir))
+        .args(["--beam", "2", "--nbest", "3"])
+        .arg("-i")
+        .arg(&same)
+        .arg("-o")
+        .arg(&same));
+    assert!(
+        !out.status.success(),
+        "n-best larger than the beam must fail"
+    );
+    assert_eq!(
+        std::fs::read(&same).unwrap(),
+        before,
+        "a failed run changed the output"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary files left behind: {leftovers:?}"
+    );
+}
+
 #[test]
 fn json_lines_hold_translation_score_nbest_and_alignment() {
     let tiny = tiny_model();
