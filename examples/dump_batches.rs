@@ -212,7 +212,7 @@ fn reference_steps(
         "steps": records,
     });
     // Without validation the schedule never sees a score, as in a benchmark run.
-    let schedule = Schedule::new(cfg.schedule_params());
+    let schedule = Schedule::new(cfg);
     let lrs: Vec<f64> = (1..=batches.len() as u64).map(|s| schedule.lr(s)).collect();
     let train = json!({
         "lr": lrs,

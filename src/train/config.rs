@@ -10,7 +10,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
 use crate::train::optim::AdamParams;
-use crate::train::schedule::{ScheduleKind, ScheduleParams};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// `lr` after warmup.
+    Constant,
+    /// `lr · sqrt(warmup / step)` after warmup.
+    InverseSqrt,
+    /// GNMT (Wu et al. 2016): constant, then from `decay_start` multiplied by
+    /// `decay_factor` every `decay_interval` steps, at most `decay_times` times.
+    Gnmt,
+    /// RNMT+ (Chen et al. 2018, one replica): constant, then from `decay_start` an
+    /// exponential decay by `decay_factor` per `decay_end - decay_start` steps.
+    RnmtPlus,
+    /// Constant, multiplied by `decay_factor` whenever validation BLEU has not improved
+    /// for `plateau_patience` validations.
+    Plateau,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -202,21 +219,6 @@ impl TrainConfig {
         crate::device::parse_device(&self.device)?;
         self.model.validate().context("in [model]")?;
         Ok(())
-    }
-
-    pub fn schedule_params(&self) -> ScheduleParams {
-        ScheduleParams {
-            kind: self.schedule,
-            lr: self.lr,
-            warmup_steps: self.warmup_steps,
-            decay_start: self.decay_start,
-            decay_end: self.decay_end,
-            decay_interval: self.decay_interval,
-            decay_times: self.decay_times,
-            decay_factor: self.decay_factor,
-            plateau_patience: self.plateau_patience,
-            min_lr: self.min_lr,
-        }
     }
 
     pub fn adam_params(&self) -> AdamParams {

@@ -4,38 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleKind {
-    /// `lr` after warmup.
-    Constant,
-    /// `lr · sqrt(warmup / step)` after warmup.
-    InverseSqrt,
-    /// GNMT (Wu et al. 2016): constant, then from `decay_start` multiplied by
-    /// `decay_factor` every `decay_interval` steps, at most `decay_times` times.
-    Gnmt,
-    /// RNMT+ (Chen et al. 2018, one replica): constant, then from `decay_start` an
-    /// exponential decay by `decay_factor` per `decay_end - decay_start` steps.
-    RnmtPlus,
-    /// Constant, multiplied by `decay_factor` whenever validation BLEU has not improved
-    /// for `plateau_patience` validations.
-    Plateau,
-}
-
-/// Schedule parameters, all top-level keys of the training config.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScheduleParams {
-    pub kind: ScheduleKind,
-    pub lr: f64,
-    pub warmup_steps: u64,
-    pub decay_start: u64,
-    pub decay_end: u64,
-    pub decay_interval: u64,
-    pub decay_times: u64,
-    pub decay_factor: f64,
-    pub plateau_patience: u64,
-    pub min_lr: f64,
-}
+pub use crate::train::config::ScheduleKind;
+use crate::train::config::TrainConfig;
 
 /// What the plateau schedule remembers between validations (saved in checkpoints).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -48,14 +18,16 @@ pub struct PlateauState {
 
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    pub p: ScheduleParams,
+    /// The schedule's keys (`schedule`, `lr`, `warmup_steps`, `decay_*`,
+    /// `plateau_patience`, `min_lr`) are top-level keys of the training config.
+    pub p: TrainConfig,
     pub plateau: PlateauState,
 }
 
 impl Schedule {
-    pub fn new(p: ScheduleParams) -> Self {
+    pub fn new(cfg: &TrainConfig) -> Self {
         Self {
-            p,
+            p: cfg.clone(),
             plateau: PlateauState {
                 scale: 1.0,
                 best: None,
@@ -73,7 +45,7 @@ impl Schedule {
         } else {
             1.0
         };
-        let decay = match p.kind {
+        let decay = match p.schedule {
             ScheduleKind::Constant => 1.0,
             ScheduleKind::InverseSqrt => {
                 (p.warmup_steps.max(1) as f64 / step.max(p.warmup_steps) as f64).sqrt()
@@ -109,7 +81,7 @@ impl Schedule {
     /// Tells the plateau schedule about a validation score (higher is better).
     /// Returns true when the learning rate was decayed.
     pub fn observe(&mut self, score: f64) -> bool {
-        if self.p.kind != ScheduleKind::Plateau {
+        if self.p.schedule != ScheduleKind::Plateau {
             return false;
         }
         let st = &mut self.plateau;
@@ -132,9 +104,9 @@ impl Schedule {
 mod tests {
     use super::*;
 
-    fn params(kind: ScheduleKind) -> ScheduleParams {
-        ScheduleParams {
-            kind,
+    fn params(kind: ScheduleKind) -> TrainConfig {
+        TrainConfig {
+            schedule: kind,
             lr: 1e-3,
             warmup_steps: 100,
             decay_start: 1000,
@@ -144,6 +116,7 @@ mod tests {
             decay_factor: 0.5,
             plateau_patience: 2,
             min_lr: 1e-5,
+            ..TrainConfig::default()
         }
     }
 
@@ -153,17 +126,17 @@ mod tests {
 
     #[test]
     fn warmup_then_schedule() {
-        let s = Schedule::new(params(ScheduleKind::Constant));
+        let s = Schedule::new(&params(ScheduleKind::Constant));
         assert!(close(s.lr(1), 1e-5));
         assert!(close(s.lr(50), 5e-4));
         assert!(close(s.lr(100), 1e-3));
         assert!(close(s.lr(100_000), 1e-3));
 
-        let s = Schedule::new(params(ScheduleKind::InverseSqrt));
+        let s = Schedule::new(&params(ScheduleKind::InverseSqrt));
         assert!(close(s.lr(100), 1e-3));
         assert!(close(s.lr(400), 5e-4));
 
-        let s = Schedule::new(params(ScheduleKind::Gnmt));
+        let s = Schedule::new(&params(ScheduleKind::Gnmt));
         assert!(close(s.lr(999), 1e-3));
         assert!(close(s.lr(1000), 5e-4));
         assert!(close(s.lr(1499), 5e-4));
@@ -171,7 +144,7 @@ mod tests {
         assert!(close(s.lr(2000), 1.25e-4));
         assert!(close(s.lr(90_000), 1.25e-4), "at most decay_times halvings");
 
-        let s = Schedule::new(params(ScheduleKind::RnmtPlus));
+        let s = Schedule::new(&params(ScheduleKind::RnmtPlus));
         assert!(close(s.lr(1000), 1e-3));
         assert!(close(s.lr(2000), 5e-4));
         assert!(close(s.lr(3000), 2.5e-4));
@@ -181,7 +154,7 @@ mod tests {
 
     #[test]
     fn plateau_decays_after_patience() {
-        let mut s = Schedule::new(params(ScheduleKind::Plateau));
+        let mut s = Schedule::new(&params(ScheduleKind::Plateau));
         assert!(!s.observe(10.0));
         assert!(!s.observe(12.0));
         assert!(!s.observe(11.0));

@@ -95,7 +95,7 @@ impl Trainer {
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
         let adam = Adam::new(named, cfg.adam_params())?;
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DROPOUT_SEED_MIX);
-        let schedule = Schedule::new(cfg.schedule_params());
+        let schedule = Schedule::new(&cfg);
         let mut state = TrainState {
             plateau: schedule.plateau.clone(),
             ..Default::default()
