@@ -31,77 +31,10 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::model::fastmath::has_avx2_fma;
+use crate::model::fastmath::{has_avx2_fma, Real};
 
 /// Added to the variance in every layer norm (PyTorch's default).
 pub const LN_EPS: f64 = 1e-5;
-
-/// The float types the kernel runs on: f32 for training, f64 for exact gradient checks.
-pub trait Real:
-    WithDType
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-{
-    fn sigmoid(self) -> Self;
-    fn tanh_(self) -> Self;
-    fn sqrt_(self) -> Self;
-}
-
-impl Real for f64 {
-    #[inline(always)]
-    fn sigmoid(self) -> Self {
-        1.0 / (1.0 + (-self).exp())
-    }
-    #[inline(always)]
-    fn tanh_(self) -> Self {
-        self.tanh()
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn sigmoid(self) -> Self {
-        1.0 / (1.0 + fast_exp(-self))
-    }
-    #[inline(always)]
-    fn tanh_(self) -> Self {
-        1.0 - 2.0 / (1.0 + fast_exp(2.0 * self))
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-}
-
-/// `exp` for f32 (Cephes `expf`, relative error ~1e-7) written so that loops calling it
-/// vectorise: libm's `expf` is an opaque call per element and would cost more than the
-/// recurrent matmul at H=256.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // Adding and subtracting 1.5·2^23 rounds to the nearest integer with plain SSE2/AVX.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = if x > 88.0 { 88.0 } else { x };
-    let x = if x < -87.0 { -87.0 } else { x };
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits((((k as i32) + 127) << 23) as u32)
-}
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
 /// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
