@@ -111,18 +111,6 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Whether the CPU has AVX2 and FMA (the LSTM kernel's own dispatch).
-pub fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Independent accumulators: a single running max or sum is a dependency chain the
 /// compiler may not reorder (float addition is not associative), which leaves the
 /// loop latency-bound; eight lanes let it use SIMD.
