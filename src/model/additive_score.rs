@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::fastmath;
+use super::fastmath::{self, Real};
 
 /// `q: [batch, steps, units]`, `k: [batch, src, units]`, `v: [units]` → scores
 /// `[batch, steps, src, heads]`; head `h` owns units `h·units/heads .. (h+1)·units/heads`.
@@ -41,26 +41,6 @@ fn composite(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>
         .reshape((b * t * s, units))?
         .matmul(&v_heads)?
         .reshape((b, t, s, heads))
-}
-
-/// The element types the fused op runs in: f32 with the vectorisable tanh, f64 exactly
-/// (gradient checks).
-trait Real: WithDType {
-    fn tanh(self) -> Self;
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn tanh(self) -> Self {
-        fastmath::tanh(self)
-    }
-}
-
-impl Real for f64 {
-    #[inline(always)]
-    fn tanh(self) -> Self {
-        f64::tanh(self)
-    }
 }
 
 struct AdditiveScore {
@@ -124,13 +104,13 @@ fn dot_tanh<T: Real>(q: &[T], k: &[T], v: &[T]) -> T {
         .iter()
         .zip(kc.remainder())
         .zip(vc.remainder())
-        .fold(T::zero(), |a, ((&q, &k), &v)| a + v * (q + k).tanh());
+        .fold(T::zero(), |a, ((&q, &k), &v)| a + v * (q + k).tanh_());
     for ((q, k), v) in qc.zip(kc).zip(vc) {
         let q: &[T; LANES] = q.try_into().expect("chunk of LANES");
         let k: &[T; LANES] = k.try_into().expect("chunk of LANES");
         let v: &[T; LANES] = v.try_into().expect("chunk of LANES");
         for l in 0..LANES {
-            acc[l] += v[l] * (q[l] + k[l]).tanh();
+            acc[l] += v[l] * (q[l] + k[l]).tanh_();
         }
     }
     acc.into_iter().fold(tail, |a, b| a + b)
@@ -276,7 +256,7 @@ fn backward_row<T: Real>(b: usize, q: &[T], k: &[T], v: &[T], g: &[T], d: Dims) 
                 let dv = &mut dv[r.clone()];
                 let (q, k, v) = (&q[r.clone()], &k[r.clone()], &v[r]);
                 for i in 0..per {
-                    let th = (q[i] + k[i]).tanh();
+                    let th = (q[i] + k[i]).tanh_();
                     dv[i] += gg * th;
                     let dpre = gg * v[i] * (T::one() - th * th);
                     dq[i] += dpre;

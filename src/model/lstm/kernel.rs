@@ -22,161 +22,43 @@
 //! shared 2-core machine). Each step's recurrent matmul is a single-threaded `gemm` call
 //! into preallocated buffers; each block's share of the `W_hh` gradient is one matmul over
 //! all its steps. Without gradients (inference) nothing is kept for backward.
+//!
+//! This file is the op itself: its inputs and output, the saved state, and the split into
+//! batch blocks. The work on one block is in `recurrence.rs` (forward) and `bptt.rs`
+//! (backward through time), each compiled for SSE2 and AVX2+FMA by `#[multiversion]`.
 
 use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::model::fastmath::has_avx2_fma;
+use super::bptt::backward_block;
+use super::recurrence::forward_block;
+use crate::model::fastmath::Real;
 
 /// Added to the variance in every layer norm (PyTorch's default).
 pub const LN_EPS: f64 = 1e-5;
 
-/// The float types the kernel runs on: f32 for training, f64 for exact gradient checks.
-pub trait Real:
-    WithDType
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-{
-    fn sigmoid(self) -> Self;
-    fn tanh_(self) -> Self;
-    fn sqrt_(self) -> Self;
-}
-
-impl Real for f64 {
-    #[inline(always)]
-    fn sigmoid(self) -> Self {
-        1.0 / (1.0 + (-self).exp())
-    }
-    #[inline(always)]
-    fn tanh_(self) -> Self {
-        self.tanh()
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn sigmoid(self) -> Self {
-        1.0 / (1.0 + fast_exp(-self))
-    }
-    #[inline(always)]
-    fn tanh_(self) -> Self {
-        1.0 - 2.0 / (1.0 + fast_exp(2.0 * self))
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-}
-
-/// `exp` for f32 (Cephes `expf`, relative error ~1e-7) written so that loops calling it
-/// vectorise: libm's `expf` is an opaque call per element and would cost more than the
-/// recurrent matmul at H=256.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // Adding and subtracting 1.5·2^23 rounds to the nearest integer with plain SSE2/AVX.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = if x > 88.0 { 88.0 } else { x };
-    let x = if x < -87.0 { -87.0 } else { x };
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let y = p * r * r + r + 1.0;
-    y * f32::from_bits((((k as i32) + 127) << 23) as u32)
-}
-
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
-/// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
-/// unsafe call below can trust them.
-fn matmul<T: Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    dst_rs: usize,
-    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        last(m, n, dst_rs, 1) < dst.len(),
-        "matmul: dst out of bounds"
-    );
-    if k > 0 {
-        assert!(
-            last(m, k, lhs_rs, lhs_cs) < lhs.len(),
-            "matmul: lhs out of bounds"
-        );
-        assert!(
-            last(k, n, rhs_rs, rhs_cs) < rhs.len(),
-            "matmul: rhs out of bounds"
-        );
-    }
-    // SAFETY: every index the call touches was bounds-checked above, and `dst` is borrowed
-    // mutably so it cannot alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            // Single-threaded: parallelism comes from splitting the batch into blocks.
-            Parallelism::None,
-        )
-    }
-}
-
 /// What backward needs from forward, laid out `[B, T, ·]` like the op's inputs so that the
 /// rows of one batch block are contiguous. Positions are indexed by time, not by processing
 /// order, so a reversed layer uses the same layout.
-struct Saved<T> {
+pub(super) struct Saved<T> {
     /// Gate activations `i, f, g, o`: `[B,T,4H]`.
-    act: Vec<T>,
+    pub(super) act: Vec<T>,
     /// State before each step: `[B,T,H]` each.
-    h_prev: Vec<T>,
-    c_prev: Vec<T>,
+    pub(super) h_prev: Vec<T>,
+    pub(super) c_prev: Vec<T>,
     /// `tanh` of the (normalised) new cell: `[B,T,H]`.
-    tanh_c: Vec<T>,
+    pub(super) tanh_c: Vec<T>,
     /// Layer norm only: the normalised input and recurrent projections `[B,T,2,4H]` and
     /// their reciprocal standard deviations `[B,T,2]`; the normalised cell `[B,T,H]` and its
     /// reciprocal standard deviation `[B,T]`.
-    gates_hat: Vec<T>,
-    gates_rstd: Vec<T>,
-    c_hat: Vec<T>,
-    c_rstd: Vec<T>,
+    pub(super) gates_hat: Vec<T>,
+    pub(super) gates_rstd: Vec<T>,
+    pub(super) c_hat: Vec<T>,
+    pub(super) c_rstd: Vec<T>,
 }
 
 enum SavedAny {
@@ -215,25 +97,25 @@ impl Store for f64 {
 
 /// The fused recurrence of one layer over one batch.
 pub struct LstmRecurrence {
-    batch: usize,
-    time: usize,
-    hidden: usize,
+    pub(super) batch: usize,
+    pub(super) time: usize,
+    pub(super) hidden: usize,
     reverse: bool,
     layer_norm: bool,
     /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
-    mask: Vec<bool>,
+    pub(super) mask: Vec<bool>,
     /// Forward keeps its intermediates only when a gradient may be asked for.
-    keep_saved: bool,
+    pub(super) keep_saved: bool,
     saved: Mutex<Option<SavedAny>>,
 }
 
 /// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
-struct LnParams<'a, T> {
-    gain_ih: &'a [T],
-    gain_hh: &'a [T],
-    gain_cell: &'a [T],
-    bias_cell: &'a [T],
+pub(super) struct LnParams<'a, T> {
+    pub(super) gain_ih: &'a [T],
+    pub(super) gain_hh: &'a [T],
+    pub(super) gain_cell: &'a [T],
+    pub(super) bias_cell: &'a [T],
 }
 
 impl LstmRecurrence {
@@ -263,7 +145,7 @@ impl LstmRecurrence {
     }
 
     /// Length of the parameter part of `aux` (bias, then layer-norm parameters).
-    fn params_len(hidden: usize, layer_norm: bool) -> usize {
+    pub(super) fn params_len(hidden: usize, layer_norm: bool) -> usize {
         if layer_norm {
             14 * hidden
         } else {
@@ -273,7 +155,7 @@ impl LstmRecurrence {
 
     /// Time positions the saved buffers hold per sequence: all of them when backward will
     /// need them, else one reused slot (inference skips storing what only backward reads).
-    fn saved_slots(&self) -> usize {
+    pub(super) fn saved_slots(&self) -> usize {
         if self.keep_saved {
             self.time
         } else {
@@ -281,7 +163,7 @@ impl LstmRecurrence {
         }
     }
 
-    fn time_at(&self, step: usize) -> usize {
+    pub(super) fn time_at(&self, step: usize) -> usize {
         if self.reverse {
             self.time - 1 - step
         } else {
@@ -289,12 +171,12 @@ impl LstmRecurrence {
         }
     }
 
-    fn bias<'a, T>(&self, aux: &'a [T]) -> &'a [T] {
+    pub(super) fn bias<'a, T>(&self, aux: &'a [T]) -> &'a [T] {
         let at = 2 * self.batch * self.hidden;
         &aux[at..at + 4 * self.hidden]
     }
 
-    fn ln_params<'a, T>(&self, aux: &'a [T]) -> Option<LnParams<'a, T>> {
+    pub(super) fn ln_params<'a, T>(&self, aux: &'a [T]) -> Option<LnParams<'a, T>> {
         let h = self.hidden;
         let at = 2 * self.batch * h + 4 * h;
         self.layer_norm.then(|| LnParams {
@@ -349,7 +231,7 @@ impl LstmRecurrence {
             c_rstd: zeros(if ln { b * slots } else { 0 }),
         };
         let jobs = s.split_blocks(&mut out, self.blocks(), (t, slots, h));
-        let run = |job: FwdBlock<T>| self.forward_block_dispatch(job, xproj, w_hh, aux);
+        let run = |job: FwdBlock<T>| forward_block(self, job, xproj, w_hh, aux);
         if jobs.len() == 1 {
             jobs.into_iter().for_each(run);
         } else {
@@ -361,86 +243,6 @@ impl LstmRecurrence {
         Ok(out)
     }
 
-    #[inline(always)]
-    fn forward_block<T: Real>(&self, job: FwdBlock<T>, xproj: &[T], w_hh: &[T], aux: &[T]) {
-        let (tl, h) = (self.time, self.hidden);
-        let g4 = 4 * h;
-        let rows = job.rows.clone();
-        let nb = rows.len();
-        let bh = self.batch * h;
-        let mut hs = aux[rows.start * h..rows.end * h].to_vec();
-        let mut cs = aux[bh + rows.start * h..bh + rows.end * h].to_vec();
-        let mut rec = vec![T::zero(); nb * g4];
-        let ln = self.ln_params(aux);
-        let bias = self.bias(aux);
-        let slots = self.saved_slots();
-        for step in 0..tl {
-            let t = self.time_at(step);
-            // rec = h · W_hhᵀ for the whole block.
-            matmul((nb, g4, h), &mut rec, g4, (&hs, h, 1), (w_hh, 1, h));
-            for i in 0..nb {
-                let b = rows.start + i;
-                let bt = i * slots + if self.keep_saved { t } else { 0 }; // row in saved buffers
-                let hrow = &mut hs[i * h..(i + 1) * h];
-                let crow = &mut cs[i * h..(i + 1) * h];
-                job.h_prev[bt * h..(bt + 1) * h].copy_from_slice(hrow);
-                job.c_prev[bt * h..(bt + 1) * h].copy_from_slice(crow);
-                let out = &mut job.out[(i * (tl + 2) + t) * h..][..h];
-                if !self.mask[b * tl + t] {
-                    continue; // state carried over, output stays zero
-                }
-                let act = &mut job.act[bt * g4..(bt + 1) * g4];
-                let xp = &xproj[(b * tl + t) * g4..][..g4];
-                let r = &rec[i * g4..(i + 1) * g4];
-                match ln {
-                    None => {
-                        for (((a, &x), &r), &bias) in act.iter_mut().zip(xp).zip(r).zip(bias) {
-                            *a = x + bias + r;
-                        }
-                    }
-                    Some(p) => {
-                        let hat = &mut job.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
-                        let (x_hat, r_hat) = hat.split_at_mut(g4);
-                        job.gates_rstd[2 * bt] = normalise(xp, x_hat);
-                        job.gates_rstd[2 * bt + 1] = normalise(r, r_hat);
-                        for (j, a) in act.iter_mut().enumerate() {
-                            *a = bias[j] + p.gain_ih[j] * x_hat[j] + p.gain_hh[j] * r_hat[j];
-                        }
-                    }
-                }
-                let tanh_c = &mut job.tanh_c[bt * h..(bt + 1) * h];
-                cell_forward(act, crow);
-                if let Some(p) = ln {
-                    let c_hat = &mut job.c_hat[bt * h..(bt + 1) * h];
-                    job.c_rstd[bt] = normalise(crow, c_hat);
-                    for (((tc, &n), &gain), &bias) in tanh_c
-                        .iter_mut()
-                        .zip(&*c_hat)
-                        .zip(p.gain_cell)
-                        .zip(p.bias_cell)
-                    {
-                        *tc = (gain * n + bias).tanh_();
-                    }
-                } else {
-                    for (tc, &c) in tanh_c.iter_mut().zip(&*crow) {
-                        *tc = c.tanh_();
-                    }
-                }
-                for ((hv, &o), &tc) in hrow.iter_mut().zip(&act[3 * h..]).zip(&*tanh_c) {
-                    *hv = o * tc;
-                }
-                out.copy_from_slice(hrow);
-            }
-        }
-        for i in 0..nb {
-            let base = i * (tl + 2) * h;
-            job.out[base + tl * h..base + (tl + 1) * h].copy_from_slice(&hs[i * h..(i + 1) * h]);
-            job.out[base + (tl + 1) * h..base + (tl + 2) * h]
-                .copy_from_slice(&cs[i * h..(i + 1) * h]);
-        }
-    }
-
-    /// Returns the gradients of `xproj`, `w_hh` and `aux` given that of the output.
     fn backward<T: Store>(
         &self,
         grad_out: &[T],
@@ -475,7 +277,7 @@ impl LstmRecurrence {
                 }
             })
             .collect();
-        let run = |job: BwdBlock<T>| self.backward_block_dispatch(job, s, grad_out, w_hh, aux);
+        let run = |job: BwdBlock<T>| backward_block(self, job, s, grad_out, w_hh, aux);
         let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
             jobs.into_iter().map(run).collect()
         } else {
@@ -496,158 +298,27 @@ impl LstmRecurrence {
         d_aux.extend_from_slice(&d_params);
         Ok((d_xproj, d_w_hh, d_aux))
     }
-
-    /// Backward through time for one batch block; returns this block's share of the
-    /// parameter gradients in `aux`'s layout (bias, then γ_ih, γ_hh, γ_cell, β_cell) and of
-    /// the gradient of `W_hh`. Each block takes its own share of `W_hh`'s gradient (one
-    /// matmul over all its steps) so the whole backward stays a single fork/join.
-    #[inline(always)]
-    fn backward_block<T: Real>(
-        &self,
-        job: BwdBlock<T>,
-        s: &Saved<T>,
-        grad_out: &[T],
-        w_hh: &[T],
-        aux: &[T],
-    ) -> (Vec<T>, Vec<T>) {
-        let (tl, h) = (self.time, self.hidden);
-        let g4 = 4 * h;
-        let rows = job.rows.clone();
-        let nb = rows.len();
-        let ln = self.ln_params(aux);
-        let one = T::one();
-        // Gradients w.r.t. the state after the current step start from the final state's.
-        let mut dh = vec![T::zero(); nb * h];
-        let mut dc = vec![T::zero(); nb * h];
-        for i in 0..nb {
-            let base = (rows.start + i) * (tl + 2) * h;
-            dh[i * h..(i + 1) * h].copy_from_slice(&grad_out[base + tl * h..base + (tl + 1) * h]);
-            dc[i * h..(i + 1) * h]
-                .copy_from_slice(&grad_out[base + (tl + 1) * h..base + (tl + 2) * h]);
-        }
-        // This block's share of the gradients of bias, γ_hh, γ_cell, β_cell (aux's layout).
-        let mut d_params = vec![T::zero(); Self::params_len(h, ln.is_some())];
-        let mut d_pre = vec![T::zero(); h]; // gradient w.r.t. the (normalised) cell before tanh
-        let mut d_hprev = vec![T::zero(); nb * h];
-        for step in (0..tl).rev() {
-            let t = self.time_at(step);
-            for i in 0..nb {
-                let b = rows.start + i;
-                if !self.mask[b * tl + t] {
-                    continue; // padding: state gradients pass through unchanged
-                }
-                let bt = b * tl + t; // row in the saved buffers
-                let lt = i * tl + t; // row in this block's output buffers
-                let act = &s.act[bt * g4..(bt + 1) * g4];
-                let (gi, rest) = act.split_at(h);
-                let (gf, rest) = rest.split_at(h);
-                let (gg, go) = rest.split_at(h);
-                let tanh_c = &s.tanh_c[bt * h..(bt + 1) * h];
-                let c_prev = &s.c_prev[bt * h..(bt + 1) * h];
-                let gout = &grad_out[(b * (tl + 2) + t) * h..][..h];
-                let dhrow = &dh[i * h..(i + 1) * h];
-                let d_gates = &mut job.d_xproj[lt * g4..(lt + 1) * g4];
-                let (d_i, rest) = d_gates.split_at_mut(h);
-                let (d_f, rest) = rest.split_at_mut(h);
-                let (d_g, d_o) = rest.split_at_mut(h);
-                for j in 0..h {
-                    let dh_total = dhrow[j] + gout[j];
-                    let (o, tc) = (go[j], tanh_c[j]);
-                    d_o[j] = dh_total * tc * o * (one - o);
-                    d_pre[j] = dh_total * o * (one - tc * tc);
-                }
-                if let Some(p) = ln {
-                    let c_hat = &s.c_hat[bt * h..(bt + 1) * h];
-                    let (_, d_cell) = d_params.split_at_mut(12 * h);
-                    let (d_gain, d_bias) = d_cell.split_at_mut(h);
-                    for j in 0..h {
-                        d_gain[j] += d_pre[j] * c_hat[j];
-                        d_bias[j] += d_pre[j];
-                        d_pre[j] *= p.gain_cell[j];
-                    }
-                    normalise_backward(&mut d_pre, c_hat, s.c_rstd[bt]);
-                }
-                let dcrow = &mut dc[i * h..(i + 1) * h];
-                for j in 0..h {
-                    let d_c = dcrow[j] + d_pre[j];
-                    let (ig, fg, gg) = (gi[j], gf[j], gg[j]);
-                    d_i[j] = d_c * gg * ig * (one - ig);
-                    d_f[j] = d_c * c_prev[j] * fg * (one - fg);
-                    d_g[j] = d_c * ig * (one - gg * gg);
-                    dcrow[j] = d_c * fg;
-                }
-                let d_gates = &job.d_xproj[lt * g4..(lt + 1) * g4];
-                for (d_b, &d_a) in d_params[..g4].iter_mut().zip(d_gates) {
-                    *d_b += d_a;
-                }
-                if let Some(p) = ln {
-                    let hat = &s.gates_hat[2 * bt * g4..2 * (bt + 1) * g4];
-                    let (x_hat, r_hat) = hat.split_at(g4);
-                    let (d_gain_ih, rest) = d_params[g4..].split_at_mut(g4);
-                    let d_gain_hh = &mut rest[..g4];
-                    let d_r = &mut job.d_rec[lt * g4..(lt + 1) * g4];
-                    let d_x = &mut job.d_xproj[lt * g4..(lt + 1) * g4];
-                    for j in 0..g4 {
-                        let d_a = d_x[j];
-                        d_gain_hh[j] += d_a * r_hat[j];
-                        d_r[j] = d_a * p.gain_hh[j];
-                        d_gain_ih[j] += d_a * x_hat[j];
-                        d_x[j] = d_a * p.gain_ih[j];
-                    }
-                    normalise_backward(d_r, r_hat, s.gates_rstd[2 * bt + 1]);
-                    normalise_backward(d_x, x_hat, s.gates_rstd[2 * bt]);
-                }
-            }
-            // d h_prev = d_rec · W_hh for the block's rows at this time step.
-            let src: &[T] = if ln.is_some() { job.d_rec } else { job.d_xproj };
-            matmul(
-                (nb, h, g4),
-                &mut d_hprev,
-                h,
-                (&src[t * g4..], tl * g4, 1),
-                (w_hh, h, 1),
-            );
-            for i in 0..nb {
-                if self.mask[(rows.start + i) * tl + t] {
-                    dh[i * h..(i + 1) * h].copy_from_slice(&d_hprev[i * h..(i + 1) * h]);
-                }
-            }
-        }
-        job.d_h0.copy_from_slice(&dh);
-        job.d_c0.copy_from_slice(&dc);
-        // dW_hh = Σ_(b,t) d_recᵀ ⊗ h_prev over this block's rows and steps.
-        let d_rec: &[T] = if ln.is_some() { job.d_rec } else { job.d_xproj };
-        let mut d_w_hh = vec![T::zero(); g4 * h];
-        matmul(
-            (g4, h, nb * tl),
-            &mut d_w_hh,
-            h,
-            (d_rec, 1, g4),
-            (&s.h_prev[rows.start * tl * h..rows.end * tl * h], h, 1),
-        );
-        (d_params, d_w_hh)
-    }
 }
 
-struct FwdBlock<'a, T> {
-    rows: Range<usize>,
-    out: &'a mut [T],
-    act: &'a mut [T],
-    h_prev: &'a mut [T],
-    c_prev: &'a mut [T],
-    tanh_c: &'a mut [T],
-    gates_hat: &'a mut [T],
-    gates_rstd: &'a mut [T],
-    c_hat: &'a mut [T],
-    c_rstd: &'a mut [T],
+pub(super) struct FwdBlock<'a, T> {
+    pub(super) rows: Range<usize>,
+    pub(super) out: &'a mut [T],
+    pub(super) act: &'a mut [T],
+    pub(super) h_prev: &'a mut [T],
+    pub(super) c_prev: &'a mut [T],
+    pub(super) tanh_c: &'a mut [T],
+    pub(super) gates_hat: &'a mut [T],
+    pub(super) gates_rstd: &'a mut [T],
+    pub(super) c_hat: &'a mut [T],
+    pub(super) c_rstd: &'a mut [T],
 }
 
-struct BwdBlock<'a, T> {
-    rows: Range<usize>,
-    d_xproj: &'a mut [T],
-    d_rec: &'a mut [T],
-    d_h0: &'a mut [T],
-    d_c0: &'a mut [T],
+pub(super) struct BwdBlock<'a, T> {
+    pub(super) rows: Range<usize>,
+    pub(super) d_xproj: &'a mut [T],
+    pub(super) d_rec: &'a mut [T],
+    pub(super) d_h0: &'a mut [T],
+    pub(super) d_c0: &'a mut [T],
 }
 
 /// Cuts the first `n` elements off `buf` (all that is left if `buf` is an unused, empty
@@ -692,110 +363,6 @@ impl<T> Saved<T> {
                 }
             })
             .collect()
-    }
-}
-
-/// The block loops are written generically and vectorise, but the default x86-64 target only
-/// allows SSE2: these entry points compile them again for AVX2+FMA, chosen at run time.
-impl LstmRecurrence {
-    fn forward_block_dispatch<T: Real>(&self, job: FwdBlock<T>, x: &[T], w: &[T], aux: &[T]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the features were detected at run time.
-            return unsafe { self.forward_block_avx2(job, x, w, aux) };
-        }
-        self.forward_block(job, x, w, aux)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_block_avx2<T: Real>(&self, job: FwdBlock<T>, x: &[T], w: &[T], aux: &[T]) {
-        self.forward_block(job, x, w, aux)
-    }
-
-    fn backward_block_dispatch<T: Real>(
-        &self,
-        job: BwdBlock<T>,
-        s: &Saved<T>,
-        g: &[T],
-        w: &[T],
-        aux: &[T],
-    ) -> (Vec<T>, Vec<T>) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the features were detected at run time.
-            return unsafe { self.backward_block_avx2(job, s, g, w, aux) };
-        }
-        self.backward_block(job, s, g, w, aux)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_block_avx2<T: Real>(
-        &self,
-        job: BwdBlock<T>,
-        s: &Saved<T>,
-        g: &[T],
-        w: &[T],
-        aux: &[T],
-    ) -> (Vec<T>, Vec<T>) {
-        self.backward_block(job, s, g, w, aux)
-    }
-}
-
-/// Gate activations in place (`i, f, o` sigmoid, `g` tanh) and the new cell `c = f·c + i·g`
-/// into `c`.
-#[inline(always)]
-fn cell_forward<T: Real>(act: &mut [T], c: &mut [T]) {
-    let h = c.len();
-    let (gi, rest) = act.split_at_mut(h);
-    let (gf, rest) = rest.split_at_mut(h);
-    let (gg, go) = rest.split_at_mut(h);
-    for j in 0..h {
-        let i = gi[j].sigmoid();
-        let f = gf[j].sigmoid();
-        let g = gg[j].tanh_();
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = go[j].sigmoid();
-        c[j] = f * c[j] + i * g;
-    }
-}
-
-/// `out = (x - mean) / sqrt(var + eps)`; returns `1 / sqrt(var + eps)`.
-#[inline(always)]
-fn normalise<T: Real>(x: &[T], out: &mut [T]) -> T {
-    let n = T::from_f64(x.len() as f64);
-    let mut sum = T::zero();
-    for &v in x {
-        sum += v;
-    }
-    let mean = sum / n;
-    let mut sq = T::zero();
-    for &v in x {
-        sq += (v - mean) * (v - mean);
-    }
-    let rstd = T::one() / (sq / n + T::from_f64(LN_EPS)).sqrt_();
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v - mean) * rstd;
-    }
-    rstd
-}
-
-/// Given `d` = gradient w.r.t. the normalised values `n` (gain already applied), turns it
-/// into the gradient w.r.t. the input: `rstd · (d - mean(d) - n · mean(d·n))`.
-#[inline(always)]
-fn normalise_backward<T: Real>(d: &mut [T], n_hat: &[T], rstd: T) {
-    let len = T::from_f64(d.len() as f64);
-    let (mut sum, mut dot) = (T::zero(), T::zero());
-    for (&dv, &n) in d.iter().zip(n_hat) {
-        sum += dv;
-        dot += dv * n;
-    }
-    let (mean, mean_dot) = (sum / len, dot / len);
-    for (dv, &n) in d.iter_mut().zip(n_hat) {
-        *dv = rstd * (*dv - mean - n * mean_dot);
     }
 }
 

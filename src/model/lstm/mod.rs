@@ -4,7 +4,9 @@
 //! with `torch.nn.LSTM` (`weight_ih`, `weight_hh`, one combined `bias`).
 //!
 //! On the CPU in f32/f64 the recurrence runs as one fused op with a hand-written backward
-//! through time (`kernel.rs`): autograd sees one node per layer call. Elsewhere (other
+//! through time: autograd sees one node per layer call. `kernel.rs` is the op (its inputs,
+//! saved state, batch blocks and threads), `recurrence.rs` the forward through time,
+//! `bptt.rs` the backward through time, `matmul.rs` the `gemm` call both use. Elsewhere (other
 //! devices and dtypes, and as the reference the tests compare against,
 //! [`Recurrence::StepByStep`]) it runs step by step with ordinary candle ops.
 //!
@@ -26,7 +28,10 @@
 //! names: `ln_ih_weight [4H]`, `ln_hh_weight [4H]`, `ln_cell_weight [H]` (gains, init 1),
 //! `ln_cell_bias [H]` (init 0).
 
+mod bptt;
 mod kernel;
+mod matmul;
+mod recurrence;
 #[cfg(test)]
 mod tests;
 
