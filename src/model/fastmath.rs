@@ -111,6 +111,31 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// `exp` for the softmaxes of the loss and of search (`log_softmax`): range reduction as in
+/// [`exp`], then a degree-6 Taylor polynomial (relative error below 5e-7 for `x` in [-87,
+/// 88]). It is kept beside [`exp`] only because every model trained so far, and the
+/// tolerances of the tests that train tiny models, come from it: switching the loss to
+/// [`exp`] changes what training learns (a tiny test model's shortlist agreement moved
+/// past its bound). Retire it together with re-measured test tolerances.
+#[inline(always)]
+pub fn softmax_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let biased = (k + (127.0 + ROUND))
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(biased << 23)
+}
+
 /// Independent accumulators: a single running max or sum is a dependency chain the
 /// compiler may not reorder (float addition is not associative), which leaves the
 /// loop latency-bound; eight lanes let it use SIMD.

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use multiversion::multiversion;
 
-use super::fastmath::{exp, lanes_fold};
+use super::fastmath::{lanes_fold, softmax_exp as exp};
 
 /// `log_softmax(logits + bias, last dim)`. `logits: [rows, vocab]` is consumed (on CPU
 /// the result is written into its storage); `bias: [vocab]`.

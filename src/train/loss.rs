@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use multiversion::multiversion;
 
-use crate::model::fastmath::{exp, lanes_fold};
+use crate::model::fastmath::{lanes_fold, softmax_exp as exp};
 
 /// The target keeps probability `1 - smoothing`; the rest is spread evenly over the
 /// other `vocab - 1` tokens. `smoothing = 0` is plain cross-entropy.
