@@ -1,32 +1,18 @@
 //! The model folder: save → load is bit-identical; bad configs and bad checkpoints give
 //! errors that name the file, the key or the tensor.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::greedy;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{
     init_weights, load_model, save_model, AttentionKind, ModelConfig, Seq2Seq, CONFIG_FILE,
     WEIGHTS_FILE,
 };
-use rnmt::search::{greedy_search, Ensemble, SearchConfig};
-
-/// Greedy decoding (at most `max_len` subwords each), as `rnmt translate --beam 1` runs it.
-fn greedy(model: &Seq2Seq, sources: &[Vec<u32>], max_len: usize) -> Vec<Vec<u32>> {
-    let cfg = SearchConfig {
-        beam: 1,
-        nbest: 1,
-        max_len_a: 0.0,
-        max_len_b: max_len,
-        ..SearchConfig::for_model(model.config())
-    };
-    greedy_search(&Ensemble::single(model), sources, &cfg, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|h| h.tokens)
-        .collect()
-}
 
 fn cfg() -> ModelConfig {
     ModelConfig {

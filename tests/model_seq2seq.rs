@@ -1,29 +1,15 @@
 //! The encoder–decoder on small random models: padding invariance, teacher forcing vs
 //! the search step API, batch reordering, reproducible dropout.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
+use common::greedy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{init_weights, AttentionKind, Bidirectional, ModelConfig, Seq2Seq};
-use rnmt::search::{greedy_search, Ensemble, SearchConfig};
-
-/// Greedy decoding (at most `max_len` subwords each), as `rnmt translate --beam 1` runs it.
-fn greedy(model: &Seq2Seq, sources: &[Vec<u32>], max_len: usize) -> Vec<Vec<u32>> {
-    let cfg = SearchConfig {
-        beam: 1,
-        nbest: 1,
-        max_len_a: 0.0,
-        max_len_b: max_len,
-        ..SearchConfig::for_model(model.config())
-    };
-    greedy_search(&Ensemble::single(model), sources, &cfg, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|h| h.tokens)
-        .collect()
-}
 
 /// Small configurations covering every wiring option.
 fn configs() -> Vec<(&'static str, ModelConfig)> {

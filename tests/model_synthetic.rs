@@ -2,32 +2,18 @@
 //! every digit through a fixed permutation — to ≥ 95 % exact match with greedy decoding,
 //! trained in a plain AdamW loop on the label-smoothed loss.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use common::greedy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{init_weights, AttentionKind, ModelConfig, Seq2Seq};
-use rnmt::search::{greedy_search, Ensemble, SearchConfig};
 use rnmt::train::loss::LabelSmoothedLoss;
-
-/// Greedy decoding (at most `max_len` subwords each), as `rnmt translate --beam 1` runs it.
-fn greedy(model: &Seq2Seq, sources: &[Vec<u32>], max_len: usize) -> Vec<Vec<u32>> {
-    let cfg = SearchConfig {
-        beam: 1,
-        nbest: 1,
-        max_len_a: 0.0,
-        max_len_b: max_len,
-        ..SearchConfig::for_model(model.config())
-    };
-    greedy_search(&Ensemble::single(model), sources, &cfg, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|h| h.tokens)
-        .collect()
-}
 
 /// Digits occupy ids 4..14, after the special tokens.
 const FIRST: u32 = 4;

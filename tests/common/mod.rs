@@ -127,3 +127,24 @@ pub fn prepared_multi30k(corpora: &Path) -> &'static Path {
     })
     .path()
 }
+
+/// Greedy decoding (at most `max_len` subwords each), as `rnmt translate --beam 1` runs it.
+pub fn greedy(model: &rnmt::model::Seq2Seq, sources: &[Vec<u32>], max_len: usize) -> Vec<Vec<u32>> {
+    let cfg = rnmt::search::SearchConfig {
+        beam: 1,
+        nbest: 1,
+        max_len_a: 0.0,
+        max_len_b: max_len,
+        ..rnmt::search::SearchConfig::for_model(model.config())
+    };
+    rnmt::search::greedy_search(
+        &rnmt::search::Ensemble::single(model),
+        sources,
+        &cfg,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|h| h.tokens)
+    .collect()
+}
