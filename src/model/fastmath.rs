@@ -89,13 +89,19 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    // 2^k from the bits of k + 127 + ROUND, whose low mantissa bits hold k + 127. A float →
-    // int `as` cast gives the same bits but saturates lane by lane, which made the whole
-    // function twice as slow.
+    y * pow2(k)
+}
+
+/// `2^k` for an integral `k` in [-127, 128], from the bits of `k + 127 + ROUND`, whose low
+/// mantissa bits hold `k + 127`. A float → int `as` cast gives the same bits but saturates
+/// lane by lane, which made `exp` twice as slow.
+#[inline(always)]
+fn pow2(k: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
     let biased = (k + (127.0 + ROUND))
         .to_bits()
         .wrapping_sub(ROUND.to_bits());
-    y * f32::from_bits(biased << 23)
+    f32::from_bits(biased << 23)
 }
 
 /// `tanh(x) = 1 - 2 / (1 + exp(2x))`: absolute error below 1e-6 (relative error grows
@@ -130,10 +136,7 @@ pub fn softmax_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let biased = (k + (127.0 + ROUND))
-        .to_bits()
-        .wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(biased << 23)
+    p * pow2(k)
 }
 
 /// Independent accumulators: a single running max or sum is a dependency chain the
