@@ -69,6 +69,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // The vocabularies are the tokenizers': the config cannot disagree with them.
     cfg.model.src_vocab_size = prepared.source_tokenizer().vocab_size();
     cfg.model.tgt_vocab_size = prepared.target_tokenizer().vocab_size();
+    cfg.model.src_lang = Some(prepared.manifest.src_lang.clone());
+    cfg.model.tgt_lang = Some(prepared.manifest.tgt_lang.clone());
     cfg.validate()?;
 
     let train_corpus = prepared.read_train()?;

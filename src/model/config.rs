@@ -74,6 +74,13 @@ pub struct ModelConfig {
     /// BLEU and gains the Tatoeba en→de model 0.3).
     pub decode_alpha: f32,
     pub decode_beta: f32,
+    /// Language codes of the source and target text (ISO 639-1, as given to `rnmt
+    /// prepare`): the sentence splitter's rules and the server's language pairs come
+    /// from them. Older model folders have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_lang: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tgt_lang: Option<String>,
 }
 
 impl Default for ModelConfig {
@@ -97,6 +104,8 @@ impl Default for ModelConfig {
             max_decode_len_b: 10,
             decode_alpha: 0.6,
             decode_beta: 0.2,
+            src_lang: None,
+            tgt_lang: None,
         }
     }
 }
