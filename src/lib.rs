@@ -14,6 +14,7 @@ pub mod model;
 pub mod plot;
 pub mod prepare;
 pub mod search;
+pub mod serve;
 pub mod subword;
 pub mod train;
 pub mod translate;

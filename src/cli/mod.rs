@@ -7,6 +7,7 @@ pub mod bleu;
 pub mod corpus;
 pub mod plot;
 pub mod prepare;
+pub mod serve;
 pub mod shortlist;
 pub mod train;
 pub mod translate;
@@ -47,6 +48,11 @@ enum Command {
         after_help = "Example:\n  rnmt translate \"Der Hund jagt die Katze.\"\n  rnmt translate < input.de > output.en"
     )]
     Translate(translate::TranslateArgs),
+    /// Serve the models over HTTP: the LibreTranslate API, a native API and a web page.
+    #[command(
+        after_help = "Example:\n  rnmt serve --port 5000\n  curl -s localhost:5000/translate -H 'Content-Type: application/json' \\\n    -d '{\"q\": \"Der Hund jagt die Katze.\", \"source\": \"de\", \"target\": \"en\"}'"
+    )]
+    Serve(serve::ServeArgs),
     /// Learn a lexical shortlist for `rnmt translate --shortlist` (IBM Model 1 on a corpus).
     #[command(
         after_help = "Example:\n  rnmt shortlist -m models/tatoeba-de-en --train tatoeba-deu-eng/train --src-lang de --tgt-lang en"
@@ -89,6 +95,7 @@ impl Cli {
             Command::Average(args) => average::run(&args),
             Command::Plot(args) => plot::run(&args),
             Command::Translate(args) => translate::run(&args),
+            Command::Serve(args) => serve::run(&args),
             Command::Shortlist(args) => shortlist::run(&args),
             Command::Bleu(args) => bleu::run(&args),
             Command::Corpus(command) => corpus::run(&command),

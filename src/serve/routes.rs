@@ -1,0 +1,514 @@
+//! The LibreTranslate-compatible API: the endpoints, their parameters (JSON, urlencoded
+//! or multipart forms, the query string) and their error shapes and messages.
+//!
+//! LibreTranslate answers every error as `{"error": message}`; its messages and status
+//! codes are kept word for word so that clients that show or match them keep working.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, Multipart, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::limits::Refusal;
+use super::state::{AppState, Served};
+use super::text::{Format, Segmented};
+use crate::translate::Translation;
+
+/// An error response: `{"error": message}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn missing(name: &str) -> Self {
+        Self::bad_request(format!("Invalid request: missing {name} parameter"))
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// The number of sentences a response translated, for the request log.
+#[derive(Clone, Copy, Debug)]
+pub struct SentenceCount(pub usize);
+
+/// A request's parameters, from its body (JSON object, urlencoded or multipart form) and
+/// its query string (used for names the body does not give, as Flask's `request.values`
+/// merges them).
+#[derive(Debug, Default)]
+pub struct Params {
+    values: Map<String, Value>,
+    /// The body was JSON: `q` may be a list, and line endings are kept as sent.
+    pub is_json: bool,
+}
+
+impl Params {
+    pub async fn read(req: Request, body_limit: usize) -> ApiResult<Self> {
+        let (parts, body) = req.into_parts();
+        let mut params = Params::default();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let bytes = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body too large (the limit is {body_limit} bytes)"),
+            )
+        })?;
+        if mime == "application/json" || mime.ends_with("+json") {
+            params.is_json = true;
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) => params.values = map,
+                _ => return Err(ApiError::bad_request("Invalid JSON format")),
+            }
+        } else if mime == "application/x-www-form-urlencoded" {
+            for (k, v) in form_urlencoded::parse(&bytes) {
+                params
+                    .values
+                    .entry(k.into_owned())
+                    .or_insert(Value::String(v.into_owned()));
+            }
+        } else if mime == "multipart/form-data" {
+            let req = Request::from_parts(parts.clone(), Body::from(bytes));
+            let mut form = Multipart::from_request(req, &())
+                .await
+                .map_err(|e| ApiError::bad_request(format!("Invalid multipart form: {e}")))?;
+            loop {
+                let field = match form.next_field().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid multipart form: {e}"
+                        )))
+                    }
+                };
+                let Some(name) = field.name().map(str::to_string) else {
+                    continue;
+                };
+                let text = field.text().await.map_err(|e| {
+                    ApiError::bad_request(format!("Invalid multipart form field {name}: {e}"))
+                })?;
+                params.values.entry(name).or_insert(Value::String(text));
+            }
+        }
+        // Other bodies (a GET's urlencoded nothing, plain text) carry no parameters.
+        if let Some(query) = parts.uri.query() {
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                params
+                    .values
+                    .entry(k.into_owned())
+                    .or_insert(Value::String(v.into_owned()));
+            }
+        }
+        Ok(params)
+    }
+
+    /// A parameter as text (numbers and booleans of JSON bodies as written); absent,
+    /// null and empty are `None`.
+    pub fn text(&self, name: &str) -> Option<String> {
+        match self.values.get(name)? {
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
+    }
+
+    /// `q`: one text, or (JSON) a list of texts; `Ok(None)` when missing or empty.
+    pub fn texts(&self) -> ApiResult<Option<(Vec<String>, bool)>> {
+        let texts = match self.values.get("q") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) if s.is_empty() => return Ok(None),
+            Some(Value::String(s)) => (vec![s.clone()], false),
+            Some(Value::Array(items)) if items.is_empty() => return Ok(None),
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "Invalid request: q must be a string or a list of strings",
+                        )
+                    })?;
+                (texts, true)
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Invalid request: q must be a string or a list of strings",
+                ))
+            }
+        };
+        Ok(Some(texts))
+    }
+}
+
+fn client_address(req: &Request) -> String {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// The key check (403) and the rate limit (429), before any work.
+fn admit(state: &AppState, params: &Params, client: &str) -> ApiResult<()> {
+    let key = params.text("api_key").unwrap_or_default();
+    state.limits.admit(&key, client).map_err(|r| match r {
+        Refusal::InvalidKey => ApiError::new(StatusCode::FORBIDDEN, "Invalid API key"),
+        Refusal::Slowdown(n) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Slowdown: {n} per 1 minute"),
+        ),
+    })
+}
+
+/// Reads and admits a request of a rate-limited endpoint.
+pub async fn admitted_params(state: &AppState, req: Request) -> ApiResult<Params> {
+    let client = client_address(&req);
+    let params = Params::read(req, state.options.body_limit()).await?;
+    admit(state, &params, &client)?;
+    Ok(params)
+}
+
+/// `POST /translate`.
+pub async fn translate(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match translate_request(&state, req).await {
+        Ok((value, sentences)) => {
+            let mut response = Json(value).into_response();
+            response.extensions_mut().insert(SentenceCount(sentences));
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, usize)> {
+    let params = admitted_params(state, req).await?;
+    let opts = &state.options;
+    let Some((mut texts, is_list)) = params.texts()? else {
+        return Err(ApiError::missing("q"));
+    };
+    let source = params
+        .text("source")
+        .ok_or_else(|| ApiError::missing("source"))?;
+    let target = params
+        .text("target")
+        .ok_or_else(|| ApiError::missing("target"))?;
+    let alternatives = match params.get("alternatives") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => n.as_f64().map_or(0, |f| f.max(0.0) as usize),
+        Some(Value::String(s)) if s.trim().is_empty() => 0,
+        Some(Value::String(s)) => {
+            s.trim()
+                .parse::<i64>()
+                .map(|n| n.max(0) as usize)
+                .map_err(|_| {
+                    ApiError::bad_request("Invalid request: alternatives parameter is not a number")
+                })?
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid request: alternatives parameter is not a number",
+            ))
+        }
+    };
+    if alternatives > opts.alternatives_limit {
+        return Err(ApiError::bad_request(format!(
+            "Invalid request: alternatives parameter must be <= {}",
+            opts.alternatives_limit
+        )));
+    }
+    if !params.is_json {
+        // Forms may send CRLF line endings; counting characters needs one convention.
+        for t in &mut texts {
+            *t = normalize_line_endings(t);
+        }
+    }
+    if is_list && texts.len() > opts.batch_limit {
+        return Err(ApiError::bad_request(format!(
+            "Invalid request: request ({}) exceeds text limit ({})",
+            texts.len(),
+            opts.batch_limit
+        )));
+    }
+    for t in &texts {
+        let chars = t.chars().count();
+        if chars > opts.char_limit {
+            return Err(ApiError::bad_request(format!(
+                "Invalid request: request ({chars}) exceeds text limit ({})",
+                opts.char_limit
+            )));
+        }
+    }
+    let detected = (source == "auto").then(|| state.detect(&texts.join("\n")));
+    let source = match &detected {
+        Some((code, _)) => code.clone(),
+        None => source,
+    };
+    let Some(src_lang) = state.language(&source) else {
+        return Err(ApiError::bad_request(format!("{source} is not supported")));
+    };
+    let Some(tgt_lang) = state.language(&target) else {
+        return Err(ApiError::bad_request(format!("{target} is not supported")));
+    };
+    let format = match params.text("format").as_deref() {
+        None | Some("text") => Format::Text,
+        Some("html") => Format::Html,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "{other} format is not supported"
+            )))
+        }
+    };
+    let Some(pair_index) = state
+        .pairs
+        .iter()
+        .position(|p| p.source == source && p.target == target)
+    else {
+        return Err(ApiError::bad_request(format!(
+            "{} ({}) is not available as a target language from {} ({})",
+            tgt_lang.name, tgt_lang.code, src_lang.name, src_lang.code
+        )));
+    };
+    let served = served_model(state, pair_index)?;
+    if opts.log_text {
+        tracing::info!(source = %source, target = %target, texts = ?texts, "translate");
+    }
+    let (segmented, translations) = translate_texts(served, &texts, format).await?;
+    let sentences: usize = segmented.iter().map(|s| s.sentences().len()).sum();
+    let mut outputs = Vec::with_capacity(texts.len());
+    let mut alternative_lists = Vec::with_capacity(texts.len());
+    for (seg, tr) in segmented.iter().zip(&translations) {
+        let best = seg.assemble(tr, 0);
+        // HTML keeps its markup around the best translation only (as LibreTranslate,
+        // which gives no alternatives for HTML).
+        let mut alts: Vec<String> = Vec::new();
+        if format == Format::Text {
+            for k in 1..=alternatives {
+                let alt = seg.assemble(tr, k);
+                if alt != best && !alt.is_empty() && !alts.contains(&alt) {
+                    alts.push(alt);
+                }
+            }
+        }
+        outputs.push(best);
+        alternative_lists.push(alts);
+    }
+    let detected_value =
+        detected.map(|(code, confidence)| json!({"confidence": confidence, "language": code}));
+    let mut out = Map::new();
+    if is_list {
+        out.insert("translatedText".into(), json!(outputs));
+        if let Some(d) = detected_value {
+            out.insert("detectedLanguage".into(), json!(vec![d; texts.len()]));
+        }
+        if alternatives > 0 {
+            out.insert("alternatives".into(), json!(alternative_lists));
+        }
+    } else {
+        out.insert("translatedText".into(), json!(outputs[0]));
+        if let Some(d) = detected_value {
+            out.insert("detectedLanguage".into(), d);
+        }
+        if alternatives > 0 {
+            out.insert("alternatives".into(), json!(alternative_lists[0]));
+        }
+    }
+    Ok((Value::Object(out), sentences))
+}
+
+/// The model of `state.pairs[index]`, or a 503 while the models load.
+pub fn served_model(state: &AppState, index: usize) -> ApiResult<&Served> {
+    state
+        .models()
+        .map(|m| &m[index])
+        .ok_or_else(|| ApiError::unavailable("The models are still loading; retry in a moment"))
+}
+
+/// Cuts `texts` into sentences, has the model's batcher translate all of them (in one
+/// submission, so they share batches with each other and with other requests) and gives
+/// each text its sentences' translations.
+pub async fn translate_texts(
+    served: &Served,
+    texts: &[String],
+    format: Format,
+) -> ApiResult<(Vec<Segmented>, Vec<Vec<Translation>>)> {
+    let segmented: Vec<Segmented> = texts
+        .iter()
+        .map(|t| Segmented::new(&served.translator, t, format))
+        .collect::<anyhow::Result<_>>()
+        .map_err(|e| ApiError::bad_request(format!("Invalid request: {e:#}")))?;
+    let all: Vec<String> = segmented
+        .iter()
+        .flat_map(|s| s.sentences().iter().cloned())
+        .collect();
+    let pending = served.batcher.submit(all).map_err(|_| {
+        ApiError::unavailable("The server is busy (its translation queue is full); retry later")
+    })?;
+    let mut translations = pending
+        .wait()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .into_iter();
+    let per_text = segmented
+        .iter()
+        .map(|s| translations.by_ref().take(s.sentences().len()).collect())
+        .collect();
+    Ok((segmented, per_text))
+}
+
+/// `\r\n` and `\r` become `\n` and a final line break goes, as LibreTranslate normalises
+/// form input before counting characters.
+fn normalize_line_endings(text: &str) -> String {
+    let unix = text.replace("\r\n", "\n").replace('\r', "\n");
+    unix.lines().collect::<Vec<_>>().join("\n")
+}
+
+/// `POST /detect`.
+pub async fn detect(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let result = async {
+        let params = admitted_params(&state, req).await?;
+        let Some((texts, _)) = params.texts()? else {
+            return Err(ApiError::missing("q"));
+        };
+        if state.options.log_text {
+            tracing::info!(texts = ?texts, "detect");
+        }
+        let (code, confidence) = state.detect(&texts.join("\n"));
+        Ok(json!([{ "confidence": confidence, "language": code }]))
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /languages`: every language with the targets it translates into. A body is
+/// ignored (LibreTranslate's Python client sends an empty form with its GET).
+pub async fn languages(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .languages
+        .iter()
+        .map(|l| {
+            let targets: Vec<&str> = state
+                .pairs
+                .iter()
+                .filter(|p| p.source == l.code)
+                .map(|p| p.target.as_str())
+                .collect();
+            json!({ "code": l.code, "name": l.name, "targets": targets })
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /frontend/settings`: what LibreTranslate's web page reads at start.
+pub async fn frontend_settings(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let opts = &state.options;
+    let first = &state.pairs[0];
+    let lang = |code: &str| {
+        let l = state.language(code).expect("a served language");
+        json!({ "code": l.code, "name": l.name })
+    };
+    Json(json!({
+        "charLimit": opts.char_limit,
+        "frontendTimeout": opts.frontend_timeout_ms,
+        "apiKeys": state.limits.keys_enabled(),
+        "keyRequired": false,
+        "suggestions": false,
+        "filesTranslation": false,
+        "supportedFilesFormat": [],
+        "language": { "source": lang(&first.source), "target": lang(&first.target) },
+    }))
+}
+
+/// `GET /health`: 200 once the models are loaded, 503 before.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.models().is_some() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "loading" })),
+        )
+            .into_response()
+    }
+}
+
+/// `/translate_file` and `/suggest`: not built yet.
+pub async fn not_implemented(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("{} is not supported by this server", req.uri().path()),
+    )
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Not Found: {}", req.uri().path()),
+    )
+}
+
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn form_line_endings_are_normalised_as_libretranslate_does() {
+        assert_eq!(super::normalize_line_endings("a\r\nb\rc\n"), "a\nb\nc");
+        assert_eq!(super::normalize_line_endings("a\n\nb"), "a\n\nb");
+    }
+}
