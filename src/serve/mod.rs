@@ -13,6 +13,7 @@ pub mod metrics;
 mod routes;
 mod state;
 mod text;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/suggest", any(routes::not_implemented))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
+    if state.options.web_page {
+        app = app.merge(web::routes());
+    }
     if state.options.cors {
         // As LibreTranslate: any origin may call the API from a browser.
         app = app.layer(
