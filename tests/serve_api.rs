@@ -683,3 +683,167 @@ fn models_without_or_with_the_same_language_pair_are_errors() {
         .to_string();
     assert!(e.contains("both translate de→en"), "{e}");
 }
+
+#[tokio::test]
+async fn native_api_gives_nbest_alignments_attention_and_timings() {
+    let (status, body) = call(
+        &SERVER,
+        post_json(
+            "/v1/translate",
+            json!({"q": DE, "source": "de", "target": "en", "nbest": 3, "attention": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let best = direct(0, DE);
+    assert_eq!(body["source"], "de");
+    assert_eq!(body["target"], "en");
+    assert_eq!(body["results"]["translatedText"], best.translation);
+    let sentences = body["results"]["sentences"].as_array().unwrap();
+    assert_eq!(sentences.len(), 1);
+    let s = &sentences[0];
+    assert_eq!(s["source"], DE);
+    assert_eq!(s["translation"], best.translation);
+    assert!((s["score"].as_f64().unwrap() - f64::from(best.score)).abs() < 1e-4);
+    let nbest = s["nbest"].as_array().unwrap();
+    assert_eq!(nbest.len(), 3);
+    assert_eq!(nbest[0]["translation"], best.translation);
+    let scores: Vec<f64> = nbest.iter().map(|e| e["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // Word alignments: Pharaoh pairs within both sentences' word counts.
+    let (src_words, tgt_words) = (
+        DE.split_whitespace().count(),
+        best.translation.split_whitespace().count(),
+    );
+    let alignment = s["alignment"].as_str().unwrap();
+    assert!(!alignment.is_empty());
+    for pair in alignment.split(' ') {
+        let (i, j) = pair.split_once('-').unwrap();
+        assert!(i.parse::<usize>().unwrap() < src_words, "{alignment}");
+        assert!(j.parse::<usize>().unwrap() < tgt_words, "{alignment}");
+    }
+    // Attention: one row per target subword, over every source subword, each summing to 1.
+    let att = &s["attention"];
+    let (src, tgt) = (
+        att["source"].as_array().unwrap().len(),
+        att["target"].as_array().unwrap().len(),
+    );
+    let weights = att["weights"].as_array().unwrap();
+    assert_eq!(weights.len(), tgt);
+    for row in weights {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .collect();
+        assert_eq!(row.len(), src);
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-3, "{row:?}");
+    }
+    for key in ["parse_ms", "translate_ms", "total_ms"] {
+        assert!(body["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
+    }
+
+    // A list, auto-detected, without attention.
+    let (status, body) = call(
+        &SERVER,
+        post_json(
+            "/v1/translate",
+            json!({"q": [DE, "Guten Morgen."], "source": "auto", "target": "en"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 2);
+    assert_eq!(body["detectedLanguage"]["language"], "de");
+    let s = &body["results"][0]["sentences"][0];
+    assert!(s.get("attention").is_none());
+    assert_eq!(s["nbest"].as_array().unwrap().len(), 1);
+    // The same errors as /translate, and the n-best limit.
+    let (status, body) = call(
+        &SERVER,
+        post_json(
+            "/v1/translate",
+            json!({"q": DE, "source": "de", "target": "en", "nbest": 5}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::BAD_REQUEST,
+            error("Invalid request: nbest parameter must be <= 4")
+        )
+    );
+    let (status, body) = call(
+        &SERVER,
+        post_json("/v1/translate", json!({"source": "de", "target": "en"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::BAD_REQUEST,
+            error("Invalid request: missing q parameter")
+        )
+    );
+}
+
+#[tokio::test]
+async fn openapi_documents_every_endpoint() {
+    let (status, body) = call(
+        &SERVER,
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/translate",
+        "/detect",
+        "/languages",
+        "/frontend/settings",
+        "/health",
+        "/metrics",
+        "/v1/translate",
+        "/translate_file",
+        "/suggest",
+    ] {
+        assert!(body["paths"].get(path).is_some(), "{path} undocumented");
+    }
+}
+
+#[tokio::test]
+async fn the_web_page_is_built_in_unless_turned_off() {
+    for (path, mime, needle) in [
+        ("/", "text/html", "<title>rnmt"),
+        ("/static/app.js", "text/javascript", "/translate"),
+        ("/static/style.css", "text/css", "@media"),
+    ] {
+        let response = router(Arc::clone(&SERVER))
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let ct = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with(mime), "{path}: {ct}");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(needle), "{path}");
+        // Nothing from elsewhere: the page works offline.
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("https://"),
+            "{path}"
+        );
+    }
+    let mut options = ServeOptions::new(shipped_models());
+    options.web_page = false;
+    let state = Arc::new(AppState::new(options).unwrap());
+    let (status, body) = call(&state, Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
+}

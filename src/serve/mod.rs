@@ -10,6 +10,7 @@
 pub mod batcher;
 pub mod limits;
 pub mod metrics;
+mod native;
 mod routes;
 mod state;
 mod text;
@@ -43,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/frontend/settings", get(routes::frontend_settings))
         .route("/health", get(routes::health))
         .route("/metrics", get(metrics_text))
+        .route("/v1/translate", post(native::translate))
+        .route("/openapi.json", get(native::openapi))
         .route("/translate_file", any(routes::not_implemented))
         .route("/suggest", any(routes::not_implemented))
         .fallback(routes::not_found)

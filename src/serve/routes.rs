@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::batcher::Batcher;
 use super::limits::Refusal;
 use super::state::{AppState, Served};
 use super::text::{Format, Segmented};
@@ -224,8 +225,51 @@ pub async fn translate(State(state): State<Arc<AppState>>, req: Request) -> Resp
     }
 }
 
-async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, usize)> {
-    let params = admitted_params(state, req).await?;
+/// What every translating endpoint reads: the texts, the language pair, the format,
+/// checked against the limits in LibreTranslate's order.
+pub struct TextRequest {
+    pub texts: Vec<String>,
+    /// `q` was a list (the answer is one too).
+    pub is_list: bool,
+    pub source: String,
+    pub target: String,
+    pub pair_index: usize,
+    pub format: Format,
+    /// With `source: auto`: the detected language and its confidence (percent).
+    pub detected: Option<(String, f64)>,
+    /// The count parameter the endpoint asked for (`alternatives`, `nbest`).
+    pub count: usize,
+}
+
+/// `name` as a count from 0 to `limit` (LibreTranslate's `alternatives` rules: absent
+/// is 0, negative is 0, text must be a number).
+fn count_param(params: &Params, name: &str, default: usize, limit: usize) -> ApiResult<usize> {
+    let not_a_number =
+        || ApiError::bad_request(format!("Invalid request: {name} parameter is not a number"));
+    let n = match params.get(name) {
+        None | Some(Value::Null) => default,
+        Some(Value::Number(n)) => n.as_f64().map_or(default, |f| f.max(0.0) as usize),
+        Some(Value::String(s)) if s.trim().is_empty() => default,
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(|n| n.max(0) as usize)
+            .map_err(|_| not_a_number())?,
+        Some(_) => return Err(not_a_number()),
+    };
+    if n > limit {
+        return Err(ApiError::bad_request(format!(
+            "Invalid request: {name} parameter must be <= {limit}"
+        )));
+    }
+    Ok(n)
+}
+
+pub fn text_request(
+    state: &AppState,
+    params: &Params,
+    count: (&str, usize, usize),
+) -> ApiResult<TextRequest> {
     let opts = &state.options;
     let Some((mut texts, is_list)) = params.texts()? else {
         return Err(ApiError::missing("q"));
@@ -236,30 +280,8 @@ async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, 
     let target = params
         .text("target")
         .ok_or_else(|| ApiError::missing("target"))?;
-    let alternatives = match params.get("alternatives") {
-        None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => n.as_f64().map_or(0, |f| f.max(0.0) as usize),
-        Some(Value::String(s)) if s.trim().is_empty() => 0,
-        Some(Value::String(s)) => {
-            s.trim()
-                .parse::<i64>()
-                .map(|n| n.max(0) as usize)
-                .map_err(|_| {
-                    ApiError::bad_request("Invalid request: alternatives parameter is not a number")
-                })?
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "Invalid request: alternatives parameter is not a number",
-            ))
-        }
-    };
-    if alternatives > opts.alternatives_limit {
-        return Err(ApiError::bad_request(format!(
-            "Invalid request: alternatives parameter must be <= {}",
-            opts.alternatives_limit
-        )));
-    }
+    let (count_name, count_default, count_limit) = count;
+    let count = count_param(params, count_name, count_default, count_limit)?;
     if !params.is_json {
         // Forms may send CRLF line endings; counting characters needs one convention.
         for t in &mut texts {
@@ -312,11 +334,36 @@ async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, 
             tgt_lang.name, tgt_lang.code, src_lang.name, src_lang.code
         )));
     };
-    let served = served_model(state, pair_index)?;
     if opts.log_text {
-        tracing::info!(source = %source, target = %target, texts = ?texts, "translate");
+        tracing::info!(source = %source, target = %target, texts = ?texts, "texts");
     }
-    let (segmented, translations) = translate_texts(served, &texts, format).await?;
+    Ok(TextRequest {
+        texts,
+        is_list,
+        source,
+        target,
+        pair_index,
+        format,
+        detected,
+        count,
+    })
+}
+
+async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, usize)> {
+    let params = admitted_params(state, req).await?;
+    let limit = state.options.alternatives_limit;
+    let TextRequest {
+        texts,
+        is_list,
+        pair_index,
+        format,
+        detected,
+        count: alternatives,
+        ..
+    } = text_request(state, &params, ("alternatives", 0, limit))?;
+    let served = served_model(state, pair_index)?;
+    let (segmented, translations) =
+        translate_texts(served, &served.batcher, &texts, format).await?;
     let sentences: usize = segmented.iter().map(|s| s.sentences().len()).sum();
     let mut outputs = Vec::with_capacity(texts.len());
     let mut alternative_lists = Vec::with_capacity(texts.len());
@@ -372,6 +419,7 @@ pub fn served_model(state: &AppState, index: usize) -> ApiResult<&Served> {
 /// each text its sentences' translations.
 pub async fn translate_texts(
     served: &Served,
+    batcher: &Batcher,
     texts: &[String],
     format: Format,
 ) -> ApiResult<(Vec<Segmented>, Vec<Vec<Translation>>)> {
@@ -384,7 +432,7 @@ pub async fn translate_texts(
         .iter()
         .flat_map(|s| s.sentences().iter().cloned())
         .collect();
-    let pending = served.batcher.submit(all).map_err(|_| {
+    let pending = batcher.submit(all).map_err(|_| {
         ApiError::unavailable("The server is busy (its translation queue is full); retry later")
     })?;
     let mut translations = pending

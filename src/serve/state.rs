@@ -11,7 +11,7 @@ use candle_core::Device;
 use super::batcher::{Batcher, BatcherOptions};
 use super::limits::{ApiKeys, Limits};
 use super::metrics::Metrics;
-use crate::translate::{TranslateOptions, Translator};
+use crate::translate::{AlignUnit, TranslateOptions, Translator};
 
 /// Everything `rnmt serve` is told; the command line fills it, tests build it directly.
 #[derive(Clone, Debug)]
@@ -151,11 +151,14 @@ pub fn language_pairs(dirs: &[PathBuf]) -> Result<Vec<Pair>> {
     Ok(pairs)
 }
 
-/// A loaded model and the batcher that feeds it.
+/// A loaded model and the batchers that feed it.
 pub struct Served {
     pub pair: Pair,
     pub translator: Arc<Translator>,
     pub batcher: Batcher,
+    /// The same model keeping attention and word alignments, for the native API (kept
+    /// apart so that LibreTranslate requests do not pay for them).
+    pub detailed: Batcher,
 }
 
 pub struct AppState {
@@ -245,10 +248,23 @@ impl AppState {
                 Arc::clone(&self.metrics),
                 pair.label(),
             )?;
+            let mut detailed_options = self.options.translate.clone();
+            detailed_options.alignments = Some(AlignUnit::Word);
+            detailed_options.keep_attention = true;
+            let detailed = Batcher::start(
+                Arc::new(
+                    Translator::new(std::slice::from_ref(&pair.dir), device, &detailed_options)
+                        .with_context(|| format!("loading {}", pair.dir.display()))?,
+                ),
+                self.options.batcher,
+                Arc::clone(&self.metrics),
+                format!("{}/native", pair.label()),
+            )?;
             served.push(Served {
                 pair: pair.clone(),
                 translator,
                 batcher,
+                detailed,
             });
         }
         if self.models.set(served).is_err() {
