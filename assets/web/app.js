@@ -92,6 +92,7 @@ async function translate() {
     $("status").textContent = `Detected: ${l ? l.name : data.detectedLanguage.language}`;
   }
   showAlternatives(data.alternatives || []);
+  loadAttention();
 }
 
 function showAlternatives(list) {
@@ -113,6 +114,63 @@ function showAlternatives(list) {
     })
   );
   $("alternatives-box").hidden = list.length === 0;
+}
+
+// The attention of the current text's sentences, fetched when the box is open.
+const attention = { sentences: [], key: "" };
+
+async function loadAttention() {
+  if (!$("attention-box").open) return;
+  const q = $("input").value;
+  const key = `${$("source").value}|${$("target").value}|${q}`;
+  if (!q.trim() || key === attention.key) return;
+  attention.key = key;
+  const r = await fetch("/v1/translate", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ q, source: $("source").value, target: $("target").value, attention: true }),
+  });
+  const data = await r.json();
+  if (!r.ok || data.error) {
+    showError(data.error || "Attention failed");
+    return;
+  }
+  attention.sentences = data.results.sentences.filter((s) => s.attention);
+  $("sentence").replaceChildren(...attention.sentences.map((s, i) => new Option(s.source, i)));
+  drawHeatmap();
+}
+
+function drawHeatmap() {
+  const s = attention.sentences[Number($("sentence").value) || 0];
+  const table = $("heatmap");
+  if (!s) {
+    table.replaceChildren();
+    return;
+  }
+  const { source, target, weights } = s.attention;
+  const head = document.createElement("thead");
+  const top = head.insertRow();
+  top.appendChild(document.createElement("th"));
+  for (const piece of source) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = piece;
+    top.appendChild(th);
+  }
+  const body = document.createElement("tbody");
+  weights.forEach((row, j) => {
+    const tr = body.insertRow();
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = target[j] ?? "";
+    tr.appendChild(th);
+    row.forEach((w, i) => {
+      const td = tr.insertCell();
+      td.style.background = `rgba(11, 92, 173, ${Math.min(1, w).toFixed(3)})`;
+      td.title = `${target[j]} → ${source[i]}: ${w.toFixed(2)}`;
+    });
+  });
+  table.replaceChildren(head, body);
 }
 
 function swap() {
@@ -163,6 +221,8 @@ async function start() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) translate();
   });
   $("swap").addEventListener("click", swap);
+  $("attention-box").addEventListener("toggle", loadAttention);
+  $("sentence").addEventListener("change", drawHeatmap);
   $("clear").addEventListener("click", () => {
     $("input").value = "";
     translate();

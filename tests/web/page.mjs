@@ -40,7 +40,18 @@ try {
   check(await page.locator("#error").isHidden(), "no error after a good translation");
   await page.locator("#alternatives-box").waitFor({ state: "visible" });
   check((await page.locator("#alternatives li").count()) > 0, "alternatives for one sentence");
-  if (screenshot) await page.screenshot({ path: screenshot });
+  // The attention heatmap of the sentence: one row per target subword.
+  await page.locator("#attention-box summary").click();
+  await page.locator("#heatmap tbody tr").first().waitFor();
+  check((await page.locator("#heatmap tbody tr").count()) >= 2, "a heatmap row per target subword");
+  check((await page.locator("#heatmap thead th").count()) >= 3, "a heatmap column per source subword");
+  if (screenshot) {
+    await page.setViewportSize({ width: 1000, height: 1040 });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: screenshot });
+    await page.setViewportSize({ width: 1000, height: 640 });
+  }
+  await page.locator("#attention-box summary").click();
 
   // Swap: the languages turn round and the translation becomes the input.
   await page.getByRole("button", { name: "Swap languages" }).click();

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Load test of `rnmt serve` on loopback: 1, 8, 32 and 128 concurrent clients, each sending
+# real Tatoeba test sentences (one per request, LibreTranslate API) for DURATION seconds,
+# against the server with dynamic batching (the defaults) and with --max-batch-tokens 1
+# (one sentence at a time, as other servers translate), side by side; and offline
+# `rnmt translate` on the same sentences as the reference.
+#
+#   RNMT_CORPORA=../shared/corpora benches/serve_load.sh
+#   DURATION=10 CLIENTS="1 8 32 128" THREADS=2 benches/serve_load.sh
+#
+# Prints throughput (sentences/s), p50/p99 latency, errors, the server's peak RSS, and the
+# CPU with its SIMD flags. Not a test: speed is measured here, never asserted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-20}"
+CLIENTS="${CLIENTS:-1 8 32 128}"
+THREADS="${THREADS:-2}"
+SENTENCES="${SENTENCES:-1000}"
+CORPORA="${RNMT_CORPORA:-corpora}"
+TEST="$CORPORA/tatoeba-deu-eng/test.de"
+[ -f "$TEST" ] || { echo "no $TEST (set RNMT_CORPORA)" >&2; exit 1; }
+
+cargo build --release --quiet
+BIN=target/release/rnmt
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+head -n "$SENTENCES" "$TEST" > "$WORK/input.de"
+
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+echo "SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|fma|avx512f|avx512bw|avx512vl|avx512_vnni|amx_tile)$' | tr '\n' ' ')"
+echo "sentences: $(wc -l < "$WORK/input.de") from $TEST; $DURATION s per level; server --threads $THREADS"
+
+start=$(date +%s.%N)
+"$BIN" translate --threads "$THREADS" -i "$WORK/input.de" -o "$WORK/offline.en" 2>/dev/null
+end=$(date +%s.%N)
+OFFLINE=$(python3 -c "print(f'{$(wc -l < "$WORK/input.de") / ($end - $start):.1f}')")
+echo "offline rnmt translate: $OFFLINE sentences/s"
+
+# The client: CONCURRENCY threads, each posting one sentence at a time for DURATION s.
+cat > "$WORK/client.py" <<'EOF'
+import http.client, json, sys, threading, time
+host, port, concurrency, duration, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+sentences = [l.rstrip("\n") for l in open(path, encoding="utf-8") if l.strip()]
+latencies, errors, lock = [], [0], threading.Lock()
+deadline = time.monotonic() + duration
+def run(k):
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    i = k * 7919
+    while time.monotonic() < deadline:
+        body = json.dumps({"q": sentences[i % len(sentences)], "source": "de", "target": "en"})
+        i += 1
+        t = time.monotonic()
+        try:
+            conn.request("POST", "/translate", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            ok = r.status == 200 and "translatedText" in json.loads(data)
+        except Exception:
+            ok = False
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=120)
+        dt = time.monotonic() - t
+        with lock:
+            if ok:
+                latencies.append(dt)
+            else:
+                errors[0] += 1
+threads = [threading.Thread(target=run, args=(k,)) for k in range(concurrency)]
+start = time.monotonic()
+for t in threads: t.start()
+for t in threads: t.join()
+elapsed = time.monotonic() - start
+latencies.sort()
+q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
+print(f"{len(latencies) / elapsed:.1f} {q(0.50):.0f} {q(0.99):.0f} {errors[0]}")
+EOF
+
+# Starts the server with extra flags, sets SERVER_PID and PORT.
+start_server() {
+    "$BIN" serve --port 0 --threads "$THREADS" --model models/tatoeba-de-en "$@" 2> "$WORK/server.log" &
+    SERVER_PID=$!
+    for _ in $(seq 1 600); do
+        PORT=$(sed -n 's#^listening on http://127.0.0.1:##p' "$WORK/server.log")
+        if [ -n "$PORT" ] && curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null; then
+            return
+        fi
+        sleep 0.1
+    done
+    echo "the server did not start:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || true
+    SERVER_PID=""
+}
+
+peak_rss_mb() {
+    awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"
+}
+
+declare -A RESULT
+for mode in batched single; do
+    if [ "$mode" = batched ]; then start_server; else start_server --max-batch-tokens 1; fi
+    for c in $CLIENTS; do
+        RESULT[$mode,$c]="$(python3 "$WORK/client.py" 127.0.0.1 "$PORT" "$c" "$DURATION" "$WORK/input.de") $(peak_rss_mb)"
+    done
+    stop_server
+done
+
+printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | batched / one-at-a-time | batched / offline |\n'
+printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
+for c in $CLIENTS; do
+    read -r bt bp50 bp99 berr brss <<< "${RESULT[batched,$c]}"
+    read -r st sp50 sp99 serr srss <<< "${RESULT[single,$c]}"
+    ratio=$(python3 -c "print(f'{$bt / $st:.2f}×' if $st > 0 else '-')")
+    off=$(python3 -c "print(f'{$bt / $OFFLINE:.2f}×')")
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+        "$c" "$bt" "$bp50" "$bp99" "$berr" "$brss" "$st" "$sp50" "$sp99" "$serr" "$srss" "$ratio" "$off"
+done
