@@ -15,5 +15,6 @@ pub mod plot;
 pub mod prepare;
 pub mod search;
 pub mod subword;
+pub mod text;
 pub mod train;
 pub mod translate;
