@@ -324,16 +324,15 @@ fn write_with_marks(
 
 /// A word as leading punctuation, the part from its first to its last letter or digit,
 /// and trailing punctuation (`„Hund!“` → `„`, `Hund`, `!“`).
-fn split_punctuation(word: &str) -> (&str, &str, &str) {
+pub fn split_punctuation(word: &str) -> (&str, &str, &str) {
     let Some(first) = word.find(char::is_alphanumeric) else {
         return ("", word, "");
     };
     let last = word
         .char_indices()
-        .filter(|(_, c)| c.is_alphanumeric())
-        .map(|(i, c)| i + c.len_utf8())
-        .last()
-        .unwrap_or(word.len());
+        .rev()
+        .find(|(_, c)| c.is_alphanumeric())
+        .map_or(word.len(), |(i, c)| i + c.len_utf8());
     (&word[..first], &word[first..last], &word[last..])
 }
 

@@ -15,7 +15,7 @@ pub mod sentences;
 
 use std::ops::Range;
 
-use markup::{covered_words, place_marks, word_ranges, Escape, Mark};
+use markup::{covered_words, place_marks, split_punctuation, word_ranges, Escape, Mark};
 pub use sentences::{clause_cuts, split_sentences, word_cuts};
 
 /// What a text is written in.
@@ -189,11 +189,9 @@ impl Segmented {
         } else {
             let start = plain.len() - plain.trim_start().len();
             let end = plain.trim_end().len();
-            if start < end {
-                vec![start..end]
-            } else {
-                Vec::new()
-            }
+            std::iter::once(start..end)
+                .filter(|r| !r.is_empty())
+                .collect()
         };
         let mut tags: Vec<&Tag> = tags.iter().collect();
         tags.sort_by_key(|t| t.pos);
@@ -267,18 +265,10 @@ fn marks_of(sentence: &str, offset: usize, tags: &[&Tag]) -> Vec<Mark> {
         if covered.is_empty() {
             return (false, false);
         }
-        let first = &sentence[words[covered.start].clone()];
-        let last_range = words[covered.end - 1].clone();
-        let last = &sentence[last_range.clone()];
-        let core_start =
-            words[covered.start].start + first.find(char::is_alphanumeric).unwrap_or(0);
-        let core_end = last_range.start
-            + last
-                .char_indices()
-                .filter(|(_, c)| c.is_alphanumeric())
-                .map(|(i, c)| i + c.len_utf8())
-                .last()
-                .unwrap_or(last.len());
+        let (first, last) = (&words[covered.start], &words[covered.end - 1]);
+        let (lead, _, _) = split_punctuation(&sentence[first.clone()]);
+        let (_, _, trail) = split_punctuation(&sentence[last.clone()]);
+        let (core_start, core_end) = (first.start + lead.len(), last.end - trail.len());
         (at >= core_start, end <= core_end)
     };
     let mut marks = Vec::new();
