@@ -16,5 +16,6 @@ pub mod prepare;
 pub mod search;
 pub mod serve;
 pub mod subword;
+pub mod text;
 pub mod train;
 pub mod translate;

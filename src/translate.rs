@@ -1,11 +1,15 @@
 //! The [`Translator`]: loaded models with their tokenizers, turning lines of text into
 //! translations through search.
 //!
-//! Every input line gives exactly one [`Translation`], in order. Empty and
-//! whitespace-only lines give empty translations without running the model; lines longer
-//! than [`TranslateOptions::max_input_len`] subwords are truncated with a warning. A
-//! translator is immutable once built, so one can serve many threads at once; reading
-//! input and writing output belong to its front ends (the command line).
+//! Every input segment gives exactly one [`Translation`], in order. Empty and
+//! whitespace-only segments give empty translations without running the model; a segment
+//! longer than [`TranslateOptions::max_input_len`] subwords is cut at clause boundaries
+//! (then between words) into parts translated on their own and joined, so no text is
+//! dropped. [`Translator::translate_lines`] first splits each line into its sentences
+//! ([`crate::text`]), and [`Translator::translate_texts`] does the same for whole texts in
+//! HTML or Markdown. A translator is immutable once built, so one can serve many threads
+//! at once; reading input and writing output belong to its front ends (the command line,
+//! the server).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,9 @@ use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_ind
 use crate::search::shortlist::SHORTLIST_FILE;
 use crate::search::{search, Ensemble, Hypothesis, SearchConfig, Shortlist, ShortlistSize};
 use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
+use crate::text::{
+    clause_cuts, word_cuts, Segmented, SentenceTranslation, SplitOptions, TextFormat,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlignUnit {
@@ -53,6 +60,9 @@ pub struct TranslateOptions {
     pub alignments: Option<AlignUnit>,
     /// Keep the attention matrix of each translation (for plots).
     pub keep_attention: bool,
+    /// Split lines and texts into sentences before translating them (`false`: a line is
+    /// one segment, as given).
+    pub split: bool,
 }
 
 impl TranslateOptions {
@@ -68,6 +78,7 @@ impl TranslateOptions {
         shortlist: None,
         alignments: None,
         keep_attention: false,
+        split: true,
     };
 
     /// The search of these options over a model with config `cfg`.
@@ -102,11 +113,14 @@ pub struct Translator {
     alignments: Option<AlignUnit>,
     /// Search over a lexical shortlist (see [`crate::search::shortlist`]).
     shortlist: Option<(Shortlist, ShortlistSize)>,
+    split: SplitOptions,
 }
 
-/// One input line, ready for search.
-struct Prepared {
-    ids: Option<Vec<u32>>,
+/// A piece of an input segment ready for search: the whole segment, or one part of a
+/// segment too long to translate at once.
+struct Part {
+    segment: usize,
+    ids: Vec<u32>,
 }
 
 /// The translation of one input line.
@@ -118,6 +132,10 @@ pub struct Translation {
     pub nbest: Vec<NbestEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alignment: Option<String>,
+    /// (source word, target word) pairs from attention, words being whitespace-separated;
+    /// empty unless attention was kept.
+    #[serde(skip)]
+    pub word_alignment: Vec<(usize, usize)>,
     /// Source and target pieces with the attention matrix, for plots.
     #[serde(skip)]
     pub attention: Option<AttentionMatrix>,
@@ -180,6 +198,13 @@ impl Translator {
             }
             None => None,
         };
+        let lang = models[0].config().src_lang.clone().unwrap_or_else(|| {
+            eprintln!(
+                "warning: {} names no source language (src_lang); splitting sentences by English rules",
+                first.join(crate::model::CONFIG_FILE).display()
+            );
+            "en".to_string()
+        });
         Ok(Self {
             models,
             source,
@@ -190,7 +215,18 @@ impl Translator {
             batch_size: options.batch_size,
             alignments: options.alignments,
             shortlist,
+            split: SplitOptions {
+                lang,
+                split: options.split,
+            },
         })
+    }
+
+    /// The source and target language codes of the (first) model, where its config.json
+    /// names them.
+    pub fn languages(&self) -> (Option<&str>, Option<&str>) {
+        let cfg = self.models[0].config();
+        (cfg.src_lang.as_deref(), cfg.tgt_lang.as_deref())
     }
 
     /// The search every call of [`Self::translate`] runs.
@@ -206,60 +242,210 @@ impl Translator {
         &self.target
     }
 
-    /// Translates `lines` (named `line N` in warnings, N = `first_line` + index), in
-    /// batches of sentences of similar length.
-    pub fn translate(&self, lines: &[String], first_line: usize) -> Result<Vec<Translation>> {
-        let (batch_size, align) = (self.batch_size, self.alignments);
-        let prepared = self.prepare(lines, first_line)?;
-        let mut order: Vec<usize> = (0..lines.len())
-            .filter(|&i| prepared[i].ids.is_some())
-            .collect();
-        order.sort_by_key(|&i| prepared[i].ids.as_ref().map_or(0, Vec::len));
+    /// Translates each of `segments` as one segment (named `line N` in warnings, N =
+    /// `first_line` + index), in batches of sentences of similar length.
+    pub fn translate(&self, segments: &[String], first_line: usize) -> Result<Vec<Translation>> {
+        self.translate_segments(segments, &|i| first_line + i, false)
+    }
+
+    /// [`Self::translate`], with word alignments (`Translation::word_alignment`) whether or
+    /// not the options asked for them: what [`Self::assemble`] needs for inline markup.
+    pub fn translate_aligned(
+        &self,
+        segments: &[String],
+        first_line: usize,
+    ) -> Result<Vec<Translation>> {
+        self.translate_segments(segments, &|i| first_line + i, true)
+    }
+
+    fn translate_segments(
+        &self,
+        segments: &[String],
+        line_of: &dyn Fn(usize) -> usize,
+        aligned: bool,
+    ) -> Result<Vec<Translation>> {
+        let mut search_config = self.search.clone();
+        search_config.keep_attention |= aligned;
+        let parts = self.prepare(segments, line_of)?;
+        let mut order: Vec<usize> = (0..parts.len()).collect();
+        order.sort_by_key(|&i| parts[i].ids.len());
         let mut ens = Ensemble::new(self.models.iter().collect())?;
         if let Some((list, size)) = &self.shortlist {
             ens = ens.with_shortlist(list, *size);
         }
-        let mut out: Vec<Option<Translation>> = vec![None; lines.len()];
-        for batch in order.chunks(batch_size) {
-            let sources: Vec<Vec<u32>> = batch
-                .iter()
-                .map(|&i| prepared[i].ids.clone().expect("non-empty line"))
-                .collect();
-            let results = search(&ens, &sources, &self.search, &self.device)?;
+        let mut done: Vec<Option<Translation>> = vec![None; parts.len()];
+        for batch in order.chunks(self.batch_size) {
+            let sources: Vec<Vec<u32>> = batch.iter().map(|&i| parts[i].ids.clone()).collect();
+            let results = search(&ens, &sources, &search_config, &self.device)?;
             for ((&i, src), nbest) in batch.iter().zip(&sources).zip(results) {
-                out[i] = Some(self.finish(src, nbest, align)?);
+                done[i] = Some(self.finish(src, nbest, self.alignments)?);
             }
         }
-        Ok(out
+        // The parts of each segment, in order, joined again.
+        let mut per_segment: Vec<Vec<Translation>> = vec![Vec::new(); segments.len()];
+        for (part, t) in parts.iter().zip(done) {
+            per_segment[part.segment].push(t.expect("every part was searched"));
+        }
+        Ok(per_segment
             .into_iter()
-            .map(|t| t.unwrap_or_else(empty_translation))
+            .map(|p| join_translations(p, " ", self.alignments))
             .collect())
     }
 
-    fn prepare(&self, lines: &[String], first_line: usize) -> Result<Vec<Prepared>> {
-        let texts: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
-        let encoded = self.source.encode_batch(&texts)?;
-        Ok(texts
+    /// Translates `lines`, each cut into its sentences first (unless the options say
+    /// not to): one translation per line, its sentences joined with the whitespace that
+    /// separated them. Scores add up over the sentences; alignments count words across
+    /// the whole line.
+    pub fn translate_lines(&self, lines: &[String], first_line: usize) -> Result<Vec<Translation>> {
+        if !self.split.split {
+            return self.translate(lines, first_line);
+        }
+        let segmented: Vec<Segmented> = lines
             .iter()
-            .zip(encoded)
-            .enumerate()
-            .map(|(i, (text, mut ids))| {
-                if text.is_empty() {
-                    return Prepared { ids: None };
-                }
-                if ids.len() > self.max_input_len {
-                    eprintln!(
-                        "warning: line {}: {} subwords, more than the limit of {}; translating only the first {}",
-                        first_line + i,
-                        ids.len(),
-                        self.max_input_len,
-                        self.max_input_len
-                    );
-                    ids.truncate(self.max_input_len);
-                }
-                Prepared { ids: Some(ids) }
+            .map(|l| Segmented::new(l, TextFormat::Text, &self.split))
+            .collect();
+        let mut sentences = Vec::new();
+        let mut sentence_line = Vec::new();
+        for (i, seg) in segmented.iter().enumerate() {
+            sentences.extend(seg.sentences().iter().cloned());
+            sentence_line.extend(std::iter::repeat_n(first_line + i, seg.sentences().len()));
+        }
+        let mut translations = self.translate_sentences(&sentences, &sentence_line, false)?;
+        let mut out = Vec::with_capacity(lines.len());
+        let mut rest = translations.drain(..);
+        for seg in &segmented {
+            let parts: Vec<Translation> = rest.by_ref().take(seg.sentences().len()).collect();
+            let text = self.assemble(seg, &parts);
+            let mut t = join_translations(parts, " ", self.alignments);
+            // The line's own whitespace between sentences, kept; around it, trimmed as
+            // translations always were.
+            t.translation = text.trim().to_string();
+            if let [only] = t.nbest.as_mut_slice() {
+                only.translation = t.translation.clone();
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// Cuts `text` into the sentences to translate, by the model's source language
+    /// (and the options' `split`), with its layout and markup kept aside.
+    pub fn segment(&self, text: &str, format: TextFormat) -> Segmented {
+        Segmented::new(text, format, &self.split)
+    }
+
+    /// `seg`'s text with `translations` (of `seg.sentences()`, in order, from
+    /// [`Self::translate_aligned`] where `seg.needs_alignment()`) in place.
+    pub fn assemble(&self, seg: &Segmented, translations: &[Translation]) -> String {
+        let parts: Vec<SentenceTranslation> = translations
+            .iter()
+            .map(|t| SentenceTranslation {
+                text: &t.translation,
+                alignment: &t.word_alignment,
+            })
+            .collect();
+        seg.assemble(&parts)
+    }
+
+    /// Translates whole texts (plain, HTML or Markdown) with their layout and markup
+    /// kept; the sentences of all texts are batched together. Warnings name a text by
+    /// its 1-based index.
+    pub fn translate_texts(&self, texts: &[&str], format: TextFormat) -> Result<Vec<String>> {
+        let segmented: Vec<Segmented> = texts.iter().map(|t| self.segment(t, format)).collect();
+        let mut sentences = Vec::new();
+        let mut origin = Vec::new();
+        for (i, seg) in segmented.iter().enumerate() {
+            sentences.extend(seg.sentences().iter().cloned());
+            origin.extend(std::iter::repeat_n(i + 1, seg.sentences().len()));
+        }
+        let aligned = segmented.iter().any(Segmented::needs_alignment);
+        let mut translations = self.translate_sentences(&sentences, &origin, aligned)?;
+        let mut rest = translations.drain(..);
+        Ok(segmented
+            .iter()
+            .map(|seg| {
+                let parts: Vec<Translation> = rest.by_ref().take(seg.sentences().len()).collect();
+                self.assemble(seg, &parts)
             })
             .collect())
+    }
+
+    /// Translates sentences that come from the lines (or texts) numbered `origin`: warnings
+    /// name those.
+    fn translate_sentences(
+        &self,
+        sentences: &[String],
+        origin: &[usize],
+        aligned: bool,
+    ) -> Result<Vec<Translation>> {
+        self.translate_segments(sentences, &|i| origin[i], aligned)
+    }
+
+    fn prepare(&self, segments: &[String], line_of: &dyn Fn(usize) -> usize) -> Result<Vec<Part>> {
+        let texts: Vec<&str> = segments.iter().map(|l| l.trim()).collect();
+        let encoded = self.source.encode_batch(&texts)?;
+        let mut parts = Vec::with_capacity(texts.len());
+        for (segment, (text, ids)) in texts.iter().zip(encoded).enumerate() {
+            if text.is_empty() {
+                continue;
+            }
+            if ids.len() <= self.max_input_len {
+                parts.push(Part { segment, ids });
+                continue;
+            }
+            let pieces = self.cut(text)?;
+            eprintln!(
+                "warning: line {}: {} subwords, more than the limit of {} (--max-input-len); translated in {} parts cut at {}",
+                line_of(segment),
+                ids.len(),
+                self.max_input_len,
+                pieces.len(),
+                if clause_cuts(text).is_empty() { "word boundaries" } else { "clause boundaries" },
+            );
+            parts.extend(pieces.into_iter().map(|ids| Part { segment, ids }));
+        }
+        Ok(parts)
+    }
+
+    /// `text`, too long to translate at once, as the encodings of consecutive parts of at
+    /// most `max_input_len` subwords each: cut at clause boundaries where they suffice,
+    /// then between words, and a word longer than the limit on its own into pieces of
+    /// subwords.
+    fn cut(&self, text: &str) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::new();
+        let mut pieces = split_at(text, &clause_cuts(text));
+        pieces.reverse();
+        // Greedily join consecutive pieces while they fit.
+        let mut current = String::new();
+        while let Some(piece) = pieces.pop() {
+            let joined = if current.is_empty() {
+                piece.to_string()
+            } else {
+                format!("{current} {piece}")
+            };
+            if self.source.encode(&joined)?.len() <= self.max_input_len {
+                current = joined;
+                continue;
+            }
+            if !current.is_empty() {
+                out.push(self.source.encode(&current)?);
+                current = String::new();
+                pieces.push(piece);
+                continue;
+            }
+            // A single piece over the limit: between its words, or else by subwords.
+            let words = split_at(piece, &word_cuts(piece));
+            if words.len() > 1 {
+                pieces.extend(words.into_iter().rev());
+            } else {
+                let ids = self.source.encode(piece)?;
+                out.extend(ids.chunks(self.max_input_len).map(<[u32]>::to_vec));
+            }
+        }
+        if !current.is_empty() {
+            out.push(self.source.encode(&current)?);
+        }
+        Ok(out)
     }
 
     fn finish(
@@ -278,16 +464,17 @@ impl Translator {
             .collect();
         let best = &nbest[0];
         let mut alignment = None;
+        let mut word_pairs = Vec::new();
         let mut attention = None;
         if let Some(weights) = &best.attention {
             let src_pieces = self.pieces(&self.source, src);
             let tgt_pieces = self.pieces(&self.target, &best.tokens);
-            let mut pairs = hard_alignment(weights, src.len(), best.tokens.len());
-            if align == Some(AlignUnit::Word) {
-                pairs = word_alignment(&pairs, &word_index(&src_pieces), &word_index(&tgt_pieces));
-            }
-            if align.is_some() {
-                alignment = Some(pharaoh(&pairs));
+            let pairs = hard_alignment(weights, src.len(), best.tokens.len());
+            word_pairs = word_alignment(&pairs, &word_index(&src_pieces), &word_index(&tgt_pieces));
+            match align {
+                Some(AlignUnit::Word) => alignment = Some(pharaoh(&word_pairs)),
+                Some(AlignUnit::Subword) => alignment = Some(pharaoh(&pairs)),
+                None => {}
             }
             let mut source = src_pieces;
             source.push(crate::subword::EOS.to_string());
@@ -315,6 +502,7 @@ impl Translator {
                 })
                 .collect(),
             alignment,
+            word_alignment: word_pairs,
             attention,
         })
     }
@@ -339,8 +527,131 @@ fn empty_translation() -> Translation {
         log_prob: 0.0,
         nbest: Vec::new(),
         alignment: None,
+        word_alignment: Vec::new(),
         attention: None,
     }
+}
+
+/// `text` cut at byte offsets `cuts`, each part trimmed.
+fn split_at<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0;
+    for &c in cuts.iter().chain(std::iter::once(&text.len())) {
+        let piece = text[start..c].trim();
+        if !piece.is_empty() {
+            out.push(piece);
+        }
+        start = c;
+    }
+    out
+}
+
+/// One translation of the parts of a segment (or the sentences of a line), joined with
+/// `sep`: scores add up, word alignments (and, with `pharaoh`, the alignment string)
+/// count words across the parts, the n-best list pairs the k-th of every part, and the
+/// attention matrix is the first part's.
+fn join_translations(parts: Vec<Translation>, sep: &str, unit: Option<AlignUnit>) -> Translation {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return empty_translation();
+    };
+    let rest: Vec<Translation> = parts.collect();
+    if rest.is_empty() {
+        return first;
+    }
+    let all: Vec<&Translation> = std::iter::once(&first).chain(&rest).collect();
+    let join = |f: &dyn Fn(&Translation) -> String| {
+        all.iter()
+            .map(|t| f(t))
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let translation = join(&|t| t.translation.clone());
+    let mut word_alignment = Vec::new();
+    let mut subword_alignment = Vec::new();
+    let (mut src_off, mut tgt_off) = (0, 0);
+    let (mut src_sub, mut tgt_sub) = (0, 0);
+    for t in &all {
+        if let (Some(a), Some(AlignUnit::Subword)) = (&t.attention, unit) {
+            for (i, j) in parse_pharaoh(t.alignment.as_deref().unwrap_or("")) {
+                subword_alignment.push((i + src_sub, j + tgt_sub));
+            }
+            let eos = |p: &Vec<String>| {
+                p.iter()
+                    .filter(|x| x.as_str() != crate::subword::EOS)
+                    .count()
+            };
+            src_sub += eos(&a.source);
+            tgt_sub += eos(&a.target);
+        }
+        word_alignment.extend(
+            t.word_alignment
+                .iter()
+                .map(|&(i, j)| (i + src_off, j + tgt_off)),
+        );
+        let source_words = t
+            .word_alignment
+            .iter()
+            .map(|&(i, _)| i + 1)
+            .max()
+            .unwrap_or(0);
+        src_off += t
+            .attention
+            .as_ref()
+            .map_or(source_words, |a| word_count(&a.source));
+        tgt_off += t.translation.split_whitespace().count();
+    }
+    let depth = all.iter().map(|t| t.nbest.len()).max().unwrap_or(0);
+    let nbest = (0..depth)
+        .map(|k| {
+            let pick = |t: &Translation| t.nbest.get(k).or(t.nbest.first()).cloned();
+            let entries: Vec<NbestEntry> = all.iter().filter_map(|t| pick(t)).collect();
+            NbestEntry {
+                translation: entries
+                    .iter()
+                    .map(|e| e.translation.as_str())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(sep),
+                score: entries.iter().map(|e| e.score).sum(),
+                log_prob: entries.iter().map(|e| e.log_prob).sum(),
+            }
+        })
+        .collect();
+    Translation {
+        translation,
+        score: all.iter().map(|t| t.score).sum(),
+        log_prob: all.iter().map(|t| t.log_prob).sum(),
+        nbest,
+        alignment: match unit {
+            Some(AlignUnit::Word) => Some(pharaoh(&word_alignment)),
+            Some(AlignUnit::Subword) => Some(pharaoh(&subword_alignment)),
+            None => None,
+        },
+        word_alignment,
+        attention: first.attention,
+    }
+}
+
+/// The pairs of a Pharaoh alignment string (`0-0 1-2`).
+fn parse_pharaoh(s: &str) -> Vec<(usize, usize)> {
+    s.split_whitespace()
+        .filter_map(|p| {
+            let (i, j) = p.split_once('-')?;
+            Some((i.parse().ok()?, j.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whitespace-separated words in subword pieces (with the EOS marker last).
+fn word_count(pieces: &[String]) -> usize {
+    let words: Vec<String> = pieces
+        .iter()
+        .filter(|p| p.as_str() != crate::subword::EOS)
+        .cloned()
+        .collect();
+    word_index(&words).last().map_or(0, |&w| w + 1)
 }
 
 /// The shortlist of model folder `dir`, for a model with config `cfg`.

@@ -847,3 +847,76 @@ async fn the_web_page_is_built_in_unless_turned_off() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].is_string());
 }
+
+/// Texts are cut into sentences that join the batches on their own, and put back
+/// together with their layout (and, for HTML, their markup): exactly what
+/// `Translator::translate_texts` gives.
+#[tokio::test]
+async fn texts_are_split_into_sentences_and_html_keeps_its_markup() {
+    let translator = &SERVER.models().unwrap()[0].translator;
+    let cases = [
+        (
+            "Ich bin müde. Wo ist der Bahnhof?\n\nGuten Morgen.",
+            "text",
+            rnmt::text::TextFormat::Text,
+        ),
+        (
+            "<p>Der Hund jagt <b>die Katze</b>.</p><p>Ich bin müde.</p>",
+            "html",
+            rnmt::text::TextFormat::Html,
+        ),
+    ];
+    for (text, format, text_format) in cases {
+        let expected = translator
+            .translate_texts(&[text], text_format)
+            .unwrap()
+            .remove(0);
+        let (status, body) = call(
+            &SERVER,
+            post_json(
+                "/translate",
+                json!({"q": text, "source": "de", "target": "en", "format": format}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["translatedText"], expected, "{format}");
+    }
+    let html = body_of(cases[1].0).await;
+    assert!(
+        html.contains("<b>") && html.contains("</b>") && html.starts_with("<p>"),
+        "{html}"
+    );
+    // The native API shows the split.
+    let (status, body) = call(
+        &SERVER,
+        post_json(
+            "/v1/translate",
+            json!({"q": cases[0].0, "source": "de", "target": "en"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let sources: Vec<&str> = body["results"]["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        ["Ich bin müde.", "Wo ist der Bahnhof?", "Guten Morgen."]
+    );
+}
+
+async fn body_of(html: &str) -> String {
+    let (_, body) = call(
+        &SERVER,
+        post_json(
+            "/translate",
+            json!({"q": html, "source": "de", "target": "en", "format": "html"}),
+        ),
+    )
+    .await;
+    body["translatedText"].as_str().unwrap().to_string()
+}

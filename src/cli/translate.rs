@@ -15,14 +15,33 @@ use crate::hub;
 use crate::io::write_atomic_with;
 use crate::search::shortlist::{DEFAULT_SIZE, SHORTLIST_FILE};
 use crate::search::ShortlistSize;
+use crate::text::TextFormat;
 use crate::translate::{AlignUnit, TranslateOptions, Translation, Translator};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// One translation per line (`translation ||| alignment` with --alignments).
+    /// Plain text in, one translation per line out (`translation ||| alignment` with
+    /// --alignments).
     Text,
-    /// One JSON object per line: translation, score, log_prob, nbest, alignment.
+    /// Plain text in, one JSON object per line out: translation, score, log_prob, nbest,
+    /// alignment.
     Json,
+    /// HTML in and out: tags, attributes, entities, scripts, styles and code kept; text
+    /// translated sentence by sentence across inline tags.
+    Html,
+    /// Markdown in and out: the markup kept, the text translated.
+    Markdown,
+}
+
+impl Format {
+    /// The text format of the input, for HTML and Markdown.
+    fn markup(self) -> Option<TextFormat> {
+        match self {
+            Format::Html => Some(TextFormat::Html),
+            Format::Markdown => Some(TextFormat::Markdown),
+            Format::Text | Format::Json => None,
+        }
+    }
 }
 
 /// `--align-unit`.
@@ -55,6 +74,15 @@ pub struct TranslateArgs {
     /// Read sentences from FILE, one per line.
     #[arg(short, long, value_name = "FILE", conflicts_with = "sentences")]
     pub input: Option<PathBuf>,
+    /// Translate FILE as one document (.txt, .html/.htm or .md by its extension, unless
+    /// --format html|markdown says otherwise), its layout kept: blank lines, indentation,
+    /// markup.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["sentences", "input", "nbest", "alignments", "attention_plot"])]
+    pub document: Option<PathBuf>,
+    /// Translate each line as one segment, as given, instead of splitting it into
+    /// sentences first (for pipelines of one sentence per line).
+    #[arg(long)]
+    pub no_split: bool,
     /// Write translations to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -167,7 +195,13 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     if let Some(plot) = &args.attention_plot {
         crate::plot::check_attention_plot_path(plot)?;
     }
+    if args.format.markup().is_some() && (args.nbest > 1 || args.alignments) {
+        anyhow::bail!("--format html|markdown writes documents: --nbest and --alignments need --format text or json");
+    }
     let translator = Translator::new(&dirs, &device, &args.options())?;
+    if let Some(path) = &args.document {
+        return translate_document(args, &translator, path);
+    }
 
     let interactive =
         args.sentences.is_empty() && args.input.is_none() && std::io::stdin().is_terminal();
@@ -219,6 +253,7 @@ impl TranslateArgs {
             shortlist: self.shortlist.then_some(self.shortlist_size),
             alignments: self.alignments.then_some(self.align_unit.into()),
             keep_attention: self.attention_plot.is_some(),
+            split: !self.no_split,
         }
     }
 }
@@ -251,7 +286,17 @@ fn translate_stream(
         if lines.is_empty() {
             break;
         }
-        let translations = translator.translate(&lines, line_no + 1)?;
+        if let Some(format) = args.format.markup() {
+            let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
+            for text in translator.translate_texts(&texts, format)? {
+                // A newline in a translation would break the one-line-per-input rule.
+                writeln!(out, "{}", text.replace(['\n', '\r'], " "))?;
+            }
+            out.flush().context("writing the output")?;
+            line_no += lines.len();
+            continue;
+        }
+        let translations = translator.translate_lines(&lines, line_no + 1)?;
         for (i, t) in translations.iter().enumerate() {
             write_translation(out, args.format, line_no + i, t, args.nbest > 1)?;
         }
@@ -274,6 +319,48 @@ fn translate_stream(
     Ok(())
 }
 
+/// `rnmt translate --document FILE`: the whole file at once, its layout kept, to -o or
+/// stdout.
+fn translate_document(
+    args: &TranslateArgs,
+    translator: &Translator,
+    path: &std::path::Path,
+) -> Result<()> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read document {}", path.display()))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "warning: {}: invalid UTF-8, decoded with replacement characters",
+                path.display()
+            );
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }
+    };
+    let format = args
+        .format
+        .markup()
+        .unwrap_or_else(|| TextFormat::from_path(path));
+    if args.format == Format::Json {
+        anyhow::bail!("--document writes the document itself: --format json does not apply");
+    }
+    let translated = translator
+        .translate_texts(&[text.as_str()], format)?
+        .pop()
+        .unwrap_or_default();
+    match &args.output {
+        Some(out) => crate::io::write_atomic(out, translated.as_bytes()),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(translated.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("writing the output")
+        }
+    }
+}
+
 fn write_translation(
     out: &mut dyn Write,
     format: Format,
@@ -288,7 +375,7 @@ fn write_translation(
         .unwrap_or_default();
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
-        Format::Text if nbest_lines => {
+        Format::Text | Format::Html | Format::Markdown if nbest_lines => {
             if t.nbest.is_empty() {
                 writeln!(out, "{index} |||  ||| 0")?;
             }
@@ -298,7 +385,9 @@ fn write_translation(
                 writeln!(out, "{index} ||| {} ||| {}{suffix}", e.translation, e.score)?;
             }
         }
-        Format::Text => writeln!(out, "{}{align_suffix}", t.translation)?,
+        Format::Text | Format::Html | Format::Markdown => {
+            writeln!(out, "{}{align_suffix}", t.translation)?
+        }
     }
     Ok(())
 }

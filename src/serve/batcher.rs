@@ -36,6 +36,8 @@ pub type Reply = std::result::Result<Translation, String>;
 
 struct Job {
     sentence: String,
+    /// The sentence's text has inline markup, whose reassembly needs word alignments.
+    aligned: bool,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -92,8 +94,13 @@ impl Batcher {
         })
     }
 
-    /// Queues `sentences` (all or none of them).
-    pub fn submit(&self, sentences: Vec<String>) -> std::result::Result<Pending, QueueFull> {
+    /// Queues `sentences` (all or none of them); `aligned`: their translations need word
+    /// alignments.
+    pub fn submit(
+        &self,
+        sentences: Vec<String>,
+        aligned: bool,
+    ) -> std::result::Result<Pending, QueueFull> {
         let n = sentences.len();
         // Reserve room for every sentence first, so that a request is never half queued.
         self.depth
@@ -108,7 +115,11 @@ impl Batcher {
         let mut receivers = Vec::with_capacity(n);
         for (i, sentence) in sentences.into_iter().enumerate() {
             let (reply, rx) = oneshot::channel();
-            match tx.try_send(Job { sentence, reply }) {
+            match tx.try_send(Job {
+                sentence,
+                aligned,
+                reply,
+            }) {
                 Ok(()) => receivers.push(rx),
                 // Cannot happen while the depth reservation holds; if it ever does, the
                 // sentences sent so far are cancelled by dropping their receivers.
@@ -196,6 +207,9 @@ fn batch_loop(
             continue;
         }
         let tokens: usize = batch.iter().map(|(_, t)| t).sum();
+        // Alignments come from attention and change no translation: one sentence that
+        // needs them has the whole batch searched with them.
+        let aligned = batch.iter().any(|(job, _)| job.aligned);
         let (batch, sentences): (Vec<Job>, Vec<String>) = batch
             .into_iter()
             .map(|(mut job, _)| {
@@ -206,7 +220,11 @@ fn batch_loop(
         metrics.observe_batch(label, sentences.len(), tokens);
         // A panic in the search must not take the model's only batch thread with it.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            translator.translate(&sentences, 1)
+            if aligned {
+                translator.translate_aligned(&sentences, 1)
+            } else {
+                translator.translate(&sentences, 1)
+            }
         }));
         match result {
             Ok(Ok(translations)) => {

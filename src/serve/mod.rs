@@ -13,7 +13,6 @@ pub mod metrics;
 mod native;
 mod routes;
 mod state;
-mod text;
 mod web;
 
 use std::net::SocketAddr;

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::routes::{
-    admitted_params, served_model, text_request, translate_texts, ApiResult, SentenceCount,
-    TextRequest,
+    admitted_params, assemble_nth, served_model, text_request, translate_texts, ApiResult,
+    SentenceCount, TextRequest,
 };
 use super::state::AppState;
 use crate::translate::{NbestEntry, Translation};
@@ -80,7 +80,7 @@ async fn native_translate(state: &AppState, req: Request) -> ApiResult<(Value, u
                 .zip(trs)
                 .map(|(s, t)| sentence_out(s, t, nbest.max(1), with_attention))
                 .collect();
-            json!({ "translatedText": seg.assemble(trs, 0), "sentences": list })
+            json!({ "translatedText": assemble_nth(&served.translator, seg, trs, 0), "sentences": list })
         })
         .collect();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;

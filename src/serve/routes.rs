@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use super::batcher::Batcher;
 use super::limits::Refusal;
 use super::state::{AppState, Served};
-use super::text::{Format, Segmented};
-use crate::translate::Translation;
+use crate::text::{Segmented, TextFormat};
+use crate::translate::{Translation, Translator};
 
 /// An error response: `{"error": message}` with its status.
 #[derive(Debug)]
@@ -234,7 +234,7 @@ pub struct TextRequest {
     pub source: String,
     pub target: String,
     pub pair_index: usize,
-    pub format: Format,
+    pub format: TextFormat,
     /// With `source: auto`: the detected language and its confidence (percent).
     pub detected: Option<(String, f64)>,
     /// The count parameter the endpoint asked for (`alternatives`, `nbest`).
@@ -316,8 +316,8 @@ pub fn text_request(
         return Err(ApiError::bad_request(format!("{target} is not supported")));
     };
     let format = match params.text("format").as_deref() {
-        None | Some("text") => Format::Text,
-        Some("html") => Format::Html,
+        None | Some("text") => TextFormat::Text,
+        Some("html") => TextFormat::Html,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "{other} format is not supported"
@@ -368,13 +368,13 @@ async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, 
     let mut outputs = Vec::with_capacity(texts.len());
     let mut alternative_lists = Vec::with_capacity(texts.len());
     for (seg, tr) in segmented.iter().zip(&translations) {
-        let best = seg.assemble(tr, 0);
+        let best = assemble_nth(&served.translator, seg, tr, 0);
         // HTML keeps its markup around the best translation only (as LibreTranslate,
         // which gives no alternatives for HTML).
         let mut alts: Vec<String> = Vec::new();
-        if format == Format::Text {
+        if format == TextFormat::Text {
             for k in 1..=alternatives {
-                let alt = seg.assemble(tr, k);
+                let alt = assemble_nth(&served.translator, seg, tr, k);
                 if alt != best && !alt.is_empty() && !alts.contains(&alt) {
                     alts.push(alt);
                 }
@@ -421,18 +421,18 @@ pub async fn translate_texts(
     served: &Served,
     batcher: &Batcher,
     texts: &[String],
-    format: Format,
+    format: TextFormat,
 ) -> ApiResult<(Vec<Segmented>, Vec<Vec<Translation>>)> {
     let segmented: Vec<Segmented> = texts
         .iter()
-        .map(|t| Segmented::new(&served.translator, t, format))
-        .collect::<anyhow::Result<_>>()
-        .map_err(|e| ApiError::bad_request(format!("Invalid request: {e:#}")))?;
+        .map(|t| served.translator.segment(t, format))
+        .collect();
     let all: Vec<String> = segmented
         .iter()
         .flat_map(|s| s.sentences().iter().cloned())
         .collect();
-    let pending = batcher.submit(all).map_err(|_| {
+    let aligned = segmented.iter().any(Segmented::needs_alignment);
+    let pending = batcher.submit(all, aligned).map_err(|_| {
         ApiError::unavailable("The server is busy (its translation queue is full); retry later")
     })?;
     let mut translations = pending
@@ -445,6 +445,30 @@ pub async fn translate_texts(
         .map(|s| translations.by_ref().take(s.sentences().len()).collect())
         .collect();
     Ok((segmented, per_text))
+}
+
+/// `seg`'s text with each sentence's `k`-th best translation (its best where it has
+/// fewer) in place.
+pub fn assemble_nth(
+    translator: &Translator,
+    seg: &Segmented,
+    translations: &[Translation],
+    k: usize,
+) -> String {
+    if k == 0 {
+        return translator.assemble(seg, translations);
+    }
+    let nth: Vec<Translation> = translations
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if let Some(e) = t.nbest.get(k) {
+                t.translation = e.translation.clone();
+            }
+            t
+        })
+        .collect();
+    translator.assemble(seg, &nth)
 }
 
 /// `\r\n` and `\r` become `\n` and a final line break goes, as LibreTranslate normalises
