@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::hub;
@@ -53,9 +53,9 @@ pub struct ServeArgs {
     /// Milliseconds a batch waits for more sentences after its first (0..=1000).
     #[arg(long, default_value_t = D.batcher.batch_wait.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub batch_wait_ms: u64,
-    /// Beam size.
-    #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam)]
-    pub beam: usize,
+    /// Beam size (1..=64).
+    #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub beam: u64,
     /// Threads for the search (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -111,12 +111,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 impl ServeArgs {
     /// The server's options for these arguments, serving `models`.
     pub fn options(&self, models: Vec<PathBuf>) -> Result<ServeOptions> {
-        if self.beam == 0 {
-            bail!("--beam must be at least 1");
-        }
         let api_keys = self.api_keys.as_deref().map(ApiKeys::load).transpose()?;
         let mut translate = TranslateOptions::DEFAULT;
-        translate.beam = self.beam;
+        translate.beam = self.beam as usize;
         Ok(ServeOptions {
             models,
             char_limit: self.char_limit as usize,
