@@ -27,11 +27,18 @@ use crate::train::schedule::PlateauState;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 
+/// The layout of `train_state.json` this rnmt writes. Version 1 (no `version` key)
+/// also held `adam_t`, Adam's update count, which always equals `step` (one Adam update
+/// per step): it is derived now, and version-1 files still load.
+pub const STATE_VERSION: u32 = 2;
+
 /// Everything besides weights and moments needed to continue a run exactly.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainState {
-    /// Updates done.
+    /// [`STATE_VERSION`] when written by this rnmt.
+    pub version: u32,
+    /// Updates done (also Adam's update count, for its bias correction).
     pub step: u64,
     /// The epoch of the next batch, and its index in that epoch's batch list.
     pub epoch: u64,
@@ -40,8 +47,6 @@ pub struct TrainState {
     pub rng_seed: [u8; 32],
     pub rng_stream: u64,
     pub rng_word_pos: u128,
-    /// Adam's update count (bias correction).
-    pub adam_t: u64,
     pub plateau: PlateauState,
     pub best_bleu: Option<f64>,
     pub best_step: Option<u64>,
@@ -49,6 +54,26 @@ pub struct TrainState {
     pub bad_validations: u64,
     pub target_tokens_seen: u64,
     pub elapsed_s: f64,
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            step: 0,
+            epoch: 0,
+            batch_index: 0,
+            rng_seed: [0; 32],
+            rng_stream: 0,
+            rng_word_pos: 0,
+            plateau: PlateauState::default(),
+            best_bleu: None,
+            best_step: None,
+            bad_validations: 0,
+            target_tokens_seen: 0,
+            elapsed_s: 0.0,
+        }
+    }
 }
 
 use crate::io::{sync_dir, write_atomic, write_atomic_with};
@@ -66,10 +91,44 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))
 }
 
+/// Reads a training state of any version up to [`STATE_VERSION`].
 pub fn read_state(path: &Path) -> Result<TrainState> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: bad training state", path.display()))
+    parse_state(&text).with_context(|| format!("{}: bad training state", path.display()))
+}
+
+fn parse_state(text: &str) -> Result<TrainState> {
+    let mut value: serde_json::Value = serde_json::from_str(text)?;
+    let Some(object) = value.as_object_mut() else {
+        bail!("expected a JSON object");
+    };
+    let version = match object.get("version") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .with_context(|| format!("`version` must be a whole number, not {v}"))?,
+    };
+    if version > STATE_VERSION as u64 {
+        bail!(
+            "version {version} was written by a newer rnmt; this one reads versions up to \
+             {STATE_VERSION}"
+        );
+    }
+    if version == 1 {
+        let step = object.get("step").and_then(|s| s.as_u64());
+        match object.remove("adam_t") {
+            Some(t) if t.as_u64() == step => {}
+            Some(t) => bail!(
+                "version 1: adam_t = {t} differs from step = {}; every step is one Adam \
+                 update, so the file is inconsistent",
+                step.map_or("?".into(), |s| s.to_string())
+            ),
+            None => bail!("version 1 (no `version` key) needs `adam_t`"),
+        }
+        object.insert("version".into(), STATE_VERSION.into());
+    }
+    Ok(serde_json::from_value(value)?)
 }
 
 /// `RUN/checkpoints`.
@@ -260,6 +319,42 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+        Ok(())
+    }
+
+    #[test]
+    fn state_versions() -> Result<()> {
+        let state = TrainState {
+            step: 7,
+            epoch: 1,
+            best_step: Some(4),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&state)?;
+        assert!(
+            json.contains("\"version\":2") && !json.contains("adam_t"),
+            "{json}"
+        );
+        assert_eq!(parse_state(&json)?, state);
+
+        // Version 1: no `version`, Adam's count beside the step.
+        let mut v1: serde_json::Value = serde_json::from_str(&json)?;
+        let o = v1.as_object_mut().unwrap();
+        o.remove("version");
+        o.insert("adam_t".into(), 7.into());
+        assert_eq!(parse_state(&v1.to_string())?, state);
+        o.insert("adam_t".into(), 6.into());
+        let e = format!("{:#}", parse_state(&v1.to_string()).unwrap_err());
+        assert!(e.contains("adam_t = 6") && e.contains("step = 7"), "{e}");
+
+        let mut v3: serde_json::Value = serde_json::from_str(&json)?;
+        v3["version"] = 3.into();
+        let e = format!("{:#}", parse_state(&v3.to_string()).unwrap_err());
+        assert!(e.contains("version 3") && e.contains("newer rnmt"), "{e}");
+        // A version-2 file with adam_t is not one this rnmt wrote.
+        let mut bad: serde_json::Value = serde_json::from_str(&json)?;
+        bad["adam_t"] = 7.into();
+        assert!(parse_state(&bad.to_string()).is_err());
         Ok(())
     }
 

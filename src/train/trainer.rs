@@ -148,7 +148,7 @@ impl Trainer {
         let opt_path = dir.join(OPTIMIZER_FILE);
         t.adam.load_state_tensors(
             &load_tensors(&opt_path)?,
-            state.adam_t,
+            state.step,
             &opt_path.display().to_string(),
         )?;
         t.rng = ChaCha8Rng::from_seed(state.rng_seed);
@@ -383,7 +383,7 @@ impl Trainer {
     /// `card`: Some(model card) when this checkpoint becomes `best/`.
     fn write_checkpoint(&mut self, card: Option<String>, model_files: &[PathBuf]) -> Result<()> {
         let run_dir = self.cfg.run_dir.clone();
-        self.state.adam_t = self.adam.t;
+        debug_assert_eq!(self.adam.t, self.state.step, "one Adam update per step");
         self.state.plateau = self.schedule.plateau.clone();
         save_rng(&self.rng, &mut self.state);
         let state_json = serde_json::to_string_pretty(&self.state)?;
