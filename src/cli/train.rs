@@ -130,7 +130,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     trainer.train(&data)?;
     crate::plot::plot_run(&run_dir)?;
-    eprintln!("best model: {}", run_dir.join("best").display());
+    let best = crate::train::checkpoint::best_dir(&run_dir);
+    if best.join(crate::model::WEIGHTS_FILE).is_file() {
+        eprintln!("best model: {}", best.display());
+    } else {
+        eprintln!("no best model: {} was not written", best.display());
+    }
     Ok(())
 }
 

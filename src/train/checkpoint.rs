@@ -76,7 +76,7 @@ impl Default for TrainState {
     }
 }
 
-use crate::io::{sync_dir, write_atomic, write_atomic_with};
+use crate::io::{publish_dir, repair_published, write_atomic, write_atomic_with};
 pub use crate::model::{CONFIG_FILE, WEIGHTS_FILE};
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
@@ -168,26 +168,108 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Publishes a checkpoint folder assembled by `fill` (which writes the files into the
-/// folder it is given) as `RUN/checkpoints/step-N`.
+/// folder it is given, [`STATE_FILE`] last) as `RUN/checkpoints/step-N`, through
+/// [`publish_dir`].
 pub fn publish_checkpoint(
     run_dir: &Path,
     step: u64,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let final_dir = checkpoint_dir(run_dir, step);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+    let dir = checkpoint_dir(run_dir, step);
+    fs::create_dir_all(checkpoints_dir(run_dir))
+        .with_context(|| format!("cannot create {}", checkpoints_dir(run_dir).display()))?;
+    publish_dir(&dir, fill)?;
+    Ok(dir)
+}
+
+/// `RUN/best`: the model folder of the best checkpoint.
+pub fn best_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("best")
+}
+
+/// The model card, in every checkpoint and in `best/`.
+pub const MODEL_CARD_FILE: &str = "README.md";
+
+/// Publishes `RUN/best` from the checkpoint folder `checkpoint`: its weights, config and
+/// model card, plus `model_files` (the tokenizers). The card is written last, so a
+/// `best.tmp` with a card is complete.
+pub fn publish_best(run_dir: &Path, checkpoint: &Path, model_files: &[PathBuf]) -> Result<()> {
+    let mut files: Vec<PathBuf> = [WEIGHTS_FILE, CONFIG_FILE]
+        .iter()
+        .map(|f| checkpoint.join(f))
+        .collect();
+    files.extend(model_files.iter().cloned());
+    files.push(checkpoint.join(MODEL_CARD_FILE));
+    publish_dir(&best_dir(run_dir), |tmp| {
+        for f in &files {
+            let name = f
+                .file_name()
+                .with_context(|| format!("{} has no name", f.display()))?;
+            let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            write_atomic(&tmp.join(name), &bytes)?;
+        }
+        Ok(())
+    })
+}
+
+/// Finishes or undoes publications of checkpoints and `best/` that a crash
+/// interrupted, then makes `best/` the model of `best_step` when it is not (missing, or
+/// left from an earlier best because the crash came between the checkpoint and `best/`).
+pub fn repair_run(run_dir: &Path, best_step: Option<u64>, model_files: &[PathBuf]) -> Result<()> {
+    repair_checkpoints(run_dir)?;
+    let best = best_dir(run_dir);
+    repair_published(&best, |d| d.join(MODEL_CARD_FILE).is_file())?;
+    let Some(step) = best_step else {
+        return Ok(());
+    };
+    let checkpoint = checkpoint_dir(run_dir, step);
+    if !checkpoint.join(STATE_FILE).is_file() || !checkpoint.join(MODEL_CARD_FILE).is_file() {
+        // A run from before checkpoints held their card: nothing to re-publish from.
+        return Ok(());
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    fill(&tmp)?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
+    let same = |name: &str| -> bool {
+        match (fs::read(best.join(name)), fs::read(checkpoint.join(name))) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    };
+    let complete = same(WEIGHTS_FILE)
+        && same(CONFIG_FILE)
+        && same(MODEL_CARD_FILE)
+        && model_files
+            .iter()
+            .all(|f| f.file_name().is_some_and(|n| best.join(n).is_file()));
+    if !complete {
+        eprintln!(
+            "{}: re-published from {} (the best checkpoint)",
+            best.display(),
+            checkpoint.display()
+        );
+        publish_best(run_dir, &checkpoint, model_files)?;
     }
-    fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
-    sync_dir(&checkpoints_dir(run_dir));
-    Ok(final_dir)
+    Ok(())
+}
+
+/// The checkpoint part of [`repair_run`], run before a resume picks its checkpoint.
+pub fn repair_checkpoints(run_dir: &Path) -> Result<()> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if let Some(base) = name
+            .strip_suffix(".tmp")
+            .or_else(|| name.strip_suffix(".old"))
+        {
+            names.insert(base.to_string());
+        }
+    }
+    for name in names {
+        repair_published(&dir.join(name), |d| d.join(STATE_FILE).is_file())?;
+    }
+    Ok(())
 }
 
 /// Deletes all checkpoints but the last `keep_last` and `keep` (the best).
@@ -199,46 +281,6 @@ pub fn prune_checkpoints(run_dir: &Path, keep_last: usize, keep: Option<u64>) ->
             fs::remove_dir_all(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
-    }
-    Ok(())
-}
-
-/// Replaces `dst` (a folder) by a copy of `files` plus the generated files `extra`
-/// (name, contents), going through `dst.tmp` so that a crash leaves either the old or
-/// the new folder.
-pub fn replace_dir_with_copies(
-    dst: &Path,
-    files: &[PathBuf],
-    extra: &[(&str, String)],
-) -> Result<()> {
-    let tmp = dst.with_extension("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    for f in files {
-        let name = f
-            .file_name()
-            .with_context(|| format!("{} has no name", f.display()))?;
-        let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        write_atomic(&tmp.join(name), &bytes)?;
-    }
-    for (name, text) in extra {
-        write_atomic(&tmp.join(name), text.as_bytes())?;
-    }
-    let old = dst.with_extension("old");
-    if dst.exists() {
-        if old.exists() {
-            fs::remove_dir_all(&old)?;
-        }
-        fs::rename(dst, &old)?;
-    }
-    fs::rename(&tmp, dst)?;
-    if old.exists() {
-        fs::remove_dir_all(&old)?;
-    }
-    if let Some(parent) = dst.parent() {
-        sync_dir(parent);
     }
     Ok(())
 }
@@ -339,11 +381,10 @@ mod tests {
 
         // Version 1: no `version`, Adam's count beside the step.
         let mut v1: serde_json::Value = serde_json::from_str(&json)?;
-        let o = v1.as_object_mut().unwrap();
-        o.remove("version");
-        o.insert("adam_t".into(), 7.into());
+        v1.as_object_mut().unwrap().remove("version");
+        v1["adam_t"] = 7.into();
         assert_eq!(parse_state(&v1.to_string())?, state);
-        o.insert("adam_t".into(), 6.into());
+        v1["adam_t"] = 6.into();
         let e = format!("{:#}", parse_state(&v1.to_string()).unwrap_err());
         assert!(e.contains("adam_t = 6") && e.contains("step = 7"), "{e}");
 
@@ -355,6 +396,70 @@ mod tests {
         let mut bad: serde_json::Value = serde_json::from_str(&json)?;
         bad["adam_t"] = 7.into();
         assert!(parse_state(&bad.to_string()).is_err());
+        Ok(())
+    }
+
+    /// A checkpoint folder with the files `publish_best` copies, `tag` in each.
+    fn fake_checkpoint(run: &Path, step: u64, tag: &str) -> Result<PathBuf> {
+        publish_checkpoint(run, step, |d| {
+            for f in [WEIGHTS_FILE, CONFIG_FILE, MODEL_CARD_FILE, STATE_FILE] {
+                write_atomic(&d.join(f), format!("{tag} {f}").as_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn interrupted_publications_are_repaired() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path();
+        let tok = run.join("tokenizer-src.json");
+        fs::write(&tok, "tok")?;
+        let files = [tok];
+        let c4 = fake_checkpoint(run, 4, "four")?;
+        let c8 = fake_checkpoint(run, 8, "eight")?;
+        let best = best_dir(run);
+        let card = || fs::read_to_string(best.join(MODEL_CARD_FILE)).unwrap();
+
+        // Killed between the best checkpoint and best/: no best/ at all.
+        repair_run(run, Some(4), &files)?;
+        assert_eq!(card(), format!("four {MODEL_CARD_FILE}"));
+        assert!(best.join("tokenizer-src.json").is_file());
+
+        // best/ still holds the previous best while the state says 8.
+        repair_run(run, Some(8), &files)?;
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+
+        // Killed after best/ became best.old and before best.tmp was renamed.
+        publish_best(run, &c4, &files)?;
+        let (tmp, old) = (run.join("best.tmp"), run.join("best.old"));
+        fs::rename(&best, &old)?;
+        publish_best(run, &c8, &files)?;
+        fs::rename(&best, &tmp)?;
+        repair_run(run, None, &files)?;
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+        assert!(!tmp.exists() && !old.exists());
+
+        // An unfinished best.tmp (no card) is removed, best/ left as it was.
+        fs::create_dir_all(&tmp)?;
+        fs::write(tmp.join(WEIGHTS_FILE), "half")?;
+        repair_run(run, None, &files)?;
+        assert!(!tmp.exists());
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+
+        // A complete step-12.tmp (first publication, killed before its rename) is
+        // put in place; an unfinished one is removed.
+        let c12 = fake_checkpoint(run, 12, "twelve")?;
+        fs::rename(&c12, run.join("checkpoints/step-12.tmp"))?;
+        fs::create_dir_all(run.join("checkpoints/step-16.tmp"))?;
+        repair_checkpoints(run)?;
+        let steps: Vec<u64> = list_checkpoints(run)?.into_iter().map(|c| c.0).collect();
+        assert_eq!(steps, vec![4, 8, 12]);
+        let names: Vec<String> = fs::read_dir(checkpoints_dir(run))?
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(c8.is_dir());
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, TrainState,
-    CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
+    CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
 use crate::train::log::{MetricsLog, Progress, Record};
@@ -120,6 +120,7 @@ impl Trainer {
     /// must be the checkpoint's; the rest of `cfg` (step limits, validation, …) may
     /// differ.
     pub fn resume(cfg: TrainConfig, device: Device) -> Result<Self> {
+        checkpoint::repair_checkpoints(&cfg.run_dir)?;
         let checkpoints = list_checkpoints(&cfg.run_dir)?;
         let Some((_, dir)) = checkpoints.last() else {
             bail!(
@@ -178,6 +179,7 @@ impl Trainer {
         let run_dir = self.cfg.run_dir.clone();
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
         let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
         let batcher = TokenBatcher::new(self.cfg.max_tokens, self.cfg.seed);
@@ -331,8 +333,8 @@ impl Trainer {
         } else {
             self.state.best_step = Some(self.state.step);
         }
-        let card = is_best.then(|| self.model_card(data, validation.as_ref()));
-        self.write_checkpoint(card, &data.model_files)?;
+        let card = self.model_card(data, validation.as_ref());
+        self.write_checkpoint(card, is_best, &data.model_files)?;
         Ok(stop)
     }
 
@@ -380,8 +382,14 @@ impl Trainer {
         card
     }
 
-    /// `card`: Some(model card) when this checkpoint becomes `best/`.
-    fn write_checkpoint(&mut self, card: Option<String>, model_files: &[PathBuf]) -> Result<()> {
+    /// Writes the checkpoint of this step with its model `card`; `is_best`: it also
+    /// becomes `best/`.
+    fn write_checkpoint(
+        &mut self,
+        card: String,
+        is_best: bool,
+        model_files: &[PathBuf],
+    ) -> Result<()> {
         let run_dir = self.cfg.run_dir.clone();
         debug_assert_eq!(self.adam.t, self.state.step, "one Adam update per step");
         self.state.plateau = self.schedule.plateau.clone();
@@ -390,21 +398,14 @@ impl Trainer {
         let moments = self.adam.state_tensors()?;
         let dir = publish_checkpoint(&run_dir, self.state.step, |dir| {
             save_model(dir, &self.cfg.model, &self.varmap)?;
-            for f in [WEIGHTS_FILE, CONFIG_FILE] {
-                std::fs::File::open(dir.join(f))?.sync_all()?;
-            }
             save_tensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+            write_atomic(&dir.join(MODEL_CARD_FILE), card.as_bytes())?;
+            // Last: a checkpoint folder with a state is complete.
             write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
         })?;
         self.last_checkpoint = Some(self.state.step);
-        if let Some(card) = card {
-            let mut files = vec![dir.join(WEIGHTS_FILE), dir.join(CONFIG_FILE)];
-            files.extend(model_files.iter().cloned());
-            checkpoint::replace_dir_with_copies(
-                &run_dir.join("best"),
-                &files,
-                &[("README.md", card)],
-            )?;
+        if is_best {
+            checkpoint::publish_best(&run_dir, &dir, model_files)?;
         }
         checkpoint::prune_checkpoints(&run_dir, self.cfg.keep_last, self.state.best_step)
     }
