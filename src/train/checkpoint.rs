@@ -52,6 +52,8 @@ pub struct TrainState {
     pub best_step: Option<u64>,
     /// Validations since the best BLEU (early stopping).
     pub bad_validations: u64,
+    /// Updates skipped in a row for a non-finite or exploding loss.
+    pub bad_steps: u64,
     pub target_tokens_seen: u64,
     pub elapsed_s: f64,
 }
@@ -70,6 +72,7 @@ impl Default for TrainState {
             best_bleu: None,
             best_step: None,
             bad_validations: 0,
+            bad_steps: 0,
             target_tokens_seen: 0,
             elapsed_s: 0.0,
         }
@@ -127,6 +130,7 @@ fn parse_state(text: &str) -> Result<TrainState> {
             None => bail!("version 1 (no `version` key) needs `adam_t`"),
         }
         object.insert("version".into(), STATE_VERSION.into());
+        object.insert("bad_steps".into(), 0.into());
     }
     Ok(serde_json::from_value(value)?)
 }

@@ -23,11 +23,31 @@ pub enum Record {
     Train {
         step: u64,
         epoch: u64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         loss: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         ppl: f64,
         lr: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         grad_norm: f64,
         target_tokens: usize,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         tokens_per_s: f64,
         elapsed_s: f64,
     },
@@ -35,13 +55,47 @@ pub enum Record {
     Valid {
         step: u64,
         epoch: u64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         valid_loss: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         valid_ppl: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         bleu: f64,
         bleu_signature: String,
         sentences: usize,
         best: bool,
     },
+}
+
+/// Non-finite numbers (a diverged loss, the perplexity `exp` of a large one) are not
+/// JSON: such a field is left out of the line and reads back as NaN, as does the `null`
+/// that earlier versions wrote for them.
+mod finite {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn not(v: &f64) -> bool {
+        !v.is_finite()
+    }
+
+    pub fn missing() -> f64 {
+        f64::NAN
+    }
+
+    pub fn or_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 impl Record {
@@ -217,6 +271,29 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(back[3], train(4, 9.0));
+        Ok(())
+    }
+
+    #[test]
+    fn non_finite_numbers_are_left_out_and_old_nulls_read() -> Result<()> {
+        let mut r = train(3, f64::NAN);
+        if let Record::Train { ppl, .. } = &mut r {
+            *ppl = f64::INFINITY;
+        }
+        let line = serde_json::to_string(&r)?;
+        assert!(!line.contains("loss") && !line.contains("ppl") && !line.contains("null"));
+        let back: Record = serde_json::from_str(&line)?;
+        let old = line.replace("\"lr\"", "\"loss\":null,\"ppl\":null,\"lr\"");
+        for r in [back, serde_json::from_str(&old)?] {
+            match r {
+                Record::Train {
+                    step, loss, ppl, ..
+                } => {
+                    assert!(step == 3 && loss.is_nan() && ppl.is_nan())
+                }
+                _ => panic!("a train record"),
+            }
+        }
         Ok(())
     }
 

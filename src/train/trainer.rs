@@ -162,6 +162,13 @@ impl Trainer {
         Ok(t)
     }
 
+    /// A loss above this has exploded: ten times the cross-entropy of a uniform guess
+    /// over the target vocabulary. Initial losses are about one such guess and fall from
+    /// there; a diverged run (lr too high) reaches 10^6 and more.
+    fn exploding_loss(&self) -> f64 {
+        10.0 * (self.cfg.model.tgt_vocab_size.max(2) as f64).ln()
+    }
+
     pub fn model(&self) -> &Seq2Seq {
         &self.model
     }
@@ -219,13 +226,35 @@ impl Trainer {
                 let grads = objective.backward()?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
                 let loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !norm.is_finite() || !loss.is_finite() {
-                    bail!(
-                        "training diverged at step {}: loss {loss}, gradient norm {norm} \
-                         (try a lower lr or clip_norm)",
-                        self.state.step + 1
-                    );
+                if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
+                    // The update would ruin the weights: skip it (the batch is used up).
+                    self.state.batch_index += 1;
+                    self.state.bad_steps += 1;
+                    progress.println(&format!(
+                        "step {}: update skipped: loss {loss}, gradient norm {norm} \
+                         ({} in a row)",
+                        self.state.step + 1,
+                        self.state.bad_steps
+                    ));
+                    if self.state.bad_steps >= self.cfg.max_bad_steps {
+                        let last = match self.last_checkpoint {
+                            Some(s) => format!(
+                                "the last good checkpoint is {}",
+                                checkpoint::checkpoint_dir(&run_dir, s).display()
+                            ),
+                            None => "no checkpoint was written".to_string(),
+                        };
+                        bail!(
+                            "training diverged at step {}: {} updates in a row had a \
+                             non-finite or exploding loss (max_bad_steps); {last}. \
+                             Resume with a lower lr or clip_norm (--set lr=…)",
+                            self.state.step + 1,
+                            self.state.bad_steps
+                        );
+                    }
+                    continue;
                 }
+                self.state.bad_steps = 0;
                 let lr = self.schedule.lr(self.state.step + 1);
                 self.adam
                     .step(&grads, lr, clip_scale(norm, self.cfg.clip_norm))?;
@@ -475,4 +504,86 @@ fn save_rng(rng: &ChaCha8Rng, state: &mut TrainState) {
     state.rng_seed = rng.get_seed();
     state.rng_stream = rng.get_stream();
     state.rng_word_pos = rng.get_word_pos();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::train::log::{read_metrics, METRICS_FILE};
+
+    /// Digit strings → the same digits reversed, shifted by 10.
+    fn data() -> TrainData<'static> {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let train = (0..40)
+            .map(|_| {
+                use rand::Rng;
+                let len = rng.random_range(2..6);
+                let src: Vec<u32> = (0..len).map(|_| rng.random_range(4..14)).collect();
+                let tgt = src.iter().rev().map(|&x| x + 10).collect();
+                EncodedPair { src, tgt }
+            })
+            .collect();
+        TrainData {
+            train,
+            valid: None,
+            detokenize: Box::new(|ids: &[u32]| Ok(format!("{ids:?}"))),
+            model_files: Vec::new(),
+            description: "synthetic".into(),
+        }
+    }
+
+    fn config(run_dir: &Path, max_steps: u64, lr: f64) -> TrainConfig {
+        TrainConfig {
+            run_dir: run_dir.to_path_buf(),
+            max_tokens: 40,
+            max_steps,
+            max_epochs: 0,
+            lr,
+            warmup_steps: 0,
+            valid_every: 4,
+            model: ModelConfig {
+                src_vocab_size: 24,
+                tgt_vocab_size: 24,
+                embedding_size: 8,
+                hidden_size: 8,
+                encoder_layers: 1,
+                decoder_layers: 1,
+                ..ModelConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn divergence_skips_updates_then_stops_with_the_last_checkpoint_intact() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        Trainer::new(config(&run, 4, 1e-3), Device::Cpu)?.train(&data())?;
+        let ckpt = checkpoint::checkpoint_dir(&run, 4);
+        let weights = std::fs::read(ckpt.join(WEIGHTS_FILE))?;
+
+        // lr 10^6: the first update blows the weights up, every later loss explodes.
+        let mut t = Trainer::resume(config(&run, 40, 1e6), Device::Cpu)?;
+        let e = format!("{:#}", t.train(&data()).unwrap_err());
+        assert!(
+            e.contains("diverged") && e.contains("5 updates in a row") && e.contains("step-4"),
+            "{e}"
+        );
+        assert_eq!(t.state.step, 5, "one update made, then five skipped");
+        assert_eq!(std::fs::read(ckpt.join(WEIGHTS_FILE))?, weights);
+        let steps: Vec<u64> = list_checkpoints(&run)?.iter().map(|c| c.0).collect();
+        assert_eq!(steps, vec![4]);
+        // Every line is JSON without null (a non-finite number is left out).
+        let text = std::fs::read_to_string(run.join(METRICS_FILE))?;
+        assert!(!text.contains("null") && !text.contains("inf"), "{text}");
+        read_metrics(&run.join(METRICS_FILE))?;
+
+        // The run goes on from its last checkpoint with a sane learning rate.
+        let mut t = Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?;
+        assert_eq!(t.state.step, 4);
+        t.train(&data())?;
+        assert_eq!(t.state.step, 8);
+        Ok(())
+    }
 }
