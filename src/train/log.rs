@@ -3,7 +3,7 @@
 //! periodic lines otherwise).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -146,17 +146,39 @@ impl MetricsLog {
     }
 }
 
+/// The lines of a metrics file with their records. A last line without its newline
+/// that does not parse is what a write cut short (a full disk, a kill) leaves: it is
+/// dropped with a warning, so the run can resume. Any other bad line is an error.
 fn read_lines(path: &Path) -> Result<Vec<(String, Record)>> {
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let complete = bytes.ends_with(b"\n");
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if complete {
+        lines.pop();
+    }
+    let last = lines.len();
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: unreadable", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
+    for (i, raw) in lines.into_iter().enumerate() {
+        let parsed = std::str::from_utf8(raw)
+            .map_err(anyhow::Error::from)
+            .and_then(|line| Ok((line, serde_json::from_str::<Record>(line)?)));
+        match parsed {
+            Ok((line, _)) if line.trim().is_empty() => {}
+            Ok((line, r)) => out.push((line.to_string(), r)),
+            Err(_) if i + 1 == last && !complete => {
+                eprintln!(
+                    "warning: {}:{}: dropped an unfinished last line ({} bytes, no newline: \
+                     a write cut short)",
+                    path.display(),
+                    i + 1,
+                    raw.len()
+                );
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))
+            }
         }
-        let r: Record = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))?;
-        out.push((line, r));
     }
     Ok(out)
 }
@@ -294,6 +316,31 @@ mod tests {
                 _ => panic!("a train record"),
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_dropped_on_resume() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join(METRICS_FILE);
+        let full: String = (1..=3)
+            .map(|s| serde_json::to_string(&train(s, 1.0)).unwrap() + "\n")
+            .collect();
+        // A full disk cut the fourth line short (mid-way through a UTF-8 sequence too).
+        let mut bytes = full.clone().into_bytes();
+        bytes.extend_from_slice(b"{\"kind\":\"train\",\"step\":4,\"lo\xc3");
+        std::fs::write(&p, &bytes)?;
+        assert_eq!(read_metrics(&p)?.len(), 3);
+        let mut log = MetricsLog::open(dir.path(), Some(2))?;
+        log.write(&train(3, 2.0))?;
+        let back = read_metrics(&p)?;
+        assert_eq!(back, vec![train(1, 1.0), train(2, 1.0), train(3, 2.0)]);
+        // A bad line that is not the unfinished last one is still an error.
+        std::fs::write(&p, format!("{{oops\n{full}"))?;
+        let e = format!("{:#}", read_metrics(&p).unwrap_err());
+        assert!(e.contains("metrics.jsonl:1"), "{e}");
+        std::fs::write(&p, format!("{full}{{oops\n"))?;
+        assert!(read_metrics(&p).is_err());
         Ok(())
     }
 
