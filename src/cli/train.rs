@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::io::write_atomic;
 use crate::prepare::PreparedData;
-use crate::train::checkpoint::list_checkpoints;
+use crate::train::checkpoint::{list_checkpoints, RunLock};
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{TrainData, Trainer, ValidSet};
 
@@ -63,6 +63,8 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let mut cfg = resolve_config(args)?;
+    // Before anything reads or writes the run folder.
+    let lock = RunLock::acquire(&cfg.run_dir)?;
     crate::device::set_threads(cfg.threads)?;
     let device = crate::device::parse_device(&cfg.device)?.device()?;
     let prepared = PreparedData::load(&cfg.data)?;
@@ -112,8 +114,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         Trainer::new(cfg.clone(), device)?
     };
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    trainer.hold_lock(lock);
     write_atomic(
         &run_dir.join(RUN_CONFIG_FILE),
         toml::to_string(&cfg)?.as_bytes(),

@@ -186,6 +186,60 @@ pub fn publish_checkpoint(
     Ok(dir)
 }
 
+/// `RUN/.lock`: held (an advisory file lock) by the trainer writing into the run folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The run folder's lock: one trainer at a time, since two would write the same
+/// checkpoints and append to one `metrics.jsonl`. The kernel drops the lock when the
+/// process ends, however it ends, so a killed trainer never leaves a stale lock; the
+/// file stays and names the last holder's pid.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        let path = run_dir.join(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                file.rewind()?;
+                write!(file, "{}", std::process::id())?;
+                file.flush()?;
+                Ok(Self { _file: file })
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = match pid.trim() {
+                    "" => "unknown".to_string(),
+                    p => p.to_string(),
+                };
+                bail!(
+                    "{} is in use by another trainer (pid {pid}, which holds {}): two trainers \
+                     on one run folder would overwrite each other's checkpoints; wait for it \
+                     or stop it, or choose another run_dir",
+                    run_dir.display(),
+                    path.display()
+                )
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
 /// `RUN/best`: the model folder of the best checkpoint.
 pub fn best_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("best")
@@ -464,6 +518,23 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(c8.is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn one_trainer_per_run_folder() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        let lock = RunLock::acquire(&run)?;
+        let e = format!("{:#}", RunLock::acquire(&run).err().expect("locked"));
+        assert!(
+            e.contains(&format!("pid {}", std::process::id()))
+                && e.contains(&run.display().to_string())
+                && e.contains("in use"),
+            "{e}"
+        );
+        drop(lock);
+        RunLock::acquire(&run)?;
         Ok(())
     }
 

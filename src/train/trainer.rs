@@ -23,8 +23,8 @@ use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
-    self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, TrainState,
-    CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
+    self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, RunLock,
+    TrainState, CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
 use crate::train::log::{MetricsLog, Progress, Record};
@@ -79,6 +79,8 @@ pub struct Trainer {
     /// Step of the last checkpoint written or resumed from.
     last_checkpoint: Option<u64>,
     resumed: bool,
+    /// Held while training writes into the run folder.
+    lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -113,6 +115,7 @@ impl Trainer {
             rng,
             last_checkpoint: None,
             resumed: false,
+            lock: None,
         })
     }
 
@@ -169,6 +172,12 @@ impl Trainer {
         10.0 * (self.cfg.model.tgt_vocab_size.max(2) as f64).ln()
     }
 
+    /// Trains under `lock` (taken by the caller before it read or wrote the run
+    /// folder); without one, [`Self::train`] takes it.
+    pub fn hold_lock(&mut self, lock: RunLock) {
+        self.lock = Some(lock);
+    }
+
     pub fn model(&self) -> &Seq2Seq {
         &self.model
     }
@@ -184,8 +193,9 @@ impl Trainer {
             bail!("no training pairs");
         }
         let run_dir = self.cfg.run_dir.clone();
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&run_dir)?);
+        }
         checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
         let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
