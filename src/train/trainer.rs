@@ -588,6 +588,7 @@ mod tests {
         let text = std::fs::read_to_string(run.join(METRICS_FILE))?;
         assert!(!text.contains("null") && !text.contains("inf"), "{text}");
         read_metrics(&run.join(METRICS_FILE))?;
+        drop(t); // and its run-folder lock
 
         // The run goes on from its last checkpoint with a sane learning rate.
         let mut t = Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?;
