@@ -115,6 +115,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Trainer::new(cfg.clone(), device)?
     };
     trainer.hold_lock(lock);
+    // Before the run's copies of the tokenizers are replaced.
+    trainer.check_data(&data)?;
     write_atomic(
         &run_dir.join(RUN_CONFIG_FILE),
         toml::to_string(&cfg)?.as_bytes(),

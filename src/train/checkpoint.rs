@@ -54,6 +54,9 @@ pub struct TrainState {
     pub bad_validations: u64,
     /// Updates skipped in a row for a non-finite or exploding loss.
     pub bad_steps: u64,
+    /// [`data_fingerprint`] of the files the run was trained with (the prepared data's
+    /// tokenizers), checked on resume. None in version-1 states.
+    pub data_fingerprint: Option<String>,
     pub target_tokens_seen: u64,
     pub elapsed_s: f64,
 }
@@ -73,6 +76,7 @@ impl Default for TrainState {
             best_step: None,
             bad_validations: 0,
             bad_steps: 0,
+            data_fingerprint: None,
             target_tokens_seen: 0,
             elapsed_s: 0.0,
         }
@@ -131,6 +135,7 @@ fn parse_state(text: &str) -> Result<TrainState> {
         }
         object.insert("version".into(), STATE_VERSION.into());
         object.insert("bad_steps".into(), 0.into());
+        object.insert("data_fingerprint".into(), serde_json::Value::Null);
     }
     Ok(serde_json::from_value(value)?)
 }
@@ -184,6 +189,20 @@ pub fn publish_checkpoint(
         .with_context(|| format!("cannot create {}", checkpoints_dir(run_dir).display()))?;
     publish_dir(&dir, fill)?;
     Ok(dir)
+}
+
+/// sha256 over the names and contents of `files` (the tokenizers a run trains with):
+/// another prepared folder with the same vocabulary sizes gets another fingerprint.
+pub fn data_fingerprint(files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for f in files {
+        let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        hash.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `RUN/.lock`: held (an advisory file lock) by the trainer writing into the run folder.

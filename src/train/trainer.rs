@@ -178,6 +178,29 @@ impl Trainer {
         self.lock = Some(lock);
     }
 
+    /// Records the fingerprint of `data`'s tokenizers in a fresh run and checks it in a
+    /// resumed one: resuming with other prepared data (even with the same vocabulary
+    /// sizes) would silently give the run's ids other subwords.
+    pub fn check_data(&mut self, data: &TrainData) -> Result<()> {
+        let now = checkpoint::data_fingerprint(&data.model_files)?;
+        match &self.state.data_fingerprint {
+            Some(was) if *was != now => bail!(
+                "{}: the run was trained with other prepared data: its tokenizers' sha256 is \
+                 {was}, that of {} is {now}; resume with the run's own `data` folder, or \
+                 start a new run_dir",
+                self.cfg.run_dir.display(),
+                data.model_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            Some(_) => {}
+            None => self.state.data_fingerprint = Some(now),
+        }
+        Ok(())
+    }
+
     pub fn model(&self) -> &Seq2Seq {
         &self.model
     }
@@ -196,6 +219,7 @@ impl Trainer {
         if self.lock.is_none() {
             self.lock = Some(RunLock::acquire(&run_dir)?);
         }
+        self.check_data(data)?;
         checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
         let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
@@ -595,6 +619,30 @@ mod tests {
         assert_eq!(t.state.step, 4);
         t.train(&data())?;
         assert_eq!(t.state.step, 8);
+        Ok(())
+    }
+
+    #[test]
+    fn resuming_with_other_prepared_data_is_an_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        let tok = dir.path().join("tokenizer-src.json");
+        std::fs::write(&tok, "one vocabulary")?;
+        let mut d = data();
+        d.model_files = vec![tok.clone()];
+        Trainer::new(config(&run, 4, 1e-3), Device::Cpu)?.train(&d)?;
+        // Same size, other contents.
+        std::fs::write(&tok, "two vocabulary")?;
+        let mut t = Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?;
+        let e = format!("{:#}", t.train(&d).unwrap_err());
+        assert!(
+            e.contains("other prepared data") && e.contains("tokenizer-src.json"),
+            "{e}"
+        );
+        assert_eq!(t.state.step, 4);
+        drop(t);
+        std::fs::write(&tok, "one vocabulary")?;
+        Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?.train(&d)?;
         Ok(())
     }
 }
