@@ -32,6 +32,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     ));
     let written = write(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| normal_permissions(&tmp))
         .and_then(|()| Ok(File::open(&tmp)?.sync_all()?));
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
@@ -41,6 +42,37 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
     sync_dir(dir);
     Ok(())
+}
+
+/// Gives `path` the mode a plain `File::create` gets (0666 less the umask), whatever
+/// created it: a writer that makes its file private (0600, as temporary-file helpers do)
+/// would otherwise publish a model others on the machine cannot read.
+fn normal_permissions(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !umask();
+        let current = fs::metadata(path)?.permissions().mode() & 0o777;
+        if current != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+/// The process's umask, from `/proc/self/status` (Linux 4.7+; reading it with
+/// `umask(2)` would have to change it, racing other threads' file creation); 022 where
+/// it cannot be read.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Makes renames in `dir` durable. Best effort: not every platform can fsync a folder.
