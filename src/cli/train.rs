@@ -62,9 +62,13 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // A resumed run is locked before its config.toml is read: another trainer may be
+    // about to rewrite it.
+    let early_lock = match &args.resume {
+        Some(run) if run.is_dir() => Some(RunLock::acquire(run)?),
+        _ => None,
+    };
     let mut cfg = resolve_config(args)?;
-    // Before anything reads or writes the run folder.
-    let lock = RunLock::acquire(&cfg.run_dir)?;
     crate::device::set_threads(cfg.threads)?;
     let device = crate::device::parse_device(&cfg.device)?.device()?;
     let prepared = PreparedData::load(&cfg.data)?;
@@ -74,6 +78,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     cfg.model.src_lang = Some(prepared.manifest.src_lang.clone());
     cfg.model.tgt_lang = Some(prepared.manifest.tgt_lang.clone());
     cfg.validate()?;
+    // Once the config is known to be good, before the run folder is read or written.
+    let lock = match early_lock {
+        Some(lock) => lock,
+        None => RunLock::acquire(&cfg.run_dir)?,
+    };
 
     let train_corpus = prepared.read_train()?;
     let train = prepared.encode_pairs(&train_corpus)?;
