@@ -142,7 +142,9 @@ impl MetricsLog {
         let line = serde_json::to_string(record)?;
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.flush())
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        crate::io::crash_point("metrics.write");
+        Ok(())
     }
 }
 
@@ -159,11 +161,13 @@ fn read_lines(path: &Path) -> Result<Vec<(String, Record)>> {
     let last = lines.len();
     let mut out = Vec::new();
     for (i, raw) in lines.into_iter().enumerate() {
+        if raw.trim_ascii().is_empty() {
+            continue;
+        }
         let parsed = std::str::from_utf8(raw)
             .map_err(anyhow::Error::from)
             .and_then(|line| Ok((line, serde_json::from_str::<Record>(line)?)));
         match parsed {
-            Ok((line, _)) if line.trim().is_empty() => {}
             Ok((line, r)) => out.push((line.to_string(), r)),
             Err(_) if i + 1 == last && !complete => {
                 eprintln!(

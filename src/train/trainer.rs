@@ -294,6 +294,7 @@ impl Trainer {
                     .step(&grads, lr, clip_scale(norm, self.cfg.clip_norm))?;
                 self.state.step += 1;
                 self.state.batch_index += 1;
+                crate::io::crash_point("train.step");
                 self.state.target_tokens_seen += tokens as u64;
                 let nll = if self.cfg.label_smoothing == 0.0 {
                     loss
