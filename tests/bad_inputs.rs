@@ -201,7 +201,9 @@ fn corpus_files_that_are_wrong() {
     let Some(f) = fixture() else { return };
     let dir = f.root.join("corpora-bad");
     std::fs::create_dir_all(&dir).unwrap();
-    let cases: [(&str, &[u8], &[u8], &[&str]); 4] = [
+    // (name, source bytes, target bytes, what the message must say)
+    type Case<'a> = (&'a str, &'a [u8], &'a [u8], &'a [&'a str]);
+    let cases: [Case; 4] = [
         (
             "count",
             b"a\nb\nc\n",
