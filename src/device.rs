@@ -71,10 +71,26 @@ pub fn set_threads(threads: usize) -> Result<()> {
 /// typo such as `--threads 10000` would otherwise spawn them all and stall.
 pub const MAX_THREADS: usize = 256;
 
-/// `threads` must be 0 (all cores) or 1..=[`MAX_THREADS`].
+/// Threads per core allowed: compute-bound work gains nothing past one per core (two with
+/// SMT), so four is already oversubscribed; more is a typo.
+pub const THREADS_PER_CORE: usize = 4;
+
+/// The most threads accepted here: [`THREADS_PER_CORE`] per core the OS gives this
+/// process, and never over [`MAX_THREADS`].
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (THREADS_PER_CORE * cores).min(MAX_THREADS)
+}
+
+/// `threads` must be 0 (all cores) or 1..=[`max_threads`].
 pub fn check_threads(threads: usize) -> Result<()> {
-    if threads > MAX_THREADS {
-        bail!("threads = {threads}: at most {MAX_THREADS} (0 = one per core)");
+    let max = max_threads();
+    if threads > max {
+        bail!(
+            "threads = {threads}: at most {max} ({THREADS_PER_CORE} per core of the {} here; \
+             0 = one per core)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
     }
     Ok(())
 }
@@ -88,7 +104,8 @@ mod tests {
         assert_eq!(parse_device("cpu").unwrap(), DeviceSpec::Cpu);
         assert_eq!(parse_device("cuda:1").unwrap(), DeviceSpec::Cuda(1));
         assert!(parse_device("tpu").is_err());
-        assert!(check_threads(0).is_ok() && check_threads(MAX_THREADS).is_ok());
+        assert!(check_threads(0).is_ok() && check_threads(max_threads()).is_ok());
+        assert!(check_threads(max_threads() + 1).is_err());
         assert!(check_threads(10_000)
             .unwrap_err()
             .to_string()

@@ -139,6 +139,34 @@ pub fn default_model() -> Result<PathBuf> {
     )
 }
 
+/// hf-hub's client has no time-outs, so a server that accepts the connection and never
+/// answers would hang it for ever: before hf-hub fetches a file, one HEAD request with
+/// rnmt's time-outs ([`crate::corpus::fetch::network_timeout`]) checks that the server
+/// answers at all (any HTTP status will do; hf-hub reports real errors itself).
+fn probe(endpoint: &str, repo: &Repo, revision: &str, file: &str) -> Result<()> {
+    let url = format!(
+        "{}/{}/resolve/{revision}/{file}",
+        endpoint.trim_end_matches('/'),
+        repo.url()
+    );
+    let agent = ureq::AgentBuilder::new()
+        .try_proxy_from_env(true)
+        .timeout_connect(crate::corpus::fetch::network_timeout())
+        .timeout_read(crate::corpus::fetch::network_timeout())
+        .redirects(0)
+        .build();
+    match agent.head(&url).call() {
+        Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "{url}: no answer within {} s ({} sets the time-out; HF_ENDPOINT the server)",
+                crate::corpus::fetch::network_timeout().as_secs_f64(),
+                crate::corpus::fetch::TIMEOUT_ENV
+            )
+        }),
+    }
+}
+
 /// Fetches the model files of a Hub repository, and the `extra` ones, into the Hugging
 /// Face cache (files already cached are not fetched again) and returns the snapshot
 /// folder holding them.
@@ -160,14 +188,16 @@ pub fn download(repo: &str, revision: Option<&str>, extra: &[&str]) -> Result<Pa
                 .context("setting up the Hugging Face Hub client")?,
         )
     };
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
     for &file in MODEL_FILES.iter().chain(extra) {
+        if api.is_some() && cache.repo(hub_repo.clone()).get(file).is_none() {
+            probe(&endpoint, &hub_repo, revision, file)?;
+        }
         let path = match &api {
             // `get` reads the cache first, so a downloaded model works offline.
             Some(api) => api.repo(hub_repo.clone()).get(file).with_context(|| {
                 format!(
-                    "downloading {file} of {name} from {} (set HF_ENDPOINT to use another server)",
-                    std::env::var("HF_ENDPOINT")
-                        .unwrap_or_else(|_| "https://huggingface.co".into())
+                    "downloading {file} of {name} from {endpoint} (set HF_ENDPOINT to use another server)"
                 )
             })?,
             None => cache.repo(hub_repo.clone()).get(file).with_context(|| {

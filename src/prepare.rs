@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::EncodedPair;
 use crate::corpus::{resolve_prefix, FilterConfig, FilterReport, ParallelCorpus};
 use crate::subword::{
-    SubwordConfig, SubwordKind, SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER,
+    SubwordConfig, SubwordKind, SubwordModel, SOURCE_TOKENIZER, SPECIAL_TOKENS, TARGET_TOKENIZER,
 };
 
 /// What `prepare` reads, learns and writes.
@@ -76,8 +76,29 @@ impl std::fmt::Display for PrepareSummary {
 
 /// Validates and filters the corpus, learns the subword models and writes the prepared
 /// folder `args.out`.
+/// The smallest vocabulary: the 4 special tokens and the 256 symbols of the byte
+/// alphabet (below that the tokenizers crate silently gives this size anyway).
+pub const MIN_VOCAB: usize = SPECIAL_TOKENS.len() + 256;
+/// The largest: 4× the 256k of the largest multilingual models; an embedding of 10^6 rows
+/// of 512 floats is already 2 GB (10^10 tried to allocate 567 GB and aborted).
+pub const MAX_VOCAB: usize = 1_000_000;
+
+fn check_vocab(option: &str, n: usize) -> anyhow::Result<()> {
+    if !(MIN_VOCAB..=MAX_VOCAB).contains(&n) {
+        anyhow::bail!(
+            "{option} {n}: must be between {MIN_VOCAB} (4 special tokens + the 256-byte \
+             alphabet) and {MAX_VOCAB}"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
     let start = Instant::now();
+    check_vocab("--vocab-size", args.vocab_size)?;
+    if let Some(n) = args.src_vocab_size {
+        check_vocab("--src-vocab-size", n)?;
+    }
     let filter = FilterConfig {
         max_len: args.max_len,
         max_ratio: args.max_ratio,

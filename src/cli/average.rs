@@ -56,7 +56,7 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
                     checkpoint::checkpoints_dir(run).display()
                 );
             }
-            let start = all.len().saturating_sub(args.last.max(1));
+            let start = all.len().saturating_sub(args.last);
             let dirs = all[start..].iter().map(|(_, p)| p.clone()).collect();
             return Ok((dirs, Some(run.clone())));
         }
@@ -78,6 +78,9 @@ fn average_inputs(args: &AverageArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
 }
 
 pub fn run(args: &AverageArgs) -> Result<()> {
+    if args.last == 0 {
+        bail!("--last 0: at least one checkpoint must be averaged");
+    }
     let (dirs, run) = average_inputs(args)?;
     let (tensors, config) = average_checkpoints(&dirs)?;
     let tensors = tensors

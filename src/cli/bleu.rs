@@ -325,6 +325,13 @@ pub fn run(args: &BleuArgs) -> anyhow::Result<()> {
         .map(|(_, l)| l.iter().map(String::as_str).collect())
         .collect();
     let nrefs = refs.len();
+    if args.paired_bs && systems.len() < 2 && !args.sentence_level {
+        // As sacreBLEU: a paired test compares a baseline with other systems.
+        bail!(
+            "--paired-bs needs at least two systems given to -i (the first is the baseline), got {}",
+            systems.len()
+        );
+    }
 
     if args.sentence_level {
         if systems.len() > 1 || args.paired_bs {

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::io::write_atomic;
 use crate::prepare::PreparedData;
-use crate::train::checkpoint::list_checkpoints;
+use crate::train::checkpoint::{list_checkpoints, RunLock};
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{TrainData, Trainer, ValidSet};
 
@@ -62,6 +62,12 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // A resumed run is locked before its config.toml is read: another trainer may be
+    // about to rewrite it.
+    let early_lock = match &args.resume {
+        Some(run) if run.is_dir() => Some(RunLock::acquire(run)?),
+        _ => None,
+    };
     let mut cfg = resolve_config(args)?;
     crate::device::set_threads(cfg.threads)?;
     let device = crate::device::parse_device(&cfg.device)?.device()?;
@@ -72,6 +78,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     cfg.model.src_lang = Some(prepared.manifest.src_lang.clone());
     cfg.model.tgt_lang = Some(prepared.manifest.tgt_lang.clone());
     cfg.validate()?;
+    // Once the config is known to be good, before the run folder is read or written.
+    let lock = match early_lock {
+        Some(lock) => lock,
+        None => RunLock::acquire(&cfg.run_dir)?,
+    };
 
     let train_corpus = prepared.read_train()?;
     let train = prepared.encode_pairs(&train_corpus)?;
@@ -112,8 +123,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         Trainer::new(cfg.clone(), device)?
     };
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    trainer.hold_lock(lock);
+    // Before the run's copies of the tokenizers are replaced.
+    trainer.check_data(&data)?;
     write_atomic(
         &run_dir.join(RUN_CONFIG_FILE),
         toml::to_string(&cfg)?.as_bytes(),
@@ -130,7 +142,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     trainer.train(&data)?;
     crate::plot::plot_run(&run_dir)?;
-    eprintln!("best model: {}", run_dir.join("best").display());
+    let best = crate::train::checkpoint::best_dir(&run_dir);
+    if best.join(crate::model::WEIGHTS_FILE).is_file() {
+        eprintln!("best model: {}", best.display());
+    } else {
+        eprintln!("no best model: {} was not written", best.display());
+    }
     Ok(())
 }
 

@@ -128,6 +128,34 @@ pub fn fetch(
     Ok(())
 }
 
+/// Seconds without progress after which a download fails (connecting, waiting for an
+/// answer, or between two reads of the body), so a server that accepts and never
+/// answers cannot hang rnmt; a slow download that keeps moving is not cut.
+pub const TIMEOUT_ENV: &str = "RNMT_NET_TIMEOUT";
+const DEFAULT_TIMEOUT_S: f64 = 30.0;
+
+/// [`TIMEOUT_ENV`], or 30 s.
+pub fn network_timeout() -> std::time::Duration {
+    let s = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(DEFAULT_TIMEOUT_S);
+    std::time::Duration::from_secs_f64(s)
+}
+
+/// The HTTP client of every download: connect and read time-outs of
+/// [`network_timeout`].
+pub fn http_agent() -> ureq::Agent {
+    let t = network_timeout();
+    ureq::AgentBuilder::new()
+        .try_proxy_from_env(true)
+        .timeout_connect(t)
+        .timeout_read(t)
+        .timeout_write(t)
+        .build()
+}
+
 /// Downloads each URL once per run (the Tatoeba zip serves six files).
 #[derive(Default)]
 struct Downloads {
@@ -139,9 +167,13 @@ impl Downloads {
         if let Some(bytes) = self.cache.get(url) {
             return Ok(bytes.clone());
         }
-        let response = ureq::get(url)
-            .call()
-            .with_context(|| format!("cannot download {url}"))?;
+        let response = http_agent().get(url).call().with_context(|| {
+            format!(
+                "cannot download {url} (no answer within {} s counts as a failure; \
+                     {TIMEOUT_ENV} sets it)",
+                network_timeout().as_secs_f64()
+            )
+        })?;
         let mut bytes = Vec::new();
         response
             .into_reader()

@@ -71,11 +71,38 @@ pub fn load_model_with_vars(
     let config_path = dir.join(CONFIG_FILE);
     let cfg = load_config(dir)?;
 
+    check_tokenizers(dir, &cfg)?;
     let varmap = VarMap::new();
     let model = Seq2Seq::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
         .with_context(|| format!("building the model of {}", config_path.display()))?;
     load_weights_into(&varmap, &dir.join(WEIGHTS_FILE))?;
     Ok((model, cfg, varmap))
+}
+
+/// The tokenizers of a model folder (checkpoints have none) must have the vocabulary
+/// sizes of its `config.json`: a tokenizer of another model, or source and target
+/// swapped, would otherwise give garbage or a late index error deep in search.
+pub fn check_tokenizers(dir: &Path, cfg: &ModelConfig) -> Result<()> {
+    use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
+    for (file, key, size) in [
+        (SOURCE_TOKENIZER, "src_vocab_size", cfg.src_vocab_size),
+        (TARGET_TOKENIZER, "tgt_vocab_size", cfg.tgt_vocab_size),
+    ] {
+        let path = dir.join(file);
+        if !path.is_file() {
+            continue;
+        }
+        let n = SubwordModel::load(&path)?.vocab_size();
+        if n != size {
+            bail!(
+                "{}: {n} subwords, but {}'s {key} is {size} (a tokenizer of another model, \
+                 or source and target swapped?)",
+                path.display(),
+                dir.join(CONFIG_FILE).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Copies the tensors of the weights file `path` into the variables of `varmap` (the one

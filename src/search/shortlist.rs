@@ -46,6 +46,10 @@ impl FromStr for ShortlistSize {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let parse = |v: &str| v.trim().parse::<usize>().ok();
         match s.split_once(',').map(|(f, p)| (parse(f), parse(p))) {
+            // An empty shortlist would score no subword at all: every output empty.
+            Some((Some(0), Some(0))) => Err(format!(
+                "`{s}`: FREQUENT and PER_WORD are both 0, so no subword could be output"
+            )),
             Some((Some(frequent), Some(per_word))) => Ok(Self { frequent, per_word }),
             _ => Err(format!(
                 "`{s}` is not FREQUENT,PER_WORD (two whole numbers, e.g. 500,50)"

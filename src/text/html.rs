@@ -244,7 +244,7 @@ fn flush(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{identity, split_de};
+    use super::super::tests::{assemble_monotone, identity, split_de};
     use super::super::{SentenceTranslation, TextFormat};
     use super::*;
 
@@ -287,17 +287,7 @@ mod tests {
     fn scripts_styles_attributes_and_comments_are_never_touched() {
         let s = seg(PAGE);
         let shout: Vec<String> = s.sentences().iter().map(|t| t.to_uppercase()).collect();
-        let aligned: Vec<Vec<(usize, usize)>> = s
-            .sentences()
-            .iter()
-            .map(|t| (0..t.split_whitespace().count()).map(|i| (i, i)).collect())
-            .collect();
-        let t: Vec<SentenceTranslation> = shout
-            .iter()
-            .zip(&aligned)
-            .map(|(text, a)| SentenceTranslation { text, alignment: a })
-            .collect();
-        let out = s.assemble(&t);
+        let out = assemble_monotone(&s, &shout);
         for kept in [
             "<style>p { color: red; } /* Ein Satz. */</style>",
             "<script>let s = \"Der Hund jagt die Katze.\"; if (a < b) {}</script>",

@@ -331,24 +331,24 @@ mod tests {
         }
     }
 
-    /// Every sentence translated as itself, word i aligned to word i: the text must come
-    /// back byte for byte.
-    pub(crate) fn identity(seg: &Segmented) -> String {
+    /// `seg` with sentence i replaced by `texts[i]`, word k aligned to word k.
+    pub(crate) fn assemble_monotone(seg: &Segmented, texts: &[String]) -> String {
         let alignments: Vec<Vec<(usize, usize)>> = seg
             .sentences()
             .iter()
             .map(|s| (0..s.split_whitespace().count()).map(|i| (i, i)).collect())
             .collect();
-        let t: Vec<SentenceTranslation> = seg
-            .sentences()
+        let t: Vec<SentenceTranslation> = texts
             .iter()
             .zip(&alignments)
-            .map(|(s, a)| SentenceTranslation {
-                text: s,
-                alignment: a,
-            })
+            .map(|(text, alignment)| SentenceTranslation { text, alignment })
             .collect();
         seg.assemble(&t)
+    }
+
+    /// Every sentence translated as itself: the text must come back byte for byte.
+    pub(crate) fn identity(seg: &Segmented) -> String {
+        assemble_monotone(seg, seg.sentences())
     }
 
     #[test]

@@ -27,11 +27,18 @@ use crate::train::schedule::PlateauState;
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 
+/// The layout of `train_state.json` this rnmt writes. Version 1 (no `version` key)
+/// also held `adam_t`, Adam's update count, which always equals `step` (one Adam update
+/// per step): it is derived now, and version-1 files still load.
+pub const STATE_VERSION: u32 = 2;
+
 /// Everything besides weights and moments needed to continue a run exactly.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainState {
-    /// Updates done.
+    /// [`STATE_VERSION`] when written by this rnmt.
+    pub version: u32,
+    /// Updates done (also Adam's update count, for its bias correction).
     pub step: u64,
     /// The epoch of the next batch, and its index in that epoch's batch list.
     pub epoch: u64,
@@ -40,18 +47,43 @@ pub struct TrainState {
     pub rng_seed: [u8; 32],
     pub rng_stream: u64,
     pub rng_word_pos: u128,
-    /// Adam's update count (bias correction).
-    pub adam_t: u64,
     pub plateau: PlateauState,
     pub best_bleu: Option<f64>,
     pub best_step: Option<u64>,
     /// Validations since the best BLEU (early stopping).
     pub bad_validations: u64,
+    /// Updates skipped in a row for a non-finite or exploding loss.
+    pub bad_steps: u64,
+    /// [`data_fingerprint`] of the files the run was trained with (the prepared data's
+    /// tokenizers), checked on resume. None in version-1 states.
+    pub data_fingerprint: Option<String>,
     pub target_tokens_seen: u64,
     pub elapsed_s: f64,
 }
 
-use crate::io::{sync_dir, write_atomic, write_atomic_with};
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            step: 0,
+            epoch: 0,
+            batch_index: 0,
+            rng_seed: [0; 32],
+            rng_stream: 0,
+            rng_word_pos: 0,
+            plateau: PlateauState::default(),
+            best_bleu: None,
+            best_step: None,
+            bad_validations: 0,
+            bad_steps: 0,
+            data_fingerprint: None,
+            target_tokens_seen: 0,
+            elapsed_s: 0.0,
+        }
+    }
+}
+
+use crate::io::{publish_dir, repair_published, write_atomic, write_atomic_with};
 pub use crate::model::{CONFIG_FILE, WEIGHTS_FILE};
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
@@ -66,10 +98,46 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("{}: not a readable safetensors file", path.display()))
 }
 
+/// Reads a training state of any version up to [`STATE_VERSION`].
 pub fn read_state(path: &Path) -> Result<TrainState> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: bad training state", path.display()))
+    parse_state(&text).with_context(|| format!("{}: bad training state", path.display()))
+}
+
+fn parse_state(text: &str) -> Result<TrainState> {
+    let mut value: serde_json::Value = serde_json::from_str(text)?;
+    let Some(object) = value.as_object_mut() else {
+        bail!("expected a JSON object");
+    };
+    let version = match object.get("version") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .with_context(|| format!("`version` must be a whole number, not {v}"))?,
+    };
+    if version > STATE_VERSION as u64 {
+        bail!(
+            "version {version} was written by a newer rnmt; this one reads versions up to \
+             {STATE_VERSION}"
+        );
+    }
+    if version == 1 {
+        let step = object.get("step").and_then(|s| s.as_u64());
+        match object.remove("adam_t") {
+            Some(t) if t.as_u64() == step => {}
+            Some(t) => bail!(
+                "version 1: adam_t = {t} differs from step = {}; every step is one Adam \
+                 update, so the file is inconsistent",
+                step.map_or("?".into(), |s| s.to_string())
+            ),
+            None => bail!("version 1 (no `version` key) needs `adam_t`"),
+        }
+        object.insert("version".into(), STATE_VERSION.into());
+        object.insert("bad_steps".into(), 0.into());
+        object.insert("data_fingerprint".into(), serde_json::Value::Null);
+    }
+    Ok(serde_json::from_value(value)?)
 }
 
 /// `RUN/checkpoints`.
@@ -109,26 +177,176 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Publishes a checkpoint folder assembled by `fill` (which writes the files into the
-/// folder it is given) as `RUN/checkpoints/step-N`.
+/// folder it is given, [`STATE_FILE`] last) as `RUN/checkpoints/step-N`, through
+/// [`publish_dir`].
 pub fn publish_checkpoint(
     run_dir: &Path,
     step: u64,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let final_dir = checkpoint_dir(run_dir, step);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+    let dir = checkpoint_dir(run_dir, step);
+    fs::create_dir_all(checkpoints_dir(run_dir))
+        .with_context(|| format!("cannot create {}", checkpoints_dir(run_dir).display()))?;
+    publish_dir(&dir, fill)?;
+    Ok(dir)
+}
+
+/// sha256 over the names and contents of `files` (the tokenizers a run trains with):
+/// another prepared folder with the same vocabulary sizes gets another fingerprint.
+pub fn data_fingerprint(files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for f in files {
+        let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        hash.update(f.file_name().unwrap_or_default().as_encoded_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    fill(&tmp)?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `RUN/.lock`: held (an advisory file lock) by the trainer writing into the run folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The run folder's lock: one trainer at a time, since two would write the same
+/// checkpoints and append to one `metrics.jsonl`. The kernel drops the lock when the
+/// process ends, however it ends, so a killed trainer never leaves a stale lock; the
+/// file stays and names the last holder's pid.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        let path = run_dir.join(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                file.rewind()?;
+                write!(file, "{}", std::process::id())?;
+                file.flush()?;
+                Ok(Self { _file: file })
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = match pid.trim() {
+                    "" => "unknown".to_string(),
+                    p => p.to_string(),
+                };
+                bail!(
+                    "{} is in use by another trainer (pid {pid}, which holds {}): two trainers \
+                     on one run folder would overwrite each other's checkpoints; wait for it \
+                     or stop it, or choose another run_dir",
+                    run_dir.display(),
+                    path.display()
+                )
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
     }
-    fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
-    sync_dir(&checkpoints_dir(run_dir));
-    Ok(final_dir)
+}
+
+/// `RUN/best`: the model folder of the best checkpoint.
+pub fn best_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("best")
+}
+
+/// The model card, in every checkpoint and in `best/`.
+pub const MODEL_CARD_FILE: &str = "README.md";
+
+/// Publishes `RUN/best` from the checkpoint folder `checkpoint`: its weights, config and
+/// model card, plus `model_files` (the tokenizers). The card is written last, so a
+/// `best.tmp` with a card is complete.
+pub fn publish_best(run_dir: &Path, checkpoint: &Path, model_files: &[PathBuf]) -> Result<()> {
+    let mut files: Vec<PathBuf> = [WEIGHTS_FILE, CONFIG_FILE]
+        .iter()
+        .map(|f| checkpoint.join(f))
+        .collect();
+    files.extend(model_files.iter().cloned());
+    files.push(checkpoint.join(MODEL_CARD_FILE));
+    publish_dir(&best_dir(run_dir), |tmp| {
+        for f in &files {
+            let name = f
+                .file_name()
+                .with_context(|| format!("{} has no name", f.display()))?;
+            let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            write_atomic(&tmp.join(name), &bytes)?;
+        }
+        Ok(())
+    })
+}
+
+/// Finishes or undoes publications of checkpoints and `best/` that a crash
+/// interrupted, then makes `best/` the model of `best_step` when it is not (missing, or
+/// left from an earlier best because the crash came between the checkpoint and `best/`).
+pub fn repair_run(run_dir: &Path, best_step: Option<u64>, model_files: &[PathBuf]) -> Result<()> {
+    repair_checkpoints(run_dir)?;
+    let best = best_dir(run_dir);
+    repair_published(&best, |d| d.join(MODEL_CARD_FILE).is_file())?;
+    let Some(step) = best_step else {
+        return Ok(());
+    };
+    let checkpoint = checkpoint_dir(run_dir, step);
+    if !checkpoint.join(STATE_FILE).is_file() || !checkpoint.join(MODEL_CARD_FILE).is_file() {
+        // A run from before checkpoints held their card: nothing to re-publish from.
+        return Ok(());
+    }
+    let same = |name: &str| -> bool {
+        match (fs::read(best.join(name)), fs::read(checkpoint.join(name))) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    };
+    let complete = same(WEIGHTS_FILE)
+        && same(CONFIG_FILE)
+        && same(MODEL_CARD_FILE)
+        && model_files
+            .iter()
+            .all(|f| f.file_name().is_some_and(|n| best.join(n).is_file()));
+    if !complete {
+        eprintln!(
+            "{}: re-published from {} (the best checkpoint)",
+            best.display(),
+            checkpoint.display()
+        );
+        publish_best(run_dir, &checkpoint, model_files)?;
+    }
+    Ok(())
+}
+
+/// The checkpoint part of [`repair_run`], run before a resume picks its checkpoint.
+pub fn repair_checkpoints(run_dir: &Path) -> Result<()> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if let Some(base) = name
+            .strip_suffix(".tmp")
+            .or_else(|| name.strip_suffix(".old"))
+        {
+            names.insert(base.to_string());
+        }
+    }
+    for name in names {
+        repair_published(&dir.join(name), |d| d.join(STATE_FILE).is_file())?;
+    }
+    Ok(())
 }
 
 /// Deletes all checkpoints but the last `keep_last` and `keep` (the best).
@@ -140,46 +358,6 @@ pub fn prune_checkpoints(run_dir: &Path, keep_last: usize, keep: Option<u64>) ->
             fs::remove_dir_all(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
-    }
-    Ok(())
-}
-
-/// Replaces `dst` (a folder) by a copy of `files` plus the generated files `extra`
-/// (name, contents), going through `dst.tmp` so that a crash leaves either the old or
-/// the new folder.
-pub fn replace_dir_with_copies(
-    dst: &Path,
-    files: &[PathBuf],
-    extra: &[(&str, String)],
-) -> Result<()> {
-    let tmp = dst.with_extension("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    for f in files {
-        let name = f
-            .file_name()
-            .with_context(|| format!("{} has no name", f.display()))?;
-        let bytes = fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        write_atomic(&tmp.join(name), &bytes)?;
-    }
-    for (name, text) in extra {
-        write_atomic(&tmp.join(name), text.as_bytes())?;
-    }
-    let old = dst.with_extension("old");
-    if dst.exists() {
-        if old.exists() {
-            fs::remove_dir_all(&old)?;
-        }
-        fs::rename(dst, &old)?;
-    }
-    fs::rename(&tmp, dst)?;
-    if old.exists() {
-        fs::remove_dir_all(&old)?;
-    }
-    if let Some(parent) = dst.parent() {
-        sync_dir(parent);
     }
     Ok(())
 }
@@ -260,6 +438,122 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+        Ok(())
+    }
+
+    #[test]
+    fn state_versions() -> Result<()> {
+        let state = TrainState {
+            step: 7,
+            epoch: 1,
+            best_step: Some(4),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&state)?;
+        assert!(
+            json.contains("\"version\":2") && !json.contains("adam_t"),
+            "{json}"
+        );
+        assert_eq!(parse_state(&json)?, state);
+
+        // Version 1: no `version`, Adam's count beside the step.
+        let mut v1: serde_json::Value = serde_json::from_str(&json)?;
+        v1.as_object_mut().unwrap().remove("version");
+        v1["adam_t"] = 7.into();
+        assert_eq!(parse_state(&v1.to_string())?, state);
+        v1["adam_t"] = 6.into();
+        let e = format!("{:#}", parse_state(&v1.to_string()).unwrap_err());
+        assert!(e.contains("adam_t = 6") && e.contains("step = 7"), "{e}");
+
+        let mut v3: serde_json::Value = serde_json::from_str(&json)?;
+        v3["version"] = 3.into();
+        let e = format!("{:#}", parse_state(&v3.to_string()).unwrap_err());
+        assert!(e.contains("version 3") && e.contains("newer rnmt"), "{e}");
+        // A version-2 file with adam_t is not one this rnmt wrote.
+        let mut bad: serde_json::Value = serde_json::from_str(&json)?;
+        bad["adam_t"] = 7.into();
+        assert!(parse_state(&bad.to_string()).is_err());
+        Ok(())
+    }
+
+    /// A checkpoint folder with the files `publish_best` copies, `tag` in each.
+    fn fake_checkpoint(run: &Path, step: u64, tag: &str) -> Result<PathBuf> {
+        publish_checkpoint(run, step, |d| {
+            for f in [WEIGHTS_FILE, CONFIG_FILE, MODEL_CARD_FILE, STATE_FILE] {
+                write_atomic(&d.join(f), format!("{tag} {f}").as_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn interrupted_publications_are_repaired() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path();
+        let tok = run.join("tokenizer-src.json");
+        fs::write(&tok, "tok")?;
+        let files = [tok];
+        let c4 = fake_checkpoint(run, 4, "four")?;
+        let c8 = fake_checkpoint(run, 8, "eight")?;
+        let best = best_dir(run);
+        let card = || fs::read_to_string(best.join(MODEL_CARD_FILE)).unwrap();
+
+        // Killed between the best checkpoint and best/: no best/ at all.
+        repair_run(run, Some(4), &files)?;
+        assert_eq!(card(), format!("four {MODEL_CARD_FILE}"));
+        assert!(best.join("tokenizer-src.json").is_file());
+
+        // best/ still holds the previous best while the state says 8.
+        repair_run(run, Some(8), &files)?;
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+
+        // Killed after best/ became best.old and before best.tmp was renamed.
+        publish_best(run, &c4, &files)?;
+        let (tmp, old) = (run.join("best.tmp"), run.join("best.old"));
+        fs::rename(&best, &old)?;
+        publish_best(run, &c8, &files)?;
+        fs::rename(&best, &tmp)?;
+        repair_run(run, None, &files)?;
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+        assert!(!tmp.exists() && !old.exists());
+
+        // An unfinished best.tmp (no card) is removed, best/ left as it was.
+        fs::create_dir_all(&tmp)?;
+        fs::write(tmp.join(WEIGHTS_FILE), "half")?;
+        repair_run(run, None, &files)?;
+        assert!(!tmp.exists());
+        assert_eq!(card(), format!("eight {MODEL_CARD_FILE}"));
+
+        // A complete step-12.tmp (first publication, killed before its rename) is
+        // put in place; an unfinished one is removed.
+        let c12 = fake_checkpoint(run, 12, "twelve")?;
+        fs::rename(&c12, run.join("checkpoints/step-12.tmp"))?;
+        fs::create_dir_all(run.join("checkpoints/step-16.tmp"))?;
+        repair_checkpoints(run)?;
+        let steps: Vec<u64> = list_checkpoints(run)?.into_iter().map(|c| c.0).collect();
+        assert_eq!(steps, vec![4, 8, 12]);
+        let names: Vec<String> = fs::read_dir(checkpoints_dir(run))?
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(c8.is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn one_trainer_per_run_folder() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        let lock = RunLock::acquire(&run)?;
+        let e = format!("{:#}", RunLock::acquire(&run).err().expect("locked"));
+        assert!(
+            e.contains(&format!("pid {}", std::process::id()))
+                && e.contains(&run.display().to_string())
+                && e.contains("in use"),
+            "{e}"
+        );
+        drop(lock);
+        RunLock::acquire(&run)?;
         Ok(())
     }
 

@@ -70,6 +70,10 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Global gradient-norm bound (0 = no clipping).
     pub clip_norm: f64,
+    /// An update whose loss or gradient norm is not finite, or whose loss explodes (over
+    /// ten times that of a uniform guess, 10·ln(target vocabulary)), is skipped; after
+    /// this many in a row training stops with an error, its last checkpoint intact.
+    pub max_bad_steps: u64,
     pub label_smoothing: f64,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).
@@ -115,6 +119,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             clip_norm: 5.0,
+            max_bad_steps: 5,
             label_smoothing: 0.1,
             valid_every: 1000,
             valid_max_sentences: 500,
@@ -199,6 +204,11 @@ impl TrainConfig {
         }
         if self.valid_max_tokens == 0 {
             bail!("valid_max_tokens = 0: must be positive");
+        }
+        if self.max_bad_steps == 0 {
+            bail!(
+                "max_bad_steps = 0: must be at least 1 (updates skipped in a row before stopping)"
+            );
         }
         if self.log_every == 0 {
             bail!("log_every = 0: must be at least 1");

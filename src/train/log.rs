@@ -3,7 +3,7 @@
 //! periodic lines otherwise).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,31 @@ pub enum Record {
     Train {
         step: u64,
         epoch: u64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         loss: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         ppl: f64,
         lr: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         grad_norm: f64,
         target_tokens: usize,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         tokens_per_s: f64,
         elapsed_s: f64,
     },
@@ -35,13 +55,47 @@ pub enum Record {
     Valid {
         step: u64,
         epoch: u64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         valid_loss: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         valid_ppl: f64,
+        #[serde(
+            default = "finite::missing",
+            skip_serializing_if = "finite::not",
+            deserialize_with = "finite::or_null"
+        )]
         bleu: f64,
         bleu_signature: String,
         sentences: usize,
         best: bool,
     },
+}
+
+/// Non-finite numbers (a diverged loss, the perplexity `exp` of a large one) are not
+/// JSON: such a field is left out of the line and reads back as NaN, as does the `null`
+/// that earlier versions wrote for them.
+mod finite {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn not(v: &f64) -> bool {
+        !v.is_finite()
+    }
+
+    pub fn missing() -> f64 {
+        f64::NAN
+    }
+
+    pub fn or_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 impl Record {
@@ -88,21 +142,47 @@ impl MetricsLog {
         let line = serde_json::to_string(record)?;
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.flush())
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        crate::io::crash_point("metrics.write");
+        Ok(())
     }
 }
 
+/// The lines of a metrics file with their records. A last line without its newline
+/// that does not parse is what a write cut short (a full disk, a kill) leaves: it is
+/// dropped with a warning, so the run can resume. Any other bad line is an error.
 fn read_lines(path: &Path) -> Result<Vec<(String, Record)>> {
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let complete = bytes.ends_with(b"\n");
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if complete {
+        lines.pop();
+    }
+    let last = lines.len();
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: unreadable", path.display(), i + 1))?;
-        if line.trim().is_empty() {
+    for (i, raw) in lines.into_iter().enumerate() {
+        if raw.trim_ascii().is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))?;
-        out.push((line, r));
+        let parsed = std::str::from_utf8(raw)
+            .map_err(anyhow::Error::from)
+            .and_then(|line| Ok((line, serde_json::from_str::<Record>(line)?)));
+        match parsed {
+            Ok((line, r)) => out.push((line.to_string(), r)),
+            Err(_) if i + 1 == last && !complete => {
+                eprintln!(
+                    "warning: {}:{}: dropped an unfinished last line ({} bytes, no newline: \
+                     a write cut short)",
+                    path.display(),
+                    i + 1,
+                    raw.len()
+                );
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))
+            }
+        }
     }
     Ok(out)
 }
@@ -217,6 +297,54 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(back[3], train(4, 9.0));
+        Ok(())
+    }
+
+    #[test]
+    fn non_finite_numbers_are_left_out_and_old_nulls_read() -> Result<()> {
+        let mut r = train(3, f64::NAN);
+        if let Record::Train { ppl, .. } = &mut r {
+            *ppl = f64::INFINITY;
+        }
+        let line = serde_json::to_string(&r)?;
+        assert!(!line.contains("loss") && !line.contains("ppl") && !line.contains("null"));
+        let back: Record = serde_json::from_str(&line)?;
+        let old = line.replace("\"lr\"", "\"loss\":null,\"ppl\":null,\"lr\"");
+        for r in [back, serde_json::from_str(&old)?] {
+            match r {
+                Record::Train {
+                    step, loss, ppl, ..
+                } => {
+                    assert!(step == 3 && loss.is_nan() && ppl.is_nan())
+                }
+                _ => panic!("a train record"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_dropped_on_resume() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join(METRICS_FILE);
+        let full: String = (1..=3)
+            .map(|s| serde_json::to_string(&train(s, 1.0)).unwrap() + "\n")
+            .collect();
+        // A full disk cut the fourth line short (mid-way through a UTF-8 sequence too).
+        let mut bytes = full.clone().into_bytes();
+        bytes.extend_from_slice(b"{\"kind\":\"train\",\"step\":4,\"lo\xc3");
+        std::fs::write(&p, &bytes)?;
+        assert_eq!(read_metrics(&p)?.len(), 3);
+        let mut log = MetricsLog::open(dir.path(), Some(2))?;
+        log.write(&train(3, 2.0))?;
+        let back = read_metrics(&p)?;
+        assert_eq!(back, vec![train(1, 1.0), train(2, 1.0), train(3, 2.0)]);
+        // A bad line that is not the unfinished last one is still an error.
+        std::fs::write(&p, format!("{{oops\n{full}"))?;
+        let e = format!("{:#}", read_metrics(&p).unwrap_err());
+        assert!(e.contains("metrics.jsonl:1"), "{e}");
+        std::fs::write(&p, format!("{full}{{oops\n"))?;
+        assert!(read_metrics(&p).is_err());
         Ok(())
     }
 

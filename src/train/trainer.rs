@@ -23,8 +23,8 @@ use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Seq2Seq};
 use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
-    self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, TrainState,
-    CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
+    self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, RunLock,
+    TrainState, CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
 use crate::train::log::{MetricsLog, Progress, Record};
@@ -79,6 +79,8 @@ pub struct Trainer {
     /// Step of the last checkpoint written or resumed from.
     last_checkpoint: Option<u64>,
     resumed: bool,
+    /// Held while training writes into the run folder.
+    lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -113,6 +115,7 @@ impl Trainer {
             rng,
             last_checkpoint: None,
             resumed: false,
+            lock: None,
         })
     }
 
@@ -120,6 +123,7 @@ impl Trainer {
     /// must be the checkpoint's; the rest of `cfg` (step limits, validation, …) may
     /// differ.
     pub fn resume(cfg: TrainConfig, device: Device) -> Result<Self> {
+        checkpoint::repair_checkpoints(&cfg.run_dir)?;
         let checkpoints = list_checkpoints(&cfg.run_dir)?;
         let Some((_, dir)) = checkpoints.last() else {
             bail!(
@@ -148,7 +152,7 @@ impl Trainer {
         let opt_path = dir.join(OPTIMIZER_FILE);
         t.adam.load_state_tensors(
             &load_tensors(&opt_path)?,
-            state.adam_t,
+            state.step,
             &opt_path.display().to_string(),
         )?;
         t.rng = ChaCha8Rng::from_seed(state.rng_seed);
@@ -159,6 +163,42 @@ impl Trainer {
         t.state = state;
         t.resumed = true;
         Ok(t)
+    }
+
+    /// A loss above this has exploded: ten times the cross-entropy of a uniform guess
+    /// over the target vocabulary. Initial losses are about one such guess and fall from
+    /// there; a diverged run (lr too high) reaches 10^6 and more.
+    fn exploding_loss(&self) -> f64 {
+        10.0 * (self.cfg.model.tgt_vocab_size.max(2) as f64).ln()
+    }
+
+    /// Trains under `lock` (taken by the caller before it read or wrote the run
+    /// folder); without one, [`Self::train`] takes it.
+    pub fn hold_lock(&mut self, lock: RunLock) {
+        self.lock = Some(lock);
+    }
+
+    /// Records the fingerprint of `data`'s tokenizers in a fresh run and checks it in a
+    /// resumed one: resuming with other prepared data (even with the same vocabulary
+    /// sizes) would silently give the run's ids other subwords.
+    pub fn check_data(&mut self, data: &TrainData) -> Result<()> {
+        let now = checkpoint::data_fingerprint(&data.model_files)?;
+        match &self.state.data_fingerprint {
+            Some(was) if *was != now => bail!(
+                "{}: the run was trained with other prepared data: its tokenizers' sha256 is \
+                 {was}, that of {} is {now}; resume with the run's own `data` folder, or \
+                 start a new run_dir",
+                self.cfg.run_dir.display(),
+                data.model_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            Some(_) => {}
+            None => self.state.data_fingerprint = Some(now),
+        }
+        Ok(())
     }
 
     pub fn model(&self) -> &Seq2Seq {
@@ -176,8 +216,11 @@ impl Trainer {
             bail!("no training pairs");
         }
         let run_dir = self.cfg.run_dir.clone();
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&run_dir)?);
+        }
+        self.check_data(data)?;
+        checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
         let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
         let batcher = TokenBatcher::new(self.cfg.max_tokens, self.cfg.seed);
@@ -217,18 +260,41 @@ impl Trainer {
                 let grads = objective.backward()?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
                 let loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !norm.is_finite() || !loss.is_finite() {
-                    bail!(
-                        "training diverged at step {}: loss {loss}, gradient norm {norm} \
-                         (try a lower lr or clip_norm)",
-                        self.state.step + 1
-                    );
+                if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
+                    // The update would ruin the weights: skip it (the batch is used up).
+                    self.state.batch_index += 1;
+                    self.state.bad_steps += 1;
+                    progress.println(&format!(
+                        "step {}: update skipped: loss {loss}, gradient norm {norm} \
+                         ({} in a row)",
+                        self.state.step + 1,
+                        self.state.bad_steps
+                    ));
+                    if self.state.bad_steps >= self.cfg.max_bad_steps {
+                        let last = match self.last_checkpoint {
+                            Some(s) => format!(
+                                "the last good checkpoint is {}",
+                                checkpoint::checkpoint_dir(&run_dir, s).display()
+                            ),
+                            None => "no checkpoint was written".to_string(),
+                        };
+                        bail!(
+                            "training diverged at step {}: {} updates in a row had a \
+                             non-finite or exploding loss (max_bad_steps); {last}. \
+                             Resume with a lower lr or clip_norm (--set lr=…)",
+                            self.state.step + 1,
+                            self.state.bad_steps
+                        );
+                    }
+                    continue;
                 }
+                self.state.bad_steps = 0;
                 let lr = self.schedule.lr(self.state.step + 1);
                 self.adam
                     .step(&grads, lr, clip_scale(norm, self.cfg.clip_norm))?;
                 self.state.step += 1;
                 self.state.batch_index += 1;
+                crate::io::crash_point("train.step");
                 self.state.target_tokens_seen += tokens as u64;
                 let nll = if self.cfg.label_smoothing == 0.0 {
                     loss
@@ -331,8 +397,8 @@ impl Trainer {
         } else {
             self.state.best_step = Some(self.state.step);
         }
-        let card = is_best.then(|| self.model_card(data, validation.as_ref()));
-        self.write_checkpoint(card, &data.model_files)?;
+        let card = self.model_card(data, validation.as_ref());
+        self.write_checkpoint(card, is_best, &data.model_files)?;
         Ok(stop)
     }
 
@@ -380,31 +446,30 @@ impl Trainer {
         card
     }
 
-    /// `card`: Some(model card) when this checkpoint becomes `best/`.
-    fn write_checkpoint(&mut self, card: Option<String>, model_files: &[PathBuf]) -> Result<()> {
+    /// Writes the checkpoint of this step with its model `card`; `is_best`: it also
+    /// becomes `best/`.
+    fn write_checkpoint(
+        &mut self,
+        card: String,
+        is_best: bool,
+        model_files: &[PathBuf],
+    ) -> Result<()> {
         let run_dir = self.cfg.run_dir.clone();
-        self.state.adam_t = self.adam.t;
+        debug_assert_eq!(self.adam.t, self.state.step, "one Adam update per step");
         self.state.plateau = self.schedule.plateau.clone();
         save_rng(&self.rng, &mut self.state);
         let state_json = serde_json::to_string_pretty(&self.state)?;
         let moments = self.adam.state_tensors()?;
         let dir = publish_checkpoint(&run_dir, self.state.step, |dir| {
             save_model(dir, &self.cfg.model, &self.varmap)?;
-            for f in [WEIGHTS_FILE, CONFIG_FILE] {
-                std::fs::File::open(dir.join(f))?.sync_all()?;
-            }
             save_tensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+            write_atomic(&dir.join(MODEL_CARD_FILE), card.as_bytes())?;
+            // Last: a checkpoint folder with a state is complete.
             write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
         })?;
         self.last_checkpoint = Some(self.state.step);
-        if let Some(card) = card {
-            let mut files = vec![dir.join(WEIGHTS_FILE), dir.join(CONFIG_FILE)];
-            files.extend(model_files.iter().cloned());
-            checkpoint::replace_dir_with_copies(
-                &run_dir.join("best"),
-                &files,
-                &[("README.md", card)],
-            )?;
+        if is_best {
+            checkpoint::publish_best(&run_dir, &dir, model_files)?;
         }
         checkpoint::prune_checkpoints(&run_dir, self.cfg.keep_last, self.state.best_step)
     }
@@ -474,4 +539,111 @@ fn save_rng(rng: &ChaCha8Rng, state: &mut TrainState) {
     state.rng_seed = rng.get_seed();
     state.rng_stream = rng.get_stream();
     state.rng_word_pos = rng.get_word_pos();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::train::log::{read_metrics, METRICS_FILE};
+
+    /// Digit strings → the same digits reversed, shifted by 10.
+    fn data() -> TrainData<'static> {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let train = (0..40)
+            .map(|_| {
+                use rand::Rng;
+                let len = rng.random_range(2..6);
+                let src: Vec<u32> = (0..len).map(|_| rng.random_range(4..14)).collect();
+                let tgt = src.iter().rev().map(|&x| x + 10).collect();
+                EncodedPair { src, tgt }
+            })
+            .collect();
+        TrainData {
+            train,
+            valid: None,
+            detokenize: Box::new(|ids: &[u32]| Ok(format!("{ids:?}"))),
+            model_files: Vec::new(),
+            description: "synthetic".into(),
+        }
+    }
+
+    fn config(run_dir: &Path, max_steps: u64, lr: f64) -> TrainConfig {
+        TrainConfig {
+            run_dir: run_dir.to_path_buf(),
+            max_tokens: 40,
+            max_steps,
+            max_epochs: 0,
+            lr,
+            warmup_steps: 0,
+            valid_every: 4,
+            model: ModelConfig {
+                src_vocab_size: 24,
+                tgt_vocab_size: 24,
+                embedding_size: 8,
+                hidden_size: 8,
+                encoder_layers: 1,
+                decoder_layers: 1,
+                ..ModelConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn divergence_skips_updates_then_stops_with_the_last_checkpoint_intact() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        Trainer::new(config(&run, 4, 1e-3), Device::Cpu)?.train(&data())?;
+        let ckpt = checkpoint::checkpoint_dir(&run, 4);
+        let weights = std::fs::read(ckpt.join(WEIGHTS_FILE))?;
+
+        // lr 10^6: the first update blows the weights up, every later loss explodes.
+        let mut t = Trainer::resume(config(&run, 40, 1e6), Device::Cpu)?;
+        let e = format!("{:#}", t.train(&data()).unwrap_err());
+        assert!(
+            e.contains("diverged") && e.contains("5 updates in a row") && e.contains("step-4"),
+            "{e}"
+        );
+        assert_eq!(t.state.step, 5, "one update made, then five skipped");
+        assert_eq!(std::fs::read(ckpt.join(WEIGHTS_FILE))?, weights);
+        let steps: Vec<u64> = list_checkpoints(&run)?.iter().map(|c| c.0).collect();
+        assert_eq!(steps, vec![4]);
+        // Every line is JSON without null (a non-finite number is left out).
+        let text = std::fs::read_to_string(run.join(METRICS_FILE))?;
+        assert!(!text.contains("null") && !text.contains("inf"), "{text}");
+        read_metrics(&run.join(METRICS_FILE))?;
+        drop(t); // and its run-folder lock
+
+        // The run goes on from its last checkpoint with a sane learning rate.
+        let mut t = Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?;
+        assert_eq!(t.state.step, 4);
+        t.train(&data())?;
+        assert_eq!(t.state.step, 8);
+        Ok(())
+    }
+
+    #[test]
+    fn resuming_with_other_prepared_data_is_an_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        let tok = dir.path().join("tokenizer-src.json");
+        std::fs::write(&tok, "one vocabulary")?;
+        let mut d = data();
+        d.model_files = vec![tok.clone()];
+        Trainer::new(config(&run, 4, 1e-3), Device::Cpu)?.train(&d)?;
+        // Same size, other contents.
+        std::fs::write(&tok, "two vocabulary")?;
+        let mut t = Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?;
+        let e = format!("{:#}", t.train(&d).unwrap_err());
+        assert!(
+            e.contains("other prepared data") && e.contains("tokenizer-src.json"),
+            "{e}"
+        );
+        assert_eq!(t.state.step, 4);
+        drop(t);
+        std::fs::write(&tok, "one vocabulary")?;
+        Trainer::resume(config(&run, 8, 1e-3), Device::Cpu)?.train(&d)?;
+        Ok(())
+    }
 }
