@@ -290,7 +290,9 @@ impl Bleu {
             .iter()
             .map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() })
             .sum();
-        score.score = bp * (log_sum / eff_order as f64).exp();
+        // exp(ln 100) is 100.00000000000004 in f64 (in sacreBLEU's Python too): a perfect
+        // match must not score above 100. No printed digit changes.
+        score.score = (bp * (log_sum / eff_order as f64).exp()).min(100.0);
         score.counts = correct;
         score.totals = total;
         score.precisions = precisions;
@@ -430,6 +432,25 @@ impl Metric for Bleu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/metrics.rs`): a one-token sentence equal to
+    /// its reference scored 100.00000000000004.
+    #[test]
+    fn a_perfect_match_scores_at_most_100() {
+        let chars = Bleu::new(BleuConfig {
+            tokenize: Tokenizer::Char,
+            ..BleuConfig::default()
+        });
+        let words = Bleu::new(BleuConfig::default());
+        for (bleu, text) in [
+            (&chars, "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"),
+            (&words, "x y z w v"),
+            (&words, "Der Hund jagt die Katze ."),
+        ] {
+            let s = bleu.sentence_score(text, &[text]).unwrap();
+            assert!(s.score <= 100.0 && s.score > 99.99, "{text:?}: {}", s.score);
+        }
+    }
 
     #[test]
     fn closest_reference_length_prefers_the_shorter_on_ties() {
