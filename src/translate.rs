@@ -302,19 +302,11 @@ impl Translator {
         }
         let segmented: Vec<Segmented> = lines
             .iter()
-            .map(|l| Segmented::new(l, TextFormat::Text, &self.split))
+            .map(|l| self.segment(l, TextFormat::Text))
             .collect();
-        let mut sentences = Vec::new();
-        let mut sentence_line = Vec::new();
-        for (i, seg) in segmented.iter().enumerate() {
-            sentences.extend(seg.sentences().iter().cloned());
-            sentence_line.extend(std::iter::repeat_n(first_line + i, seg.sentences().len()));
-        }
-        let mut translations = self.translate_sentences(&sentences, &sentence_line, false)?;
+        let per_line = self.translate_segmented(&segmented, first_line, false)?;
         let mut out = Vec::with_capacity(lines.len());
-        let mut rest = translations.drain(..);
-        for seg in &segmented {
-            let parts: Vec<Translation> = rest.by_ref().take(seg.sentences().len()).collect();
+        for (seg, parts) in segmented.iter().zip(per_line) {
             let text = self.assemble(seg, &parts);
             let mut t = join_translations(parts, " ", self.alignments);
             // The line's own whitespace between sentences, kept; around it, trimmed as
@@ -352,33 +344,36 @@ impl Translator {
     /// its 1-based index.
     pub fn translate_texts(&self, texts: &[&str], format: TextFormat) -> Result<Vec<String>> {
         let segmented: Vec<Segmented> = texts.iter().map(|t| self.segment(t, format)).collect();
+        let aligned = segmented.iter().any(Segmented::needs_alignment);
+        let per_text = self.translate_segmented(&segmented, 1, aligned)?;
+        Ok(segmented
+            .iter()
+            .zip(per_text)
+            .map(|(seg, parts)| self.assemble(seg, &parts))
+            .collect())
+    }
+
+    /// The translations of the sentences of each of `segmented`, all batched together;
+    /// warnings name the text (or line) by number, the first being `first_number`.
+    fn translate_segmented(
+        &self,
+        segmented: &[Segmented],
+        first_number: usize,
+        aligned: bool,
+    ) -> Result<Vec<Vec<Translation>>> {
         let mut sentences = Vec::new();
         let mut origin = Vec::new();
         for (i, seg) in segmented.iter().enumerate() {
             sentences.extend(seg.sentences().iter().cloned());
-            origin.extend(std::iter::repeat_n(i + 1, seg.sentences().len()));
+            origin.extend(std::iter::repeat_n(first_number + i, seg.sentences().len()));
         }
-        let aligned = segmented.iter().any(Segmented::needs_alignment);
-        let mut translations = self.translate_sentences(&sentences, &origin, aligned)?;
-        let mut rest = translations.drain(..);
+        let mut translations = self
+            .translate_segments(&sentences, &|i| origin[i], aligned)?
+            .into_iter();
         Ok(segmented
             .iter()
-            .map(|seg| {
-                let parts: Vec<Translation> = rest.by_ref().take(seg.sentences().len()).collect();
-                self.assemble(seg, &parts)
-            })
+            .map(|seg| translations.by_ref().take(seg.sentences().len()).collect())
             .collect())
-    }
-
-    /// Translates sentences that come from the lines (or texts) numbered `origin`: warnings
-    /// name those.
-    fn translate_sentences(
-        &self,
-        sentences: &[String],
-        origin: &[usize],
-        aligned: bool,
-    ) -> Result<Vec<Translation>> {
-        self.translate_segments(sentences, &|i| origin[i], aligned)
     }
 
     fn prepare(&self, segments: &[String], line_of: &dyn Fn(usize) -> usize) -> Result<Vec<Part>> {

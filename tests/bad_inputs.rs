@@ -14,38 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `dir/{name}.{de,en}`: the first `n` lines of `multi30k/{split}`.
-fn slice(corpora: &Path, dir: &Path, split: &str, name: &str, n: usize) {
-    for lang in ["de", "en"] {
-        let text =
-            std::fs::read_to_string(corpora.join(format!("multi30k/{split}.{lang}"))).unwrap();
-        let lines: Vec<&str> = text.lines().take(n).collect();
-        std::fs::write(dir.join(format!("{name}.{lang}")), lines.join("\n") + "\n").unwrap();
-    }
-}
-
-const CONFIG: &str = r#"
-seed = 5
-max_tokens = 400
-max_steps = 6
-max_epochs = 0
-lr = 0.003
-schedule = "inverse_sqrt"
-warmup_steps = 2
-valid_every = 3
-valid_max_sentences = 8
-keep_last = 2
-threads = 1
-
-[model]
-embedding_size = 16
-hidden_size = 16
-encoder_layers = 1
-decoder_layers = 1
-residual_from = 0
-dropout = 0.1
-"#;
-
 /// The shared fixture: corpus slices, prepared data, a config and a finished run.
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -60,15 +28,15 @@ fn fixture() -> Option<&'static Fixture> {
         let corpora = corpora_dir_for_tests()?;
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        slice(&corpora, &root, "train", "train", 300);
-        slice(&corpora, &root, "val", "val", 20);
+        multi30k_slice(&corpora, &root, "train", "train", 300);
+        multi30k_slice(&corpora, &root, "val", "val", 20);
         let data = root.join("data");
         let out = prepare(&root.join("train"), Some(&root.join("val")), 300, &data);
         assert!(out.status.success(), "prepare: {}", stderr(&out));
         let config = write(
             &root,
             "tiny.toml",
-            format!("data = {:?}\n{CONFIG}", data.to_str().unwrap()).as_bytes(),
+            format!("data = {:?}\n{TINY_TRAIN_CONFIG}", data.to_str().unwrap()).as_bytes(),
         );
         let run = root.join("run");
         let out = train(&config, &run, &[]);

@@ -4,42 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use rnmt::train::log::{read_metrics, Record};
-
-/// The first `n` lines of `multi30k/{split}.{de,en}` as `dir/{split}.{de,en}`.
-fn slice(corpora: &Path, dir: &Path, split: &str, n: usize) {
-    for lang in ["de", "en"] {
-        let text =
-            std::fs::read_to_string(corpora.join(format!("multi30k/{split}.{lang}"))).unwrap();
-        let lines: Vec<&str> = text.lines().take(n).collect();
-        std::fs::write(dir.join(format!("{split}.{lang}")), lines.join("\n") + "\n").unwrap();
-    }
-}
-
-const CONFIG: &str = r#"
-seed = 5
-max_tokens = 400
-max_steps = 6
-max_epochs = 0
-lr = 0.003
-schedule = "inverse_sqrt"
-warmup_steps = 2
-valid_every = 3
-valid_max_sentences = 8
-keep_last = 2
-threads = 1
-
-[model]
-embedding_size = 16
-hidden_size = 16
-encoder_layers = 1
-decoder_layers = 1
-residual_from = 0
-dropout = 0.1
-"#;
 
 #[test]
 fn train_resume_average_plot() {
@@ -48,15 +14,15 @@ fn train_resume_average_plot() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    slice(&corpora, t, "train", 300);
-    slice(&corpora, t, "val", 20);
+    multi30k_slice(&corpora, t, "train", "train", 300);
+    multi30k_slice(&corpora, t, "val", "val", 20);
     let data = t.join("data");
     let out = prepare(&t.join("train"), Some(&t.join("val")), 300, &data);
     assert!(out.status.success(), "prepare: {}", stderr(&out));
     let cfg = write(
         t,
         "tiny.toml",
-        format!("data = {:?}\n{CONFIG}", data.to_str().unwrap()).as_bytes(),
+        format!("data = {:?}\n{TINY_TRAIN_CONFIG}", data.to_str().unwrap()).as_bytes(),
     );
     let run_dir = t.join("run");
     let set_run = format!("run_dir={:?}", run_dir.to_str().unwrap());

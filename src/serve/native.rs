@@ -8,15 +8,15 @@ use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::routes::{
-    admitted_params, assemble_nth, served_model, text_request, translate_texts, ApiResult,
-    SentenceCount, TextRequest,
+    admitted_params, assemble_nth, counted_response, served_model, text_request, translate_texts,
+    ApiResult, TextRequest,
 };
 use super::state::AppState;
+use crate::search::alignment::pharaoh;
 use crate::translate::{NbestEntry, Translation};
 
 const OPENAPI: &str = include_str!("../../assets/web/openapi.json");
@@ -28,23 +28,17 @@ struct SentenceOut<'a> {
     score: f32,
     log_prob: f32,
     nbest: &'a [NbestEntry],
-    /// Pharaoh `i-j` pairs over whitespace-separated words (source i, target j).
+    /// Pharaoh `i-j` pairs over whitespace-separated words (source i, target j); none
+    /// for an empty sentence, which is not searched.
     #[serde(skip_serializing_if = "Option::is_none")]
-    alignment: Option<&'a str>,
+    alignment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attention: Option<Value>,
 }
 
 /// `POST /v1/translate`.
 pub async fn translate(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match native_translate(&state, req).await {
-        Ok((value, sentences)) => {
-            let mut response = Json(value).into_response();
-            response.extensions_mut().insert(SentenceCount(sentences));
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+    counted_response(native_translate(&state, req).await)
 }
 
 async fn native_translate(state: &AppState, req: Request) -> ApiResult<(Value, usize)> {
@@ -65,8 +59,7 @@ async fn native_translate(state: &AppState, req: Request) -> ApiResult<(Value, u
         || params.text("attention").as_deref() == Some("true");
     let served = served_model(state, pair_index)?;
     let queued = Instant::now();
-    let (segmented, translations) =
-        translate_texts(served, &served.detailed, &texts, format).await?;
+    let (segmented, translations) = translate_texts(served, &texts, format, true).await?;
     let translated = Instant::now();
     let mut sentences = 0;
     let results: Vec<Value> = segmented
@@ -117,7 +110,7 @@ fn sentence_out<'a>(
         score: t.score,
         log_prob: t.log_prob,
         nbest: &t.nbest[..nbest.min(t.nbest.len())],
-        alignment: t.alignment.as_deref(),
+        alignment: t.attention.is_some().then(|| pharaoh(&t.word_alignment)),
         attention,
     }
 }

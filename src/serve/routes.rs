@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::batcher::Batcher;
 use super::limits::Refusal;
 use super::state::{AppState, Served};
 use crate::text::{Segmented, TextFormat};
@@ -215,7 +214,13 @@ pub async fn admitted_params(state: &AppState, req: Request) -> ApiResult<Params
 
 /// `POST /translate`.
 pub async fn translate(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match translate_request(&state, req).await {
+    counted_response(translate_request(&state, req).await)
+}
+
+/// A translating endpoint's JSON answer, carrying its sentence count for the request log
+/// and metrics; or its error.
+pub fn counted_response(result: ApiResult<(Value, usize)>) -> Response {
+    match result {
         Ok((value, sentences)) => {
             let mut response = Json(value).into_response();
             response.extensions_mut().insert(SentenceCount(sentences));
@@ -362,8 +367,7 @@ async fn translate_request(state: &AppState, req: Request) -> ApiResult<(Value, 
         ..
     } = text_request(state, &params, ("alternatives", 0, limit))?;
     let served = served_model(state, pair_index)?;
-    let (segmented, translations) =
-        translate_texts(served, &served.batcher, &texts, format).await?;
+    let (segmented, translations) = translate_texts(served, &texts, format, false).await?;
     let sentences: usize = segmented.iter().map(|s| s.sentences().len()).sum();
     let mut outputs = Vec::with_capacity(texts.len());
     let mut alternative_lists = Vec::with_capacity(texts.len());
@@ -417,11 +421,13 @@ pub fn served_model(state: &AppState, index: usize) -> ApiResult<&Served> {
 /// Cuts `texts` into sentences, has the model's batcher translate all of them (in one
 /// submission, so they share batches with each other and with other requests) and gives
 /// each text its sentences' translations.
+/// With `detailed`, every sentence keeps its attention and word alignments (the native
+/// API); otherwise only those whose markup needs them.
 pub async fn translate_texts(
     served: &Served,
-    batcher: &Batcher,
     texts: &[String],
     format: TextFormat,
+    detailed: bool,
 ) -> ApiResult<(Vec<Segmented>, Vec<Vec<Translation>>)> {
     let segmented: Vec<Segmented> = texts
         .iter()
@@ -431,8 +437,8 @@ pub async fn translate_texts(
         .iter()
         .flat_map(|s| s.sentences().iter().cloned())
         .collect();
-    let aligned = segmented.iter().any(Segmented::needs_alignment);
-    let pending = batcher.submit(all, aligned).map_err(|_| {
+    let aligned = detailed || segmented.iter().any(Segmented::needs_alignment);
+    let pending = served.batcher.submit(all, aligned).map_err(|_| {
         ApiError::unavailable("The server is busy (its translation queue is full); retry later")
     })?;
     let mut translations = pending

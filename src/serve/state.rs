@@ -11,7 +11,7 @@ use candle_core::Device;
 use super::batcher::{Batcher, BatcherOptions};
 use super::limits::{ApiKeys, Limits};
 use super::metrics::Metrics;
-use crate::translate::{AlignUnit, TranslateOptions, Translator};
+use crate::translate::{TranslateOptions, Translator};
 
 /// Everything `rnmt serve` is told; the command line fills it, tests build it directly.
 #[derive(Clone, Debug)]
@@ -155,10 +155,9 @@ pub fn language_pairs(dirs: &[PathBuf]) -> Result<Vec<Pair>> {
 pub struct Served {
     pub pair: Pair,
     pub translator: Arc<Translator>,
+    /// Its one batcher: a batch holding a sentence that needs word alignments or attention
+    /// (HTML markup, the native API) is searched keeping them; the others are not.
     pub batcher: Batcher,
-    /// The same model keeping attention and word alignments, for the native API (kept
-    /// apart so that LibreTranslate requests do not pay for them).
-    pub detailed: Batcher,
 }
 
 pub struct AppState {
@@ -248,23 +247,10 @@ impl AppState {
                 Arc::clone(&self.metrics),
                 pair.label(),
             )?;
-            let mut detailed_options = self.options.translate.clone();
-            detailed_options.alignments = Some(AlignUnit::Word);
-            detailed_options.keep_attention = true;
-            let detailed = Batcher::start(
-                Arc::new(
-                    Translator::new(std::slice::from_ref(&pair.dir), device, &detailed_options)
-                        .with_context(|| format!("loading {}", pair.dir.display()))?,
-                ),
-                self.options.batcher,
-                Arc::clone(&self.metrics),
-                format!("{}/native", pair.label()),
-            )?;
             served.push(Served {
                 pair: pair.clone(),
                 translator,
                 batcher,
-                detailed,
             });
         }
         if self.models.set(served).is_err() {

@@ -158,33 +158,26 @@ pub fn place_marks(
         (w.start, std::cmp::Reverse(w.end), m)
     });
     let mut spans: Vec<Range<usize>> = vec![0..0; marks.len()];
-    // Marks already placed, outer to inner, with their target spans.
-    let mut placed: Vec<usize> = Vec::with_capacity(marks.len());
+    // Marks already placed, outer to inner, each with its parent.
+    let mut placed: Vec<(usize, Option<usize>)> = Vec::with_capacity(marks.len());
     for &m in &order {
         let mark = &marks[m];
-        let mut span = target_span(mark, &aligned, source_words, n);
         // The innermost placed mark whose source words contain this one's is its parent.
-        let parent = placed.iter().rev().copied().find(|&p| {
+        let parent = placed.iter().rev().map(|&(p, _)| p).find(|&p| {
             let (pw, w) = (&marks[p].words, &mark.words);
             pw.start <= w.start && w.end <= pw.end && !pw.is_empty()
         });
         let bounds = parent.map_or(0..n, |p| spans[p].clone());
-        span = clamp(span, &bounds);
+        let mut span = clamp(target_span(mark, &aligned, source_words, n), &bounds);
         // Siblings (same parent) that overlap in the target: this one starts after them.
-        for &s in &placed {
-            let sibling_parent = placed.iter().rev().copied().find(|&p| {
-                p != s && {
-                    let (pw, w) = (&marks[p].words, &marks[s].words);
-                    pw.start <= w.start && w.end <= pw.end && !pw.is_empty()
-                }
-            });
+        for &(s, sibling_parent) in &placed {
             if sibling_parent == parent && ranges_overlap(&spans[s], &span) {
                 let start = spans[s].end.min(bounds.end);
                 span = start..span.end.max(start);
             }
         }
         spans[m] = span;
-        placed.push(m);
+        placed.push((m, parent));
     }
     write_with_marks(&target, marks, &spans, escape)
 }

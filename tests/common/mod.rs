@@ -148,3 +148,36 @@ pub fn greedy(model: &rnmt::model::Seq2Seq, sources: &[Vec<u32>], max_len: usize
     .map(|h| h.tokens)
     .collect()
 }
+
+/// `dir/{name}.{de,en}`: the first `n` lines of `multi30k/{split}`.
+pub fn multi30k_slice(corpora: &Path, dir: &Path, split: &str, name: &str, n: usize) {
+    for lang in ["de", "en"] {
+        let text =
+            std::fs::read_to_string(corpora.join(format!("multi30k/{split}.{lang}"))).unwrap();
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(dir.join(format!("{name}.{lang}")), lines.join("\n") + "\n").unwrap();
+    }
+}
+
+/// A training config for a tiny model that runs in seconds (prepend `data = "…"`).
+pub const TINY_TRAIN_CONFIG: &str = r#"
+seed = 5
+max_tokens = 400
+max_steps = 6
+max_epochs = 0
+lr = 0.003
+schedule = "inverse_sqrt"
+warmup_steps = 2
+valid_every = 3
+valid_max_sentences = 8
+keep_last = 2
+threads = 1
+
+[model]
+embedding_size = 16
+hidden_size = 16
+encoder_layers = 1
+decoder_layers = 1
+residual_from = 0
+dropout = 0.1
+"#;
