@@ -205,3 +205,118 @@ fn sigterm_finishes_requests_in_flight_and_exits_0() {
     );
     assert!(!log.iter().any(|l| l.contains(&sentences[0])), "{log:?}");
 }
+
+/// Slow clients: a connection that sends its headers one byte a second, one that opens
+/// and sends nothing, and one that sends its body one byte a second are each closed
+/// (the last with a 503) within their time-outs, while a normal client on another
+/// connection is served meanwhile. With `--max-connections 3` the idle ones also hold
+/// the slots: the normal client gets one only because the server frees them.
+#[test]
+fn slow_clients_are_cut_off_and_do_not_hold_the_server() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let server = Server::start(&[
+        "--model",
+        shipped_model("tatoeba-de-en").to_str().unwrap(),
+        "--header-timeout",
+        "2",
+        "--request-timeout",
+        "3",
+        "--max-connections",
+        "3",
+    ]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let connect = || {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s
+    };
+    // Reads until the server closes the connection (read 0 or reset); `None` if it is
+    // still open after `limit`. Writes one byte of `dribble` a second meanwhile.
+    let closed_within = |mut s: TcpStream, dribble: &[u8], limit: Duration| {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut bytes = dribble.iter();
+        while start.elapsed() < limit {
+            if let Some(b) = bytes.next() {
+                if s.write_all(&[*b]).is_err() {
+                    return Some((start.elapsed(), got));
+                }
+            }
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => return Some((start.elapsed(), got)),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return Some((start.elapsed(), got)),
+            }
+        }
+        None
+    };
+
+    let slow_headers = connect();
+    let idle = connect();
+    let slow_body = connect();
+    let limit = Duration::from_secs(20);
+    let (headers_result, idle_result, body_result, normal) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| {
+            closed_within(
+                slow_headers,
+                b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+                limit,
+            )
+        });
+        let i = scope.spawn(|| closed_within(idle, b"", limit));
+        let b = scope.spawn(|| {
+            let body = br#"{"q": "Hallo Welt.", "source": "de", "target": "en"}"#;
+            let mut request = format!(
+                "POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            let mut s = slow_body;
+            s.write_all(&request).unwrap();
+            request.clear();
+            closed_within(s, body, limit)
+        });
+        // A normal client meanwhile; it gets a slot once the server frees one.
+        let n = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            let start = Instant::now();
+            let answer = post_json(
+                &agent(),
+                &format!("{}/translate", server.url),
+                &json!({"q": "Der Hund jagt die Katze.", "source": "de", "target": "en"}),
+            );
+            (start.elapsed(), answer)
+        });
+        (
+            h.join().unwrap(),
+            i.join().unwrap(),
+            b.join().unwrap(),
+            n.join().unwrap(),
+        )
+    });
+
+    let (t, _) = headers_result.expect("a client sending its headers a byte a second is cut off");
+    assert!(t < Duration::from_secs(10), "slow headers held {t:?}");
+    let (t, _) = idle_result.expect("an idle connection is closed");
+    assert!(t < Duration::from_secs(10), "idle connection held {t:?}");
+    let (t, answer) = body_result.expect("a client sending its body a byte a second is cut off");
+    assert!(t < Duration::from_secs(10), "slow body held {t:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "slow body answered {answer:?}"
+    );
+    assert!(answer.contains("timed out"), "{answer}");
+    let (t, (status, body)) = normal;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        t < Duration::from_secs(10),
+        "the normal client waited {t:?} behind slow ones"
+    );
+}

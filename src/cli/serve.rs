@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// Seconds a request may take before it gets a 503 (1..=3600).
     #[arg(long, default_value_t = D.request_timeout.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout: u64,
+    /// Seconds a connection may take to send a request's headers, and may stay idle
+    /// between requests, before it is closed (1..=600).
+    #[arg(long, default_value_t = D.header_timeout.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout: u64,
+    /// Connections open at once; more wait until one closes (1..=65536).
+    #[arg(long, default_value_t = D.max_connections as u64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_connections: u64,
     /// Source subwords in one batched search, across requests (a longer sentence goes
     /// alone; 1: one sentence at a time; 1..=65536).
     #[arg(long, default_value_t = D.batcher.max_batch_tokens as u64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -125,6 +132,8 @@ impl ServeArgs {
                 max_queue: self.max_queue as usize,
             },
             request_timeout: Duration::from_secs(self.request_timeout),
+            header_timeout: Duration::from_secs(self.header_timeout),
+            max_connections: self.max_connections as usize,
             api_keys,
             req_limit: self.req_limit,
             cors: self.cors,

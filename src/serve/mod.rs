@@ -9,13 +9,13 @@
 
 pub mod batcher;
 pub mod limits;
+mod listen;
 pub mod metrics;
 mod native;
 mod routes;
 mod state;
 mod web;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -161,13 +161,11 @@ pub fn run(options: ServeOptions, host: &str, port: u16, device: Device) -> Resu
             }
         };
         let app = router(Arc::clone(&state));
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+        let limits = listen::ConnectionLimits {
+            header_timeout: state.options.header_timeout,
+            max_connections: state.options.max_connections,
+        };
+        listen::serve(listener, app, limits, shutdown).await;
         if let Some(e) = failure.lock().expect("not poisoned").take() {
             return Err(e);
         }

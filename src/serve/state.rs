@@ -27,6 +27,11 @@ pub struct ServeOptions {
     pub batcher: BatcherOptions,
     /// A request not answered in this time gets a 503.
     pub request_timeout: Duration,
+    /// A connection that has not sent a request's headers this long after its first
+    /// byte (or after opening, or after the previous response) is closed.
+    pub header_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
     pub api_keys: Option<ApiKeys>,
     /// Requests per minute per key or client address; 0: no limit.
     pub req_limit: u32,
@@ -53,6 +58,8 @@ impl ServeOptions {
             max_queue: 4096,
         },
         request_timeout: Duration::from_secs(60),
+        header_timeout: Duration::from_secs(10),
+        max_connections: 1024,
         api_keys: None,
         req_limit: 0,
         cors: true,
