@@ -79,6 +79,34 @@ fn post_multipart(path: &str, form: &[(&str, &str)]) -> Request<Body> {
         .unwrap()
 }
 
+/// A multipart form with the fields `form` and one file field `file` named `name`.
+fn post_file(form: &[(&str, &str)], name: &str, content: &[u8]) -> Request<Body> {
+    let boundary = "rnmt-test-boundary";
+    let mut body = Vec::new();
+    for (k, v) in form {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Request::post("/translate_file")
+        .header(header::HOST, "translate.example:5000")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
 /// What the de→en translator gives for `sentence` on its own.
 fn direct(pair: usize, sentence: &str) -> rnmt::translate::Translation {
     let served = &SERVER.models().unwrap()[pair];
@@ -487,8 +515,11 @@ async fn languages_detect_settings_health() {
     assert_eq!(body["apiKeys"], false);
     assert_eq!(body["keyRequired"], false);
     assert_eq!(body["suggestions"], false);
-    assert_eq!(body["filesTranslation"], false);
-    assert_eq!(body["supportedFilesFormat"], json!([]));
+    assert_eq!(body["filesTranslation"], true);
+    assert_eq!(
+        body["supportedFilesFormat"],
+        json!([".txt", ".html", ".htm", ".md"])
+    );
     assert_eq!(
         body["language"]["source"],
         json!({"code": "de", "name": "German"})
@@ -511,11 +542,14 @@ async fn languages_detect_settings_health() {
     .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
-    for path in ["/translate_file", "/suggest"] {
-        let (status, body) = call(&SERVER, Request::post(path).body(Body::empty()).unwrap()).await;
-        assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{path}");
-        assert!(body["error"].is_string());
-    }
+    let (status, body) = call(&SERVER, post_form("/suggest", &[("q", "a"), ("s", "b")])).await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::FORBIDDEN,
+            error("Suggestions are disabled on this server.")
+        )
+    );
     let (status, body) = call(
         &SERVER,
         Request::get("/nothing/here").body(Body::empty()).unwrap(),
@@ -807,6 +841,7 @@ async fn openapi_documents_every_endpoint() {
         "/metrics",
         "/v1/translate",
         "/translate_file",
+        "/download_file/{key}",
         "/suggest",
     ] {
         assert!(body["paths"].get(path).is_some(), "{path} undocumented");
@@ -919,4 +954,160 @@ async fn body_of(html: &str) -> String {
     )
     .await;
     body["translatedText"].as_str().unwrap().to_string()
+}
+
+/// A downloaded translated file: its status, content type, disposition and text.
+async fn download(url: &str) -> (StatusCode, String, String, String) {
+    let path = url
+        .strip_prefix("http://translate.example:5000")
+        .unwrap_or_else(|| panic!("the URL names the host asked: {url}"));
+    let response = router(Arc::clone(&SERVER))
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let header_text = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &header::HeaderValue| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (mime, disposition) = (
+        header_text(header::CONTENT_TYPE),
+        header_text(header::CONTENT_DISPOSITION),
+    );
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        mime,
+        disposition,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+/// `/translate_file` translates a .md, .html and .txt file exactly as `rnmt translate
+/// --document` does (the translator's `translate_texts` with the file's format), and
+/// `/download_file` gives it back under the client's (made safe) name.
+#[tokio::test]
+async fn translate_file_translates_documents_as_the_command_line_does() {
+    let translator = &SERVER.models().unwrap()[0].translator;
+    for (name, format, mime, content) in [
+        (
+            "Brief an Jürgen.md",
+            rnmt::text::TextFormat::Markdown,
+            "text/markdown; charset=utf-8",
+            "# Der Hund\n\nDer Hund jagt die Katze. Die Katze schläft.\n\n- Ich bin *sehr* müde.\n- Hallo Welt.\n",
+        ),
+        (
+            "seite.html",
+            rnmt::text::TextFormat::Html,
+            "text/html; charset=utf-8",
+            "<!doctype html>\n<p>Ich bin <b>müde</b>. Wo ist der Bahnhof?</p>\n<pre>Der Hund</pre>\n",
+        ),
+        (
+            "notes.txt",
+            rnmt::text::TextFormat::Text,
+            "text/plain; charset=utf-8",
+            "Der Hund jagt die Katze.\n\n  Wo ist der Bahnhof? Ich weiß es nicht.\n",
+        ),
+    ] {
+        let want = translator
+            .translate_texts(&[content], format)
+            .unwrap()
+            .remove(0);
+        let (status, body) = call(
+            &SERVER,
+            post_file(&[("source", "de"), ("target", "en")], name, content.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        let url = body["translatedFileUrl"].as_str().unwrap().to_string();
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+        let (status, got_mime, disposition, text) = download(&url).await;
+        assert_eq!(status, StatusCode::OK, "{url}");
+        assert_eq!(got_mime, mime, "{name}");
+        let safe = name.replace([' ', 'ü'], "_");
+        assert_eq!(disposition, format!("attachment; filename=\"{safe}\""));
+        assert_eq!(text, want, "{name}");
+        assert!(!text.contains("Hund jagt"), "{name} was translated: {text}");
+    }
+    // `auto` detects the language of the file.
+    let (status, body) = call(
+        &SERVER,
+        post_file(
+            &[("source", "auto"), ("target", "de")],
+            "a.txt",
+            b"Where is the station? I do not know.",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn translate_file_errors_as_libretranslate() {
+    let de_en = [("source", "de"), ("target", "en")];
+    let cases: Vec<(Request<Body>, StatusCode, String)> = vec![
+        (
+            post_multipart("/translate_file", &de_en),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: missing file parameter".into(),
+        ),
+        (
+            post_file(&[("target", "en")], "a.txt", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: missing source parameter".into(),
+        ),
+        (
+            post_file(&[("source", "de")], "a.txt", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: missing target parameter".into(),
+        ),
+        (
+            post_file(&de_en, "", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: empty file".into(),
+        ),
+        (
+            post_file(&de_en, "a.docx", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: file format not supported".into(),
+        ),
+        (
+            post_file(&de_en, "a.txt", b"Hallo \xff Welt."),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: a.txt is not UTF-8 text (at byte 6)".into(),
+        ),
+        (
+            // The server's limits: 200 characters a text, 4 texts a request.
+            post_file(&de_en, "a.txt", "Hallo. ".repeat(130).as_bytes()),
+            StatusCode::BAD_REQUEST,
+            "Invalid request: file (910) exceeds text limit (800)".into(),
+        ),
+        (
+            post_file(&[("source", "zz"), ("target", "en")], "a.txt", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "zz is not supported".into(),
+        ),
+        (
+            post_file(&[("source", "de"), ("target", "de")], "a.txt", b"Hallo."),
+            StatusCode::BAD_REQUEST,
+            "German (de) is not available as a target language from German (de)".into(),
+        ),
+        (
+            Request::get("/download_file/0123.a.txt")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "No such file: translated files are kept for 30 minutes".into(),
+        ),
+    ];
+    for (req, want_status, want) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (status, body) = call(&SERVER, req).await;
+        assert_eq!((status, body), (want_status, error(&want)), "{what}");
+    }
 }

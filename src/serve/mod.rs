@@ -8,6 +8,7 @@
 //! loaded) and stops gracefully on SIGTERM or Ctrl-C.
 
 pub mod batcher;
+mod files;
 pub mod limits;
 mod listen;
 pub mod metrics;
@@ -24,7 +25,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 use candle_core::Device;
 use tokio::net::TcpListener;
@@ -45,8 +46,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/translate", post(native::translate))
         .route("/openapi.json", get(native::openapi))
-        .route("/translate_file", any(routes::not_implemented))
-        .route("/suggest", any(routes::not_implemented))
+        .route("/translate_file", post(files::translate_file))
+        .route("/download_file/{key}", get(files::download_file))
+        .route("/suggest", post(files::suggest))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
     if state.options.web_page {

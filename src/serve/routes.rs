@@ -38,7 +38,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn missing(name: &str) -> Self {
+    pub fn missing(name: &str) -> Self {
         Self::bad_request(format!("Invalid request: missing {name} parameter"))
     }
 
@@ -65,6 +65,9 @@ pub struct SentenceCount(pub usize);
 #[derive(Debug, Default)]
 pub struct Params {
     values: Map<String, Value>,
+    /// The files of a multipart form, by field name: the file name the client gave and
+    /// the bytes.
+    uploads: std::collections::HashMap<String, (String, Vec<u8>)>,
     /// The body was JSON: `q` may be a list, and line endings are kept as sent.
     pub is_json: bool,
 }
@@ -122,6 +125,16 @@ impl Params {
                 let Some(name) = field.name().map(str::to_string) else {
                     continue;
                 };
+                if let Some(file_name) = field.file_name().map(str::to_string) {
+                    let bytes = field.bytes().await.map_err(|e| {
+                        ApiError::bad_request(format!("Invalid multipart form field {name}: {e}"))
+                    })?;
+                    params
+                        .uploads
+                        .entry(name)
+                        .or_insert((file_name, bytes.to_vec()));
+                    continue;
+                }
                 let text = field.text().await.map_err(|e| {
                     ApiError::bad_request(format!("Invalid multipart form field {name}: {e}"))
                 })?;
@@ -154,6 +167,11 @@ impl Params {
 
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name)
+    }
+
+    /// The file a multipart form sent as `name`: its file name and bytes.
+    pub fn upload(&self, name: &str) -> Option<&(String, Vec<u8>)> {
+        self.uploads.get(name)
     }
 
     /// `q`: one text, or (JSON) a list of texts; `Ok(None)` when missing or empty.
@@ -309,17 +327,12 @@ pub fn text_request(
             )));
         }
     }
-    let detected = (source == "auto").then(|| state.detect(&texts.join("\n")));
-    let source = match &detected {
-        Some((code, _)) => code.clone(),
-        None => source,
-    };
-    let Some(src_lang) = state.language(&source) else {
-        return Err(ApiError::bad_request(format!("{source} is not supported")));
-    };
-    let Some(tgt_lang) = state.language(&target) else {
-        return Err(ApiError::bad_request(format!("{target} is not supported")));
-    };
+    let LanguagePair {
+        source,
+        pair_index,
+        detected,
+    } = language_pair(state, source, &target, || texts.join("\n"))?;
+    // (LibreTranslate checks the format after the languages.)
     let format = match params.text("format").as_deref() {
         None | Some("text") => TextFormat::Text,
         Some("html") => TextFormat::Html,
@@ -328,16 +341,6 @@ pub fn text_request(
                 "{other} format is not supported"
             )))
         }
-    };
-    let Some(pair_index) = state
-        .pairs
-        .iter()
-        .position(|p| p.source == source && p.target == target)
-    else {
-        return Err(ApiError::bad_request(format!(
-            "{} ({}) is not available as a target language from {} ({})",
-            tgt_lang.name, tgt_lang.code, src_lang.name, src_lang.code
-        )));
     };
     if opts.log_text {
         tracing::info!(source = %source, target = %target, texts = ?texts, "texts");
@@ -351,6 +354,51 @@ pub fn text_request(
         format,
         detected,
         count,
+    })
+}
+
+/// A request's language pair, resolved.
+pub struct LanguagePair {
+    /// The source language: as asked, or as detected for `auto`.
+    pub source: String,
+    pub pair_index: usize,
+    /// With `source: auto`: the detected language and its confidence (percent).
+    pub detected: Option<(String, f64)>,
+}
+
+/// The served pair for `source` (a code or `auto`, then detected in `sample()`) and
+/// `target`, with LibreTranslate's messages for what is not served.
+pub fn language_pair(
+    state: &AppState,
+    source: String,
+    target: &str,
+    sample: impl FnOnce() -> String,
+) -> ApiResult<LanguagePair> {
+    let detected = (source == "auto").then(|| state.detect(&sample()));
+    let source = match &detected {
+        Some((code, _)) => code.clone(),
+        None => source,
+    };
+    let Some(src_lang) = state.language(&source) else {
+        return Err(ApiError::bad_request(format!("{source} is not supported")));
+    };
+    let Some(tgt_lang) = state.language(target) else {
+        return Err(ApiError::bad_request(format!("{target} is not supported")));
+    };
+    let Some(pair_index) = state
+        .pairs
+        .iter()
+        .position(|p| p.source == source && p.target == target)
+    else {
+        return Err(ApiError::bad_request(format!(
+            "{} ({}) is not available as a target language from {} ({})",
+            tgt_lang.name, tgt_lang.code, src_lang.name, src_lang.code
+        )));
+    };
+    Ok(LanguagePair {
+        source,
+        pair_index,
+        detected,
     })
 }
 
@@ -537,8 +585,8 @@ pub async fn frontend_settings(State(state): State<Arc<AppState>>) -> Json<Value
         "apiKeys": state.limits.keys_enabled(),
         "keyRequired": false,
         "suggestions": false,
-        "filesTranslation": false,
-        "supportedFilesFormat": [],
+        "filesTranslation": true,
+        "supportedFilesFormat": super::files::SUPPORTED_FORMATS,
         "language": { "source": lang(&first.source), "target": lang(&first.target) },
     }))
 }
@@ -554,14 +602,6 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     }
-}
-
-/// `/translate_file` and `/suggest`: not built yet.
-pub async fn not_implemented(req: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("{} is not supported by this server", req.uri().path()),
-    )
 }
 
 pub async fn not_found(req: Request) -> ApiError {

@@ -174,6 +174,8 @@ pub struct AppState {
     pub languages: Vec<Language>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Translated files waiting for download.
+    pub files: super::files::FileStore,
     /// Set once the models are loaded; until then translation answers 503.
     models: OnceLock<Vec<Served>>,
     detector: whatlang::Detector,
@@ -230,6 +232,7 @@ impl AppState {
             languages,
             limits,
             metrics: Arc::new(Metrics::new()),
+            files: super::files::FileStore::default(),
             models: OnceLock::new(),
             detector,
             detectable,
