@@ -471,6 +471,11 @@ async fn languages_detect_settings_health() {
     .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["error"].is_string());
+    // The web page's routes answer a wrong method with the API's JSON error too
+    // (found by the serve_request fuzz target: it was an empty body).
+    let (status, body) = call(&SERVER, Request::post("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string(), "{body}");
 
     for (text, lang) in [
         ("Wo ist der Bahnhof? Ich habe mich verlaufen.", "de"),

@@ -87,10 +87,13 @@ impl FileStore {
 
 /// The last part of a client's file name with anything but ASCII letters, digits, `.`,
 /// `-` and `_` replaced by `_` (as LibreTranslate's `secure_filename` makes names safe
-/// for a URL and a disk), at most 100 characters, extension kept.
-fn safe_name(name: &str) -> String {
+/// for a URL and a disk), never starting with `.`, never empty, at most
+/// [`SAFE_NAME_CHARS`] characters, and a supported extension kept.
+pub fn safe_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let safe: String = base
+    // A supported extension is ASCII, so its byte length is the suffix's.
+    let (stem, ext) = base.split_at(base.len() - extension(base).map_or(0, str::len));
+    let stem: String = stem
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
@@ -100,17 +103,17 @@ fn safe_name(name: &str) -> String {
             }
         })
         .collect();
-    let safe = safe.trim_start_matches('.');
-    if safe.chars().count() <= 100 {
-        return safe.to_string();
-    }
-    let (stem, ext) = safe.rsplit_once('.').unwrap_or((safe, ""));
-    let stem: String = stem.chars().take(90).collect();
-    format!("{stem}.{ext}")
+    let stem = stem.trim_start_matches('.');
+    let stem: String = stem.chars().take(SAFE_NAME_CHARS - ext.len()).collect();
+    let stem = if stem.is_empty() { "file" } else { &stem };
+    format!("{stem}{ext}")
 }
 
+/// The longest name [`safe_name`] gives.
+pub const SAFE_NAME_CHARS: usize = 100;
+
 /// The supported extension of `name` (lower case, with its dot).
-fn extension(name: &str) -> Option<&'static str> {
+pub fn extension(name: &str) -> Option<&'static str> {
     let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
     SUPPORTED_FORMATS.into_iter().find(|f| f[1..] == ext)
 }
@@ -241,6 +244,9 @@ mod tests {
         assert_eq!(safe_name("../../etc/passwd.txt"), "passwd.txt");
         assert_eq!(safe_name("C:\\docs\\a.html"), "a.html");
         assert_eq!(safe_name("..hidden.txt"), "hidden.txt");
+        assert_eq!(safe_name(".txt"), "file.txt");
+        assert_eq!(safe_name("dir/"), "file");
+        assert_eq!(safe_name("Notes.MD"), "Notes.MD");
         let long = format!("{}.txt", "x".repeat(300));
         let safe = safe_name(&long);
         assert!(safe.len() <= 100 && safe.ends_with(".txt"), "{safe}");

@@ -31,6 +31,7 @@ use candle_core::Device;
 use tokio::net::TcpListener;
 use tower_http::cors::{Any, CorsLayer};
 
+pub use files::{safe_name, SAFE_NAME_CHARS};
 pub use routes::ApiError;
 pub use state::{language_pairs, AppState, Language, Pair, ServeOptions};
 
@@ -48,12 +49,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(native::openapi))
         .route("/translate_file", post(files::translate_file))
         .route("/download_file/{key}", get(files::download_file))
-        .route("/suggest", post(files::suggest))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed);
+        .route("/suggest", post(files::suggest));
     if state.options.web_page {
         app = app.merge(web::routes());
     }
+    // After the merge, so that the web page's routes answer a wrong method or path
+    // with the same JSON error as the API's.
+    app = app
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed);
     if state.options.cors {
         // As LibreTranslate: any origin may call the API from a browser.
         app = app.layer(
