@@ -6,7 +6,10 @@
 # `rnmt translate` on the same sentences as the reference.
 #
 #   RNMT_CORPORA=../shared/corpora benches/serve_load.sh
-#   DURATION=10 CLIENTS="1 8 32 128" THREADS=2 benches/serve_load.sh
+#   DURATION=10 CLIENTS="1 8 32 128" THREADS=2 REPEAT=3 benches/serve_load.sh
+#
+# Both servers run side by side; at each level the two are loaded in turn, REPEAT times,
+# so that a change in the machine's load falls on both alike. Each turn is a row.
 #
 # Prints throughput (sentences/s), p50/p99 latency, errors, the server's peak RSS, and the
 # CPU with its SIMD flags. Not a test: speed is measured here, never asserted.
@@ -17,6 +20,7 @@ DURATION="${DURATION:-20}"
 CLIENTS="${CLIENTS:-1 8 32 128}"
 THREADS="${THREADS:-2}"
 SENTENCES="${SENTENCES:-1000}"
+REPEAT="${REPEAT:-1}"
 CORPORA="${RNMT_CORPORA:-corpora}"
 TEST="$CORPORA/tatoeba-deu-eng/test.de"
 [ -f "$TEST" ] || { echo "no $TEST (set RNMT_CORPORA)" >&2; exit 1; }
@@ -24,9 +28,9 @@ TEST="$CORPORA/tatoeba-deu-eng/test.de"
 cargo build --release --quiet
 BIN=target/release/rnmt
 WORK="$(mktemp -d)"
-SERVER_PID=""
+declare -A PID PORT
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    for pid in "${PID[@]}"; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -81,48 +85,44 @@ q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 print(f"{len(latencies) / elapsed:.1f} {q(0.50):.0f} {q(0.99):.0f} {errors[0]}")
 EOF
 
-# Starts the server with extra flags, sets SERVER_PID and PORT.
+# Starts server NAME with extra flags; sets PID[NAME] and PORT[NAME].
 start_server() {
-    "$BIN" serve --port 0 --threads "$THREADS" --model models/tatoeba-de-en "$@" 2> "$WORK/server.log" &
-    SERVER_PID=$!
+    local name=$1
+    shift
+    "$BIN" serve --port 0 --threads "$THREADS" --model models/tatoeba-de-en "$@" 2> "$WORK/$name.log" &
+    PID[$name]=$!
     for _ in $(seq 1 600); do
-        PORT=$(sed -n 's#^listening on http://127.0.0.1:##p' "$WORK/server.log")
-        if [ -n "$PORT" ] && curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null; then
+        PORT[$name]=$(sed -n 's#^listening on http://127.0.0.1:##p' "$WORK/$name.log")
+        if [ -n "${PORT[$name]}" ] && curl -sf --max-time 5 "http://127.0.0.1:${PORT[$name]}/health" >/dev/null; then
             return
         fi
         sleep 0.1
     done
-    echo "the server did not start:" >&2
-    cat "$WORK/server.log" >&2
+    echo "the $name server did not start:" >&2
+    cat "$WORK/$name.log" >&2
     exit 1
 }
 
-stop_server() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" || true
-    SERVER_PID=""
-}
-
 peak_rss_mb() {
-    awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"
+    awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${PID[$1]}/status"
 }
 
-declare -A RESULT
-for mode in batched single; do
-    if [ "$mode" = batched ]; then start_server; else start_server --max-batch-tokens 1; fi
-    for c in $CLIENTS; do
-        RESULT[$mode,$c]="$(python3 "$WORK/client.py" 127.0.0.1 "$PORT" "$c" "$DURATION" "$WORK/input.de") $(peak_rss_mb)"
-    done
-    stop_server
-done
+load() {
+    echo "$(python3 "$WORK/client.py" 127.0.0.1 "${PORT[$1]}" "$2" "$DURATION" "$WORK/input.de") $(peak_rss_mb "$1")"
+}
+
+start_server batched
+start_server single --max-batch-tokens 1
 
 printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | batched / one-at-a-time | batched / offline |\n'
 printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for c in $CLIENTS; do
-    read -r bt bp50 bp99 berr brss <<< "${RESULT[batched,$c]}"
-    read -r st sp50 sp99 serr srss <<< "${RESULT[single,$c]}"
-    ratio=$(python3 -c "print(f'{$bt / $st:.2f}×' if $st > 0 else '-')")
-    off=$(python3 -c "print(f'{$bt / $OFFLINE:.2f}×')")
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-        "$c" "$bt" "$bp50" "$bp99" "$berr" "$brss" "$st" "$sp50" "$sp99" "$serr" "$srss" "$ratio" "$off"
+    for _ in $(seq 1 "$REPEAT"); do
+        read -r bt bp50 bp99 berr brss <<< "$(load batched "$c")"
+        read -r st sp50 sp99 serr srss <<< "$(load single "$c")"
+        ratio=$(python3 -c "print(f'{$bt / $st:.2f}×' if $st > 0 else '-')")
+        off=$(python3 -c "print(f'{$bt / $OFFLINE:.2f}×')")
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$c" "$bt" "$bp50" "$bp99" "$berr" "$brss" "$st" "$sp50" "$sp99" "$serr" "$srss" "$ratio" "$off"
+    done
 done
