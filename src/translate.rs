@@ -13,14 +13,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
 use crate::model::{load_model, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
 use crate::search::shortlist::SHORTLIST_FILE;
-use crate::search::{search, Ensemble, Hypothesis, SearchConfig, Shortlist, ShortlistSize};
+use crate::search::{
+    search_with_prefixes, Ensemble, Hypothesis, SearchConfig, Shortlist, ShortlistSize,
+};
 use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
 use crate::text::{
     clause_cuts, word_cuts, Segmented, SentenceTranslation, SplitOptions, TextFormat,
@@ -121,6 +123,9 @@ pub struct Translator {
 struct Part {
     segment: usize,
     ids: Vec<u32>,
+    /// Target subwords its output must start with (the segment's prefix, on its first
+    /// part only).
+    prefix: Vec<u32>,
 }
 
 /// The translation of one input line.
@@ -245,7 +250,7 @@ impl Translator {
     /// Translates each of `segments` as one segment (named `line N` in warnings, N =
     /// `first_line` + index), in batches of sentences of similar length.
     pub fn translate(&self, segments: &[String], first_line: usize) -> Result<Vec<Translation>> {
-        self.translate_segments(segments, &|i| first_line + i, false)
+        self.translate_segments(segments, &[], &|i| first_line + i, false)
     }
 
     /// [`Self::translate`], with word alignments (`Translation::word_alignment`) whether or
@@ -255,18 +260,56 @@ impl Translator {
         segments: &[String],
         first_line: usize,
     ) -> Result<Vec<Translation>> {
-        self.translate_segments(segments, &|i| first_line + i, true)
+        self.translate_segments(segments, &[], &|i| first_line + i, true)
     }
 
+    /// Translates each of `lines` whole (not cut into sentences: the prefix is the
+    /// start of the line's whole output), every output of line `i` starting with the
+    /// target text `prefixes[i]` (interactive translation, auto-completion). The
+    /// translation and each n-best entry include the prefix; an empty prefix gives
+    /// exactly [`Self::translate`]'s result.
+    pub fn translate_with_prefixes(
+        &self,
+        lines: &[String],
+        prefixes: &[String],
+        first_line: usize,
+    ) -> Result<Vec<Translation>> {
+        ensure!(
+            prefixes.len() == lines.len(),
+            "{} prefixes for {} lines",
+            prefixes.len(),
+            lines.len()
+        );
+        self.translate_segments(lines, prefixes, &|i| first_line + i, false)
+    }
+
+    /// `prefixes` (target text, one per segment, or none at all) start the outputs.
     fn translate_segments(
         &self,
         segments: &[String],
+        prefixes: &[String],
         line_of: &dyn Fn(usize) -> usize,
         aligned: bool,
     ) -> Result<Vec<Translation>> {
         let mut search_config = self.search.clone();
         search_config.keep_attention |= aligned;
-        let parts = self.prepare(segments, line_of)?;
+        let mut parts = self.prepare(segments, line_of)?;
+        if !prefixes.is_empty() {
+            let mut seen = vec![false; segments.len()];
+            for part in &mut parts {
+                if !std::mem::replace(&mut seen[part.segment], true) {
+                    part.prefix = self.target.encode(prefixes[part.segment].trim())?;
+                    // Every prefix subword is a forced decoder step: bounded as inputs are.
+                    ensure!(
+                        part.prefix.len() <= self.max_input_len,
+                        "line {}: the prefix has {} subwords, more than the limit of {} (--max-input-len)",
+                        line_of(part.segment),
+                        part.prefix.len(),
+                        self.max_input_len
+                    );
+                }
+            }
+        }
         let mut order: Vec<usize> = (0..parts.len()).collect();
         order.sort_by_key(|&i| parts[i].ids.len());
         let mut ens = Ensemble::new(self.models.iter().collect())?;
@@ -276,7 +319,9 @@ impl Translator {
         let mut done: Vec<Option<Translation>> = vec![None; parts.len()];
         for batch in order.chunks(self.batch_size) {
             let sources: Vec<Vec<u32>> = batch.iter().map(|&i| parts[i].ids.clone()).collect();
-            let results = search(&ens, &sources, &search_config, &self.device)?;
+            let prefixes: Vec<Vec<u32>> = batch.iter().map(|&i| parts[i].prefix.clone()).collect();
+            let results =
+                search_with_prefixes(&ens, &sources, &prefixes, &search_config, &self.device)?;
             for ((&i, src), nbest) in batch.iter().zip(&sources).zip(results) {
                 done[i] = Some(self.finish(src, nbest, self.alignments)?);
             }
@@ -368,7 +413,7 @@ impl Translator {
             origin.extend(std::iter::repeat_n(first_number + i, seg.sentences().len()));
         }
         let mut translations = self
-            .translate_segments(&sentences, &|i| origin[i], aligned)?
+            .translate_segments(&sentences, &[], &|i| origin[i], aligned)?
             .into_iter();
         Ok(segmented
             .iter()
@@ -385,7 +430,11 @@ impl Translator {
                 continue;
             }
             if ids.len() <= self.max_input_len {
-                parts.push(Part { segment, ids });
+                parts.push(Part {
+                    segment,
+                    ids,
+                    prefix: Vec::new(),
+                });
                 continue;
             }
             let pieces = self.cut(text)?;
@@ -397,7 +446,11 @@ impl Translator {
                 pieces.len(),
                 if clause_cuts(text).is_empty() { "word boundaries" } else { "clause boundaries" },
             );
-            parts.extend(pieces.into_iter().map(|ids| Part { segment, ids }));
+            parts.extend(pieces.into_iter().map(|ids| Part {
+                segment,
+                ids,
+                prefix: Vec::new(),
+            }));
         }
         Ok(parts)
     }

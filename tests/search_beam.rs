@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor, D};
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::Seq2Seq;
 use rnmt::search::{
-    beam_search, force_decode, greedy_search, search, Ensemble, Hypothesis, SearchConfig,
-    ShortlistSize,
+    beam_search, beam_search_with_prefixes, force_decode, greedy_search, search, Ensemble,
+    Hypothesis, SearchConfig, ShortlistSize,
 };
 use rnmt::subword::{BOS_ID, EOS_ID};
 use translate_support::tiny_model;
@@ -135,6 +135,71 @@ fn nbest_lists_are_sorted_distinct_and_match_forced_decoding() {
                 h.tokens
             );
         }
+    }
+}
+
+#[test]
+fn prefix_decoding_forces_the_start_and_scores_it_as_forced_decoding_does() {
+    let tiny = tiny_model();
+    let model = tiny.load();
+    let ens = Ensemble::single(&model);
+    let sources = tiny.encoded(12);
+    let cfg = config(4, 0.6, 0.2, 3);
+    let plain = beam_search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
+    // An empty prefix is plain search, exactly.
+    let empty = vec![Vec::new(); sources.len()];
+    assert_eq!(
+        beam_search_with_prefixes(&ens, &sources, &empty, &cfg, &Device::Cpu).unwrap(),
+        plain
+    );
+    // Each sentence is forced to start as the next sentence's best output does: a start
+    // the model does not pick for it. The last sentence gets no prefix.
+    let mut prefixes: Vec<Vec<u32>> = (1..sources.len())
+        .map(|j| plain[j][0].tokens.iter().take(3).copied().collect())
+        .collect();
+    prefixes.push(Vec::new());
+    assert!(
+        prefixes
+            .iter()
+            .zip(&plain)
+            .filter(|(p, n)| !p.is_empty() && !n[0].tokens.starts_with(p))
+            .count()
+            >= 3,
+        "the prefixes must differ from what search finds alone"
+    );
+    let out = beam_search_with_prefixes(&ens, &sources, &prefixes, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(out.last(), plain.last(), "no prefix: as plain search");
+    let mut srcs = Vec::new();
+    let mut outputs = Vec::new();
+    let mut found = Vec::new();
+    for (i, nbest) in out.iter().enumerate() {
+        assert!(!nbest.is_empty());
+        assert_sorted_distinct(nbest, &format!("sentence {i} with a prefix"));
+        for h in nbest {
+            assert!(
+                h.tokens.starts_with(&prefixes[i]),
+                "sentence {i}: {:?} does not start with {:?}",
+                h.tokens,
+                prefixes[i]
+            );
+            srcs.push(sources[i].clone());
+            outputs.push((h.tokens.clone(), h.ended));
+            found.push(h.clone());
+        }
+    }
+    // The prefix is scored: log-probability and score are forced decoding's of the whole
+    // output.
+    let rescored = force_decode(&ens, &srcs, &outputs, &cfg, &Device::Cpu).unwrap();
+    for (h, r) in found.iter().zip(&rescored) {
+        assert!(
+            (h.log_prob - r.log_prob).abs() < 1e-3 && (h.score - r.score).abs() < 1e-3,
+            "search {}/{} vs forced decoding {}/{} for {:?}",
+            h.log_prob,
+            h.score,
+            r.log_prob,
+            r.score,
+            h.tokens
+        );
     }
 }
 

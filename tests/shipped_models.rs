@@ -37,6 +37,51 @@ fn readme_command_translates_with_the_default_model() {
     );
 }
 
+#[test]
+fn translate_with_a_prefix_continues_it() {
+    let plain = run(rnmt().args(["translate", "Der Hund jagt die Katze."]));
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    // An empty prefix changes nothing.
+    let empty = run(rnmt().args(["translate", "--prefix", "", "Der Hund jagt die Katze."]));
+    assert_eq!(
+        String::from_utf8_lossy(&empty.stdout),
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    // A prefix the model would not choose is kept, and the sentence is finished from it.
+    let out = run(rnmt().args([
+        "translate",
+        "--prefix",
+        "A big animal",
+        "--nbest",
+        "3",
+        "Der Hund jagt die Katze.",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for line in text.lines() {
+        let translation = line.split(" ||| ").nth(1).unwrap();
+        assert!(translation.starts_with("A big animal "), "{text}");
+        assert!(translation.to_lowercase().contains("cat"), "{text}");
+    }
+    // A prefix per line after a tab; a line without one is translated as usual.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.tsv");
+    std::fs::write(
+        &input,
+        "Der Hund jagt die Katze.\tThe big\nIch habe Hunger.\n",
+    )
+    .unwrap();
+    let out = run(rnmt().args(["translate", "--tab-prefix", "-i"]).arg(&input));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("The big "), "{text}");
+    let alone = run(rnmt().args(["translate", "Ich habe Hunger."]));
+    assert_eq!(lines[1], String::from_utf8_lossy(&alone.stdout).trim());
+}
+
 const EN_DE_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tatoeba-en-de");
 
 #[test]

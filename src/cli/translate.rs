@@ -83,6 +83,15 @@ pub struct TranslateArgs {
     /// sentences first (for pipelines of one sentence per line).
     #[arg(long)]
     pub no_split: bool,
+    /// Every translation starts with TEXT (target language), and search continues from
+    /// it: interactive translation, auto-completion (with --nbest, the best
+    /// continuations). Lines are then translated whole, not split into sentences.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["document", "tab_prefix"])]
+    pub prefix: Option<String>,
+    /// Each input line is SOURCE<TAB>PREFIX: its translation starts with PREFIX, as
+    /// with --prefix (a line without a tab has no prefix).
+    #[arg(long, conflicts_with = "document")]
+    pub tab_prefix: bool,
     /// Write translations to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -198,6 +207,9 @@ pub fn run(args: &TranslateArgs) -> Result<()> {
     if args.format.markup().is_some() && (args.nbest > 1 || args.alignments) {
         anyhow::bail!("--format html|markdown writes documents: --nbest and --alignments need --format text or json");
     }
+    if args.format.markup().is_some() && (args.prefix.is_some() || args.tab_prefix) {
+        anyhow::bail!("--prefix and --tab-prefix need --format text or json: a prefix starts one plain translation");
+    }
     let translator = Translator::new(&dirs, &device, &args.options())?;
     if let Some(path) = &args.document {
         return translate_document(args, &translator, path);
@@ -296,7 +308,12 @@ fn translate_stream(
             line_no += lines.len();
             continue;
         }
-        let translations = translator.translate_lines(&lines, line_no + 1)?;
+        let translations = if args.prefix.is_some() || args.tab_prefix {
+            let (sources, prefixes) = split_prefixes(args, &lines);
+            translator.translate_with_prefixes(&sources, &prefixes, line_no + 1)?
+        } else {
+            translator.translate_lines(&lines, line_no + 1)?
+        };
         for (i, t) in translations.iter().enumerate() {
             write_translation(out, args.format, line_no + i, t, args.nbest > 1)?;
         }
@@ -317,6 +334,21 @@ fn translate_stream(
         );
     }
     Ok(())
+}
+
+/// The sources and target prefixes of `lines`: `--prefix` for every line, or with
+/// `--tab-prefix` each line's text after its first tab.
+fn split_prefixes(args: &TranslateArgs, lines: &[String]) -> (Vec<String>, Vec<String>) {
+    if let Some(prefix) = &args.prefix {
+        return (lines.to_vec(), vec![prefix.clone(); lines.len()]);
+    }
+    lines
+        .iter()
+        .map(|l| match l.split_once('\t') {
+            Some((source, prefix)) => (source.to_string(), prefix.to_string()),
+            None => (l.clone(), String::new()),
+        })
+        .unzip()
 }
 
 /// `rnmt translate --document FILE`: the whole file at once, its layout kept, to -o or

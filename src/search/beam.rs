@@ -7,6 +7,11 @@
 //! its live hypotheses can still beat its `nbest`-th finished one (an exact bound,
 //! [`penalty::score_bound`]), when `k` hypotheses have ended and no live one is ahead
 //! of them, or at the length bound; it then leaves the batch.
+//!
+//! A target prefix (interactive translation, auto-completion: OpenNMT-py's and Marian's
+//! forced prefix) is scored but not searched: while a sentence's output is shorter than
+//! its prefix, its one live hypothesis is extended by the prefix's next token, whatever
+//! the model ranks first; the beam opens after it.
 
 use candle_core::Device;
 use rayon::prelude::*;
@@ -32,6 +37,8 @@ struct Live {
 struct Sentence {
     src_len: usize,
     max_len: usize,
+    /// Target subwords every output starts with.
+    prefix: Vec<u32>,
     live: Vec<Live>,
     finished: Vec<Hypothesis>,
 }
@@ -53,15 +60,20 @@ struct SentenceRows<'a> {
     tops: &'a [Vec<(u32, f32)>],
     /// Per row: the attention weights over the source positions.
     weights: &'a [Vec<f32>],
+    /// While the prefix is forced: the log-probability of its next token in the
+    /// sentence's one row.
+    forced: Option<f32>,
 }
 
 impl Sentence {
     /// The search before the first step: one empty hypothesis, or, when the length
-    /// bound allows no output at all, that empty output finished.
-    fn new(src_len: usize, cfg: &SearchConfig) -> Self {
+    /// bound allows no output at all, that empty output finished. The bound never cuts
+    /// the prefix.
+    fn new(src_len: usize, prefix: &[u32], cfg: &SearchConfig) -> Self {
         let mut s = Self {
             src_len,
-            max_len: cfg.max_len(src_len),
+            max_len: cfg.max_len(src_len).max(prefix.len()),
+            prefix: prefix.to_vec(),
             live: vec![Live {
                 tokens: Vec::new(),
                 log_prob: 0.0,
@@ -100,9 +112,14 @@ impl Sentence {
         cfg: &SearchConfig,
     ) -> Vec<u32> {
         let steps = self.live[0].tokens.len() + 1;
-        let (candidates, coverages) = self.score_candidates(steps, rows, enc, cfg);
-        let candidates = best_candidates(candidates, 2 * cfg.beam);
-        let (mut live, mut parents, ended) = self.select(&candidates, &coverages, rows, cfg);
+        let (mut live, mut parents, ended) = match (self.forced_token(), rows.forced) {
+            (Some(token), Some(log_prob)) => self.force(token, log_prob, steps, rows, cfg),
+            _ => {
+                let (candidates, coverages) = self.score_candidates(steps, rows, enc, cfg);
+                let candidates = best_candidates(candidates, 2 * cfg.beam);
+                self.select(&candidates, &coverages, rows, cfg)
+            }
+        };
         for h in ended {
             self.finish(h, true, cfg.keep_attention);
         }
@@ -119,6 +136,40 @@ impl Sentence {
             parents.clear();
         }
         parents.iter().map(|&p| (rows.first + p) as u32).collect()
+    }
+
+    /// The prefix token the next step must produce (`None`: the prefix is done). While
+    /// it is forced, a sentence has one live hypothesis.
+    fn forced_token(&self) -> Option<u32> {
+        self.prefix.get(self.live.first()?.tokens.len()).copied()
+    }
+
+    /// A forced step: the one live hypothesis extended by `token`, scored as any
+    /// candidate is (`log_prob` is the model's for `token` in that row).
+    fn force(
+        &self,
+        token: u32,
+        log_prob: f32,
+        steps: usize,
+        rows: &SentenceRows,
+        cfg: &SearchConfig,
+    ) -> (Vec<Live>, Vec<usize>, Vec<Live>) {
+        let h = &self.live[0];
+        let weights = &rows.weights[0];
+        let coverage: Vec<f32> = h.coverage.iter().zip(weights).map(|(c, w)| c + w).collect();
+        let penalties = penalty::Penalties {
+            length: penalty::length_penalty(steps, cfg.alpha),
+            coverage: penalty::coverage_penalty(&coverage, cfg.beta),
+        };
+        let log_prob = h.log_prob + log_prob;
+        let c = Candidate {
+            score: penalties.score(log_prob),
+            log_prob,
+            parent: 0,
+            token,
+        };
+        let live = self.extend(&c, Some(token), &coverage, weights, cfg);
+        (vec![live], vec![0], Vec::new())
     }
 
     /// Every live hypothesis' top tokens as scored candidates, with each hypothesis'
@@ -288,6 +339,7 @@ fn advance_all(
     cfg: &SearchConfig,
 ) -> candle_core::Result<Vec<u32>> {
     let mut parents: Vec<u32> = Vec::with_capacity(step.weights.len());
+    let columns = step.columns();
     step.with_log_probs(|lp| {
         // The row scans are independent: run them on all threads before the
         // (sequential, cheap) bookkeeping per sentence.
@@ -298,10 +350,18 @@ fn advance_all(
         let mut first = 0;
         for s in sentences.iter_mut().filter(|s| !s.live.is_empty()) {
             let end = first + s.live.len();
+            // A forced token the step does not score (outside the vocabulary) can
+            // never be produced: log-probability -inf.
+            let forced = s.forced_token().map(|token| {
+                enc.column_of(token)
+                    .filter(|&c| (c as usize) < columns)
+                    .map_or(f32::NEG_INFINITY, |c| lp[first * columns + c as usize])
+            });
             let rows = SentenceRows {
                 first,
                 tops: &tops[first..end],
                 weights: &step.weights[first..end],
+                forced,
             };
             parents.extend(s.advance(&rows, enc, cfg));
             first = end;
@@ -318,16 +378,31 @@ pub fn beam_search(
     cfg: &SearchConfig,
     device: &Device,
 ) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
+    beam_search_with_prefixes(ens, sources, &[], cfg, device)
+}
+
+/// [`beam_search`] with every output of sentence `i` starting with the target subwords
+/// `prefixes[i]` (no prefix where `prefixes` is shorter than `sources`). Each
+/// hypothesis' tokens, log-probability and score include the prefix's.
+pub fn beam_search_with_prefixes(
+    ens: &Ensemble,
+    sources: &[Vec<u32>],
+    prefixes: &[Vec<u32>],
+    cfg: &SearchConfig,
+    device: &Device,
+) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
     cfg.validate()?;
     if sources.is_empty() {
         return Ok(Vec::new());
     }
     // One encoding row per sentence; each step's batch repeats a sentence's row once
     // per live hypothesis.
-    let per_sentence = ens.encode_for_search(sources, device)?;
+    let forced: Vec<u32> = prefixes.iter().flatten().copied().collect();
+    let per_sentence = ens.encode_for_search(sources, &forced, device)?;
     let mut sentences: Vec<Sentence> = sources
         .iter()
-        .map(|s| Sentence::new(s.len(), cfg))
+        .enumerate()
+        .map(|(i, s)| Sentence::new(s.len(), prefixes.get(i).map_or(&[], Vec::as_slice), cfg))
         .collect();
     let mut rows = row_sentences(&sentences);
     let mut enc = per_sentence.select(&rows_tensor(&rows, device)?)?;

@@ -51,6 +51,15 @@ impl EnsembleEncoding {
             None => column,
         }
     }
+
+    /// The column of a step's log-probabilities that scores target id `id` (`None`: the
+    /// shortlist leaves it out).
+    pub fn column_of(&self, id: u32) -> Option<u32> {
+        match &self.targets {
+            Some(t) => t.ids.binary_search(&id).ok().map(|c| c as u32),
+            None => Some(id),
+        }
+    }
 }
 
 impl EnsembleState {
@@ -137,14 +146,22 @@ impl<'m> Ensemble<'m> {
 
     /// Like [`Self::encode`], for search: with a shortlist, steps score only its target
     /// subwords for these sources.
+    /// `forced` target ids (a target prefix's) join the shortlist.
     pub fn encode_for_search(
         &self,
         sources: &[Vec<u32>],
+        forced: &[u32],
         device: &Device,
     ) -> Result<EnsembleEncoding> {
         let mut enc = self.encode(sources, device)?;
         if let Some((list, size)) = self.shortlist {
-            let ids = list.target_ids(sources, size);
+            let mut ids = list.target_ids(sources, size);
+            if !forced.is_empty() {
+                // Kept sorted: [`EnsembleEncoding::column_of`] searches it.
+                ids.extend(forced);
+                ids.sort_unstable();
+                ids.dedup();
+            }
             let rows = rows_tensor(&ids, device)?;
             let layers = self
                 .models

@@ -63,7 +63,7 @@ pub fn greedy_search(
         return Ok(Vec::new());
     }
     let mut out: Outputs = vec![None; sources.len()];
-    let mut enc = ens.encode_for_search(sources, device)?;
+    let mut enc = ens.encode_for_search(sources, &[], device)?;
     let mut state = ens.init(&enc)?;
     let rows = (sources.iter().enumerate()).map(|(i, s)| Row::new(i, s.len(), cfg));
     // Rows with a zero length bound never reach the decoder.

@@ -4,7 +4,8 @@
 //! * [`beam_search`]: batched beam search — all (sentence, hypothesis) rows of a batch
 //!   advance in one decoder step; the encoder runs once per sentence; a sentence whose
 //!   search is over leaves the batch. Hypotheses are ranked by the GNMT score
-//!   ([`penalty`]), n-best lists come out sorted.
+//!   ([`penalty`]), n-best lists come out sorted. [`beam_search_with_prefixes`] forces
+//!   the start of each output.
 //! * [`greedy_search`]: beam 1 without the bookkeeping of candidates.
 //! * [`force_decode`]: scores given outputs exactly as search scores them.
 //! * [`alignment`]: hard alignments from attention.
@@ -23,7 +24,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 
 use ensemble::{EnsembleEncoding, EnsembleState};
 
-pub use beam::beam_search;
+pub use beam::{beam_search, beam_search_with_prefixes};
 pub use ensemble::Ensemble;
 pub use greedy::greedy_search;
 pub use rescore::force_decode;
@@ -151,6 +152,23 @@ pub fn search(
             .collect())
     } else {
         beam_search(ens, sources, cfg, device)
+    }
+}
+
+/// [`search`] with each output of sentence `i` starting with `prefixes[i]` (target
+/// subwords; see [`beam_search_with_prefixes`]). Without any prefix it is [`search`];
+/// with one it is always beam search (greedy search has no forced steps).
+pub fn search_with_prefixes(
+    ens: &Ensemble,
+    sources: &[Vec<u32>],
+    prefixes: &[Vec<u32>],
+    cfg: &SearchConfig,
+    device: &Device,
+) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
+    if prefixes.iter().all(Vec::is_empty) {
+        search(ens, sources, cfg, device)
+    } else {
+        beam_search_with_prefixes(ens, sources, prefixes, cfg, device)
     }
 }
 
