@@ -110,31 +110,47 @@ fn nbest_lists_are_sorted_distinct_and_match_forced_decoding() {
     for (alpha, beta) in [(0.6, 0.2), (0.0, 0.0), (1.0, 0.0)] {
         let cfg = config(5, alpha, beta, 5);
         let out = beam_search(&ens, &sources, &cfg, &Device::Cpu).unwrap();
-        let mut srcs = Vec::new();
-        let mut outputs = Vec::new();
-        let mut found = Vec::new();
         for (i, nbest) in out.iter().enumerate() {
             assert!(!nbest.is_empty() && nbest.len() <= 5);
             assert_sorted_distinct(nbest, &format!("sentence {i}, α={alpha}, β={beta}"));
-            for h in nbest {
-                srcs.push(sources[i].clone());
-                outputs.push((h.tokens.clone(), h.ended));
-                found.push(h.clone());
-            }
         }
-        assert!(found.len() >= 4 * sources.len(), "n-best lists too short");
-        let rescored = force_decode(&ens, &srcs, &outputs, &cfg, &Device::Cpu).unwrap();
-        for (h, r) in found.iter().zip(&rescored) {
-            assert!(
-                (h.log_prob - r.log_prob).abs() < 1e-3 && (h.score - r.score).abs() < 1e-3,
-                "α={alpha}, β={beta}: search {}/{} vs forced decoding {}/{} for {:?}",
-                h.log_prob,
-                h.score,
-                r.log_prob,
-                r.score,
-                h.tokens
-            );
+        let found: usize = out.iter().map(Vec::len).sum();
+        assert!(found >= 4 * sources.len(), "n-best lists too short");
+        assert_scored_as_forced_decoding(&ens, &sources, &out, &cfg);
+    }
+}
+
+/// Every hypothesis in `out` (n-best lists of `sources`) has the log-probability and
+/// score that forced decoding gives its output.
+fn assert_scored_as_forced_decoding(
+    ens: &Ensemble,
+    sources: &[Vec<u32>],
+    out: &[Vec<Hypothesis>],
+    cfg: &SearchConfig,
+) {
+    let mut srcs = Vec::new();
+    let mut outputs = Vec::new();
+    let mut found = Vec::new();
+    for (src, nbest) in sources.iter().zip(out) {
+        for h in nbest {
+            srcs.push(src.clone());
+            outputs.push((h.tokens.clone(), h.ended));
+            found.push(h);
         }
+    }
+    let rescored = force_decode(ens, &srcs, &outputs, cfg, &Device::Cpu).unwrap();
+    for (h, r) in found.iter().zip(&rescored) {
+        assert!(
+            (h.log_prob - r.log_prob).abs() < 1e-3 && (h.score - r.score).abs() < 1e-3,
+            "α={}, β={}: search {}/{} vs forced decoding {}/{} for {:?}",
+            cfg.alpha,
+            cfg.beta,
+            h.log_prob,
+            h.score,
+            r.log_prob,
+            r.score,
+            h.tokens
+        );
     }
 }
 
@@ -169,9 +185,6 @@ fn prefix_decoding_forces_the_start_and_scores_it_as_forced_decoding_does() {
     );
     let out = beam_search_with_prefixes(&ens, &sources, &prefixes, &cfg, &Device::Cpu).unwrap();
     assert_eq!(out.last(), plain.last(), "no prefix: as plain search");
-    let mut srcs = Vec::new();
-    let mut outputs = Vec::new();
-    let mut found = Vec::new();
     for (i, nbest) in out.iter().enumerate() {
         assert!(!nbest.is_empty());
         assert_sorted_distinct(nbest, &format!("sentence {i} with a prefix"));
@@ -182,25 +195,11 @@ fn prefix_decoding_forces_the_start_and_scores_it_as_forced_decoding_does() {
                 h.tokens,
                 prefixes[i]
             );
-            srcs.push(sources[i].clone());
-            outputs.push((h.tokens.clone(), h.ended));
-            found.push(h.clone());
         }
     }
     // The prefix is scored: log-probability and score are forced decoding's of the whole
     // output.
-    let rescored = force_decode(&ens, &srcs, &outputs, &cfg, &Device::Cpu).unwrap();
-    for (h, r) in found.iter().zip(&rescored) {
-        assert!(
-            (h.log_prob - r.log_prob).abs() < 1e-3 && (h.score - r.score).abs() < 1e-3,
-            "search {}/{} vs forced decoding {}/{} for {:?}",
-            h.log_prob,
-            h.score,
-            r.log_prob,
-            r.score,
-            h.tokens
-        );
-    }
+    assert_scored_as_forced_decoding(&ens, &sources, &out, &cfg);
 }
 
 #[test]
