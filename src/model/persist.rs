@@ -5,12 +5,14 @@
 //! too, with the same names and the same loader. Loading checks every tensor against the model the
 //! config describes and names the file and tensor of any mismatch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::config::ModelConfig;
 use super::seq2seq::Seq2Seq;
@@ -39,17 +41,117 @@ pub fn save_model(dir: impl AsRef<Path>, cfg: &ModelConfig, varmap: &VarMap) -> 
 /// batch alive (measured on 1000 Multi30k sentences at beam 5: peak RSS 408 MB with
 /// variables; fresh pages for that history were a tenth of the decoding time).
 pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
-    let (_, cfg, vars) = load_model_with_vars(dir, device)?;
-    let tensors: HashMap<String, Tensor> = vars
-        .data()
-        .lock()
-        .expect("variable map lock poisoned")
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-        .collect();
-    let mut model = Seq2Seq::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, device))?;
+    let dir = dir.as_ref();
+    let cfg = load_config(dir)?;
+    check_tokenizers(dir, &cfg)?;
+    // Built once, straight from the file: no variables, and no random initialisation
+    // to overwrite (building through a `VarMap` first and then copying was about a
+    // third of a cold `rnmt translate`).
+    let path = dir.join(WEIGHTS_FILE);
+    let tensors = candle_core::safetensors::load(&path, device)
+        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    let file = Arc::new(CheckedTensors {
+        path,
+        tensors,
+        used: Mutex::new(HashSet::new()),
+    });
+    let vb = VarBuilder::from_backend(
+        Box::new(SharedTensors(Arc::clone(&file))),
+        DType::F32,
+        device.clone(),
+    );
+    let mut model = Seq2Seq::new(&cfg, vb).map_err(|e| anyhow::anyhow!("{e}"))?;
+    file.check_all_used()?;
     model.prepare_for_search()?;
     Ok((model, cfg))
+}
+
+/// The tensors of a weights file as a `VarBuilder` backend that checks each tensor the
+/// model asks for (present, of the shape the config implies, a float) and records it, so
+/// that a tensor left over (another model's) is an error too. The messages are
+/// [`load_weights_into`]'s.
+struct CheckedTensors {
+    path: std::path::PathBuf,
+    tensors: HashMap<String, Tensor>,
+    used: Mutex<HashSet<String>>,
+}
+
+impl CheckedTensors {
+    fn tensor(&self, shape: &Shape, name: &str, dtype: DType) -> Result<Tensor> {
+        let path = self.path.display();
+        let Some(t) = self.tensors.get(name) else {
+            bail!(
+                "{path}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {:?})",
+                shape.dims()
+            );
+        };
+        if t.dims() != shape.dims() {
+            bail!(
+                "{path}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {:?}",
+                t.dims(),
+                shape.dims()
+            );
+        }
+        if !t.dtype().is_float() {
+            bail!(
+                "{path}: tensor `{name}` has dtype {:?}, expected a float type",
+                t.dtype()
+            );
+        }
+        self.used
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_string());
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    fn check_all_used(&self) -> Result<()> {
+        let used = self.used.lock().expect("not poisoned");
+        let extra: Vec<&String> = self.tensors.keys().filter(|k| !used.contains(*k)).collect();
+        if let Some(first) = extra.iter().min() {
+            bail!(
+                "{}: unexpected tensor `{first}` (not part of the model described by {CONFIG_FILE}; {} extra in all)",
+                self.path.display(),
+                extra.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// [`CheckedTensors`] shared between the builder and the loader, which asks it at the
+/// end what was left over.
+struct SharedTensors(Arc<CheckedTensors>);
+
+impl SimpleBackend for SharedTensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        _: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0
+            .tensor(&s, name, dtype)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        let Some(t) = self.0.tensors.get(name) else {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: tensor `{name}` is missing",
+                self.0.path.display()
+            )));
+        };
+        self.0
+            .tensor(t.shape(), name, dtype)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
+    }
 }
 
 /// The model config of a model or checkpoint folder (`DIR/config.json`), without the
