@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::model::{load_model, Seq2Seq};
+use crate::model::{load_model_with_vocab_sizes, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
 use crate::search::shortlist::SHORTLIST_FILE;
 use crate::search::{
@@ -185,7 +185,9 @@ impl Translator {
                     );
                 }
             }
-            let (model, _) = load_model(dir, device)?;
+            // Every member's tokenizers are the first's (checked above): loaded once.
+            let sizes = [source.vocab_size(), target.vocab_size()];
+            let (model, _) = load_model_with_vocab_sizes(dir, sizes, device)?;
             models.push(model);
         }
         let search = options.search_config(models[0].config());

@@ -19,7 +19,7 @@ pub use decoder::{Decoder, DecoderState, OutputLayer};
 pub use encoder::Encoder;
 pub use init::init_weights;
 pub use persist::{
-    load_config, load_model, load_model_with_vars, load_weights_into, save_model, CONFIG_FILE,
-    WEIGHTS_FILE,
+    load_config, load_model, load_model_with_vars, load_model_with_vocab_sizes, load_weights_into,
+    save_model, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use seq2seq::{EncoderOutput, Seq2Seq};

@@ -44,6 +44,29 @@ pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<(Seq2Seq, Mo
     let dir = dir.as_ref();
     let cfg = load_config(dir)?;
     check_tokenizers(dir, &cfg)?;
+    build_model(dir, cfg, device)
+}
+
+/// [`load_model`] for a caller that has loaded the folder's tokenizers already (their
+/// vocabulary sizes, source then target, are checked instead of loading them again).
+pub fn load_model_with_vocab_sizes(
+    dir: impl AsRef<Path>,
+    vocab_sizes: [usize; 2],
+    device: &Device,
+) -> Result<(Seq2Seq, ModelConfig)> {
+    let dir = dir.as_ref();
+    let cfg = load_config(dir)?;
+    use crate::subword::{SOURCE_TOKENIZER, TARGET_TOKENIZER};
+    for (file, n) in [SOURCE_TOKENIZER, TARGET_TOKENIZER]
+        .into_iter()
+        .zip(vocab_sizes)
+    {
+        check_vocab_size(dir, &cfg, file, n)?;
+    }
+    build_model(dir, cfg, device)
+}
+
+fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
     // Built once, straight from the file: no variables, and no random initialisation
     // to overwrite (building through a `VarMap` first and then copying was about a
     // third of a cold `rnmt translate`).
@@ -186,23 +209,31 @@ pub fn load_model_with_vars(
 /// swapped, would otherwise give garbage or a late index error deep in search.
 pub fn check_tokenizers(dir: &Path, cfg: &ModelConfig) -> Result<()> {
     use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
-    for (file, key, size) in [
-        (SOURCE_TOKENIZER, "src_vocab_size", cfg.src_vocab_size),
-        (TARGET_TOKENIZER, "tgt_vocab_size", cfg.tgt_vocab_size),
-    ] {
+    for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
         let path = dir.join(file);
-        if !path.is_file() {
-            continue;
+        if path.is_file() {
+            check_vocab_size(dir, cfg, file, SubwordModel::load(&path)?.vocab_size())?;
         }
-        let n = SubwordModel::load(&path)?.vocab_size();
-        if n != size {
-            bail!(
-                "{}: {n} subwords, but {}'s {key} is {size} (a tokenizer of another model, \
-                 or source and target swapped?)",
-                path.display(),
-                dir.join(CONFIG_FILE).display()
-            );
-        }
+    }
+    Ok(())
+}
+
+/// The tokenizer `file` of `dir`, of `n` subwords, must have the vocabulary size of the
+/// folder's config.
+fn check_vocab_size(dir: &Path, cfg: &ModelConfig, file: &str, n: usize) -> Result<()> {
+    use crate::subword::SOURCE_TOKENIZER;
+    let (key, size) = if file == SOURCE_TOKENIZER {
+        ("src_vocab_size", cfg.src_vocab_size)
+    } else {
+        ("tgt_vocab_size", cfg.tgt_vocab_size)
+    };
+    if n != size {
+        bail!(
+            "{}: {n} subwords, but {}'s {key} is {size} (a tokenizer of another model, \
+             or source and target swapped?)",
+            dir.join(file).display(),
+            dir.join(CONFIG_FILE).display()
+        );
     }
     Ok(())
 }
