@@ -101,26 +101,7 @@ struct CheckedTensors {
 
 impl CheckedTensors {
     fn tensor(&self, shape: &Shape, name: &str, dtype: DType) -> Result<Tensor> {
-        let path = self.path.display();
-        let Some(t) = self.tensors.get(name) else {
-            bail!(
-                "{path}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {:?})",
-                shape.dims()
-            );
-        };
-        if t.dims() != shape.dims() {
-            bail!(
-                "{path}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {:?}",
-                t.dims(),
-                shape.dims()
-            );
-        }
-        if !t.dtype().is_float() {
-            bail!(
-                "{path}: tensor `{name}` has dtype {:?}, expected a float type",
-                t.dtype()
-            );
-        }
+        let t = check_tensor(&self.path, name, self.tensors.get(name), shape.dims())?;
         self.used
             .lock()
             .expect("not poisoned")
@@ -131,14 +112,7 @@ impl CheckedTensors {
     fn check_all_used(&self) -> Result<()> {
         let used = self.used.lock().expect("not poisoned");
         let extra: Vec<&String> = self.tensors.keys().filter(|k| !used.contains(*k)).collect();
-        if let Some(first) = extra.iter().min() {
-            bail!(
-                "{}: unexpected tensor `{first}` (not part of the model described by {CONFIG_FILE}; {} extra in all)",
-                self.path.display(),
-                extra.len()
-            );
-        }
-        Ok(())
+        check_no_extra(&self.path, &extra)
     }
 }
 
@@ -257,35 +231,49 @@ pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
     names.sort();
     for name in names {
         let var = &vars[name];
-        let Some(t) = tensors.remove(name.as_str()) else {
-            bail!(
-                "{}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {:?})",
-                path.display(),
-                var.dims()
-            );
-        };
-        if t.dims() != var.dims() {
-            bail!(
-                "{}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            );
-        }
-        if !t.dtype().is_float() {
-            bail!(
-                "{}: tensor `{name}` has dtype {:?}, expected a float type",
-                path.display(),
-                t.dtype()
-            );
-        }
+        let t = tensors.remove(name.as_str());
+        let t = check_tensor(path, name, t.as_ref(), var.dims())?;
         var.set(&t.to_dtype(var.dtype())?)?;
     }
-    if let Some(extra) = tensors.keys().min() {
+    check_no_extra(path, &tensors.keys().collect::<Vec<_>>())
+}
+
+/// Tensor `name` of the weights file `path`, which the model needs with shape `dims`:
+/// it must be there, of that shape, and a float.
+fn check_tensor<'t>(
+    path: &Path,
+    name: &str,
+    tensor: Option<&'t Tensor>,
+    dims: &[usize],
+) -> Result<&'t Tensor> {
+    let path = path.display();
+    let Some(t) = tensor else {
         bail!(
-            "{}: unexpected tensor `{extra}` (not part of the model described by {CONFIG_FILE}; {} extra in all)",
+            "{path}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {dims:?})"
+        );
+    };
+    if t.dims() != dims {
+        bail!(
+            "{path}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {dims:?}",
+            t.dims()
+        );
+    }
+    if !t.dtype().is_float() {
+        bail!(
+            "{path}: tensor `{name}` has dtype {:?}, expected a float type",
+            t.dtype()
+        );
+    }
+    Ok(t)
+}
+
+/// The tensors of `path` the model did not use: none is allowed (another model's file).
+fn check_no_extra(path: &Path, extra: &[&String]) -> Result<()> {
+    if let Some(first) = extra.iter().min() {
+        bail!(
+            "{}: unexpected tensor `{first}` (not part of the model described by {CONFIG_FILE}; {} extra in all)",
             path.display(),
-            tensors.len()
+            extra.len()
         );
     }
     Ok(())
