@@ -113,7 +113,7 @@ pub fn safe_name(name: &str) -> String {
 pub const SAFE_NAME_CHARS: usize = 100;
 
 /// The supported extension of `name` (lower case, with its dot).
-pub fn extension(name: &str) -> Option<&'static str> {
+fn extension(name: &str) -> Option<&'static str> {
     let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
     SUPPORTED_FORMATS.into_iter().find(|f| f[1..] == ext)
 }
@@ -140,12 +140,8 @@ async fn translate_file_request(
     let Some((file_name, bytes)) = params.upload("file") else {
         return Err(ApiError::missing("file"));
     };
-    let source = params
-        .text("source")
-        .ok_or_else(|| ApiError::missing("source"))?;
-    let target = params
-        .text("target")
-        .ok_or_else(|| ApiError::missing("target"))?;
+    let source = params.required_text("source")?;
+    let target = params.required_text("target")?;
     if file_name.is_empty() {
         return Err(ApiError::bad_request("Invalid request: empty file"));
     }

@@ -165,6 +165,11 @@ impl Params {
         }
     }
 
+    /// [`Self::text`], or LibreTranslate's 400 for a missing parameter.
+    pub fn required_text(&self, name: &str) -> ApiResult<String> {
+        self.text(name).ok_or_else(|| ApiError::missing(name))
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name)
     }
@@ -297,12 +302,8 @@ pub fn text_request(
     let Some((mut texts, is_list)) = params.texts()? else {
         return Err(ApiError::missing("q"));
     };
-    let source = params
-        .text("source")
-        .ok_or_else(|| ApiError::missing("source"))?;
-    let target = params
-        .text("target")
-        .ok_or_else(|| ApiError::missing("target"))?;
+    let source = params.required_text("source")?;
+    let target = params.required_text("target")?;
     let (count_name, count_default, count_limit) = count;
     let count = count_param(params, count_name, count_default, count_limit)?;
     if !params.is_json {
