@@ -15,7 +15,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::model::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::subword::{SOURCE_TOKENIZER, TARGET_TOKENIZER};
+use crate::subword::{LM_TOKENIZER, SOURCE_TOKENIZER, TARGET_TOKENIZER};
 
 /// The files translation reads from a model folder.
 pub const MODEL_FILES: [&str; 4] = [
@@ -25,8 +25,36 @@ pub const MODEL_FILES: [&str; 4] = [
     TARGET_TOKENIZER,
 ];
 
+/// The files `rnmt lm` reads from a language model's folder.
+pub const LM_FILES: [&str; 3] = [CONFIG_FILE, WEIGHTS_FILE, LM_TOKENIZER];
+
 /// The model used without `--model`, a folder name under the models directory.
 pub const DEFAULT_MODEL: &str = "tatoeba-de-en";
+/// The language model `rnmt lm` uses without `--model`.
+pub const DEFAULT_LM: &str = "tatoeba-de-lm";
+
+/// What a model folder holds: the files to check and download differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Translation,
+    Language,
+}
+
+impl ModelKind {
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Self::Translation => &MODEL_FILES,
+            Self::Language => &LM_FILES,
+        }
+    }
+
+    fn default_name(self) -> &'static str {
+        match self {
+            Self::Translation => DEFAULT_MODEL,
+            Self::Language => DEFAULT_LM,
+        }
+    }
+}
 
 /// Overrides the models directory (checked before the crate's own `models/`).
 pub const MODELS_ENV: &str = "RNMT_MODELS";
@@ -80,25 +108,36 @@ impl ModelSpec {
 /// `extra` names files beyond [`MODEL_FILES`] that the caller will read (e.g. the
 /// shortlist): downloaded too from the Hub; a local folder's caller checks them itself.
 pub fn resolve(spec: &str, extra: &[&str]) -> Result<PathBuf> {
+    resolve_kind(spec, ModelKind::Translation, extra)
+}
+
+/// [`resolve`] for a folder of the given kind.
+pub fn resolve_kind(spec: &str, kind: ModelKind, extra: &[&str]) -> Result<PathBuf> {
     match ModelSpec::parse(spec)? {
         ModelSpec::Local(dir) => {
-            check_model_dir(&dir)?;
+            check_folder(&dir, kind)?;
             Ok(dir)
         }
-        ModelSpec::Hub { repo, revision } => download(&repo, revision.as_deref(), extra),
+        ModelSpec::Hub { repo, revision } => download_kind(&repo, revision.as_deref(), kind, extra),
     }
 }
 
-/// Fails with the first missing file of a model folder.
+/// Fails with the first missing file of a translation model's folder.
 pub fn check_model_dir(dir: &Path) -> Result<()> {
+    check_folder(dir, ModelKind::Translation)
+}
+
+/// Fails with the first missing file of a model folder of `kind`.
+pub fn check_folder(dir: &Path, kind: ModelKind) -> Result<()> {
+    let files = kind.files();
     if !dir.is_dir() {
         bail!(
             "model folder {} does not exist (expected a folder with {})",
             dir.display(),
-            MODEL_FILES.join(", ")
+            files.join(", ")
         );
     }
-    for file in MODEL_FILES {
+    for file in files {
         if !dir.join(file).is_file() {
             bail!("model folder {}: {file} is missing", dir.display());
         }
@@ -119,23 +158,29 @@ fn models_dirs() -> Vec<PathBuf> {
 
 /// The default model's folder, or an error saying none is installed and what to do.
 pub fn default_model() -> Result<PathBuf> {
+    default_of(ModelKind::Translation)
+}
+
+/// The default folder of a model kind ([`DEFAULT_MODEL`], [`DEFAULT_LM`]).
+pub fn default_of(kind: ModelKind) -> Result<PathBuf> {
+    let name = kind.default_name();
     let dirs = models_dirs();
     for dir in &dirs {
-        let candidate = dir.join(DEFAULT_MODEL);
+        let candidate = dir.join(name);
         if candidate.join(CONFIG_FILE).is_file() {
-            check_model_dir(&candidate)?;
+            check_folder(&candidate, kind)?;
             return Ok(candidate);
         }
     }
     let searched: Vec<String> = dirs
         .iter()
-        .map(|d| d.join(DEFAULT_MODEL).display().to_string())
+        .map(|d| d.join(name).display().to_string())
         .collect();
     bail!(
         "no default model is installed (looked for {}). Pass one with --model DIR (a folder \
-         with {}) or --model hf:ORG/NAME, or set {MODELS_ENV} to a folder holding {DEFAULT_MODEL}/",
+         with {}) or --model hf:ORG/NAME, or set {MODELS_ENV} to a folder holding {name}/",
         searched.join(" and "),
-        MODEL_FILES.join(", ")
+        kind.files().join(", ")
     )
 }
 
@@ -171,6 +216,16 @@ fn probe(endpoint: &str, repo: &Repo, revision: &str, file: &str) -> Result<()> 
 /// Face cache (files already cached are not fetched again) and returns the snapshot
 /// folder holding them.
 pub fn download(repo: &str, revision: Option<&str>, extra: &[&str]) -> Result<PathBuf> {
+    download_kind(repo, revision, ModelKind::Translation, extra)
+}
+
+/// [`download`] of the files of a model of `kind`.
+fn download_kind(
+    repo: &str,
+    revision: Option<&str>,
+    kind: ModelKind,
+    extra: &[&str],
+) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main");
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     let name = format!("hf:{repo}@{revision}");
@@ -189,7 +244,7 @@ pub fn download(repo: &str, revision: Option<&str>, extra: &[&str]) -> Result<Pa
         )
     };
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    for &file in MODEL_FILES.iter().chain(extra) {
+    for &file in kind.files().iter().chain(extra) {
         if api.is_some() && cache.repo(hub_repo.clone()).get(file).is_none() {
             probe(&endpoint, &hub_repo, revision, file)?;
         }
@@ -218,8 +273,8 @@ pub fn download(repo: &str, revision: Option<&str>, extra: &[&str]) -> Result<Pa
             Some(_) => {}
         }
     }
-    let dir = dir.expect("MODEL_FILES is not empty");
-    check_model_dir(&dir).with_context(|| format!("the cached copy of {name}"))?;
+    let dir = dir.expect("a model has files");
+    check_folder(&dir, kind).with_context(|| format!("the cached copy of {name}"))?;
     Ok(dir)
 }
 

@@ -9,6 +9,7 @@ pub mod corpus;
 pub mod device;
 pub mod hub;
 pub mod io;
+pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod plot;

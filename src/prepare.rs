@@ -1,6 +1,7 @@
 //! Preparing a corpus for training: validate and filter a parallel corpus, learn subword models, and write
 //! a folder the trainer reads (`prepare.json`, `tokenizer-src.json`, `tokenizer-tgt.json`,
-//! `summary.json`).
+//! `summary.json`). A monolingual corpus (a language model's data) gets one tokenizer,
+//! `tokenizer.json`, and pairs with an empty source side.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::batch::EncodedPair;
 use crate::corpus::{resolve_prefix, FilterConfig, FilterReport, ParallelCorpus};
 use crate::subword::{
-    SubwordConfig, SubwordKind, SubwordModel, SOURCE_TOKENIZER, SPECIAL_TOKENS, TARGET_TOKENIZER,
+    SubwordConfig, SubwordKind, SubwordModel, LM_TOKENIZER, SOURCE_TOKENIZER, SPECIAL_TOKENS,
+    TARGET_TOKENIZER,
 };
 
 /// What `prepare` reads, learns and writes.
@@ -40,6 +42,9 @@ pub struct PrepareConfig {
     pub max_ratio: f64,
     /// Output folder.
     pub out: PathBuf,
+    /// One-sided data: `train` (and `valid`) name `PREFIX.LANG` only, with `src_lang ==
+    /// tgt_lang == LANG`.
+    pub mono: bool,
 }
 
 /// What a prepare run did, printed on stderr and written to `summary.json`.
@@ -104,7 +109,21 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
         max_ratio: args.max_ratio,
         ..FilterConfig::default()
     };
-    let train = ParallelCorpus::read(&args.train, &args.src_lang, &args.tgt_lang, &filter)?;
+    if args.mono
+        && (args.src_lang != args.tgt_lang || args.joint_vocab || args.src_vocab_size.is_some())
+    {
+        anyhow::bail!(
+            "a monolingual corpus has one language and one vocabulary: no source and \
+             target languages, --joint-vocab or --src-vocab-size"
+        );
+    }
+    let train = read_corpus(
+        &args.train,
+        &args.src_lang,
+        &args.tgt_lang,
+        &filter,
+        args.mono,
+    )?;
     if train.pairs.is_empty() {
         anyhow::bail!(
             "no training pairs left in {} after filtering ({})",
@@ -113,10 +132,11 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
         );
     }
     let valid = match &args.valid {
-        Some(prefix) => Some(ParallelCorpus::read_unfiltered(
+        Some(prefix) => Some(read_valid_corpus(
             prefix,
             &args.src_lang,
             &args.tgt_lang,
+            args.mono,
         )?),
         None => None,
     };
@@ -125,7 +145,10 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
         vocab_size: args.vocab_size,
         min_frequency: args.min_frequency,
     };
-    let (source, target) = if args.joint_vocab {
+    let (source, target) = if args.mono {
+        let model = SubwordModel::learn(&subword, train.targets())?;
+        (model.clone(), model)
+    } else if args.joint_vocab {
         let joint = SubwordModel::learn(&subword, train.sources().chain(train.targets()))?;
         (joint.clone(), joint)
     } else {
@@ -141,8 +164,12 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    source.save(&args.out.join(SOURCE_TOKENIZER))?;
-    target.save(&args.out.join(TARGET_TOKENIZER))?;
+    if args.mono {
+        target.save(&args.out.join(LM_TOKENIZER))?;
+    } else {
+        source.save(&args.out.join(SOURCE_TOKENIZER))?;
+        target.save(&args.out.join(TARGET_TOKENIZER))?;
+    }
     let manifest = PreparedManifest {
         train: absolute(&resolve_prefix(&args.train, &args.src_lang)),
         valid: args
@@ -155,6 +182,7 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
         subword,
         src_vocab_size: args.src_vocab_size,
         joint_vocab: args.joint_vocab,
+        mono: args.mono,
     };
     crate::io::write_atomic(
         &args.out.join(PREPARE_FILE),
@@ -186,6 +214,36 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
     Ok(summary)
 }
 
+/// The training corpus: parallel, or one-sided (`mono`, then `src_lang == tgt_lang`).
+fn read_corpus(
+    prefix: &Path,
+    src_lang: &str,
+    tgt_lang: &str,
+    filter: &FilterConfig,
+    mono: bool,
+) -> anyhow::Result<ParallelCorpus> {
+    Ok(if mono {
+        ParallelCorpus::read_monolingual(prefix, tgt_lang, filter)?
+    } else {
+        ParallelCorpus::read(prefix, src_lang, tgt_lang, filter)?
+    })
+}
+
+/// A dev corpus: a parallel one keeps every line (it is scored against its references),
+/// a one-sided one drops only empty lines (perplexity has nothing to score in them).
+fn read_valid_corpus(
+    prefix: &Path,
+    src_lang: &str,
+    tgt_lang: &str,
+    mono: bool,
+) -> anyhow::Result<ParallelCorpus> {
+    Ok(if mono {
+        ParallelCorpus::read_monolingual(prefix, tgt_lang, &FilterConfig::keep_all())?
+    } else {
+        ParallelCorpus::read_unfiltered(prefix, src_lang, tgt_lang)?
+    })
+}
+
 /// Stores prefixes as absolute paths so the trainer finds them from any directory.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
@@ -208,6 +266,9 @@ pub struct PreparedManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_vocab_size: Option<usize>,
     pub joint_vocab: bool,
+    /// A monolingual corpus (one tokenizer, `tokenizer.json`; empty source sides).
+    #[serde(default)]
+    pub mono: bool,
 }
 
 /// A prepared folder, loaded.
@@ -230,9 +291,18 @@ impl PreparedData {
         })?;
         let manifest: PreparedManifest = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid prepare manifest", path.display()))?;
+        let (source, target) = if manifest.mono {
+            let model = SubwordModel::load(&dir.join(LM_TOKENIZER))?;
+            (model.clone(), model)
+        } else {
+            (
+                SubwordModel::load(&dir.join(SOURCE_TOKENIZER))?,
+                SubwordModel::load(&dir.join(TARGET_TOKENIZER))?,
+            )
+        };
         Ok(Self {
-            source: SubwordModel::load(&dir.join(SOURCE_TOKENIZER))?,
-            target: SubwordModel::load(&dir.join(TARGET_TOKENIZER))?,
+            source,
+            target,
             dir: dir.to_path_buf(),
             manifest,
         })
@@ -246,32 +316,33 @@ impl PreparedData {
         &self.target
     }
 
-    pub fn tokenizer_files(&self) -> [PathBuf; 2] {
-        [
-            self.dir.join(SOURCE_TOKENIZER),
-            self.dir.join(TARGET_TOKENIZER),
-        ]
+    /// The tokenizer files a model trained on this data ships with.
+    pub fn tokenizer_files(&self) -> Vec<PathBuf> {
+        if self.manifest.mono {
+            vec![self.dir.join(LM_TOKENIZER)]
+        } else {
+            vec![
+                self.dir.join(SOURCE_TOKENIZER),
+                self.dir.join(TARGET_TOKENIZER),
+            ]
+        }
     }
 
     /// The training corpus, read and filtered as `prepare` did.
     pub fn read_train(&self) -> anyhow::Result<crate::corpus::ParallelCorpus> {
         let m = &self.manifest;
-        Ok(crate::corpus::ParallelCorpus::read(
-            &m.train,
-            &m.src_lang,
-            &m.tgt_lang,
-            &m.filter,
-        )?)
+        read_corpus(&m.train, &m.src_lang, &m.tgt_lang, &m.filter, m.mono)
     }
 
     /// The validation corpus, every line kept (it is scored against its references).
     pub fn read_valid(&self) -> anyhow::Result<Option<crate::corpus::ParallelCorpus>> {
         let m = &self.manifest;
         match &m.valid {
-            Some(prefix) => Ok(Some(crate::corpus::ParallelCorpus::read_unfiltered(
+            Some(prefix) => Ok(Some(read_valid_corpus(
                 prefix,
                 &m.src_lang,
                 &m.tgt_lang,
+                m.mono,
             )?)),
             None => Ok(None),
         }
@@ -283,7 +354,11 @@ impl PreparedData {
     ) -> anyhow::Result<Vec<EncodedPair>> {
         let src: Vec<&str> = corpus.sources().collect();
         let tgt: Vec<&str> = corpus.targets().collect();
-        let src = self.source.encode_batch(&src)?;
+        let src = if self.manifest.mono {
+            vec![Vec::new(); src.len()]
+        } else {
+            self.source.encode_batch(&src)?
+        };
         let tgt = self.target.encode_batch(&tgt)?;
         Ok(src
             .into_iter()

@@ -176,6 +176,8 @@ impl SubwordModel {
 /// File names of the source and target subword models in a prepared or model folder.
 pub const SOURCE_TOKENIZER: &str = "tokenizer-src.json";
 pub const TARGET_TOKENIZER: &str = "tokenizer-tgt.json";
+/// The one tokenizer of a language model (and of a monolingual prepared folder).
+pub const LM_TOKENIZER: &str = "tokenizer.json";
 #[cfg(test)]
 mod tests {
     use super::*;

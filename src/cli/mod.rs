@@ -5,6 +5,7 @@
 pub mod average;
 pub mod bleu;
 pub mod corpus;
+pub mod lm;
 pub mod plot;
 pub mod prepare;
 pub mod serve;
@@ -66,6 +67,9 @@ enum Command {
     /// Manage the known corpora.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Use a language model: perplexity, next words, sampled text.
+    #[command(subcommand)]
+    Lm(lm::LmCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  rnmt completions bash > ~/.local/share/bash-completion/completions/rnmt\n  rnmt completions zsh > ~/.zfunc/_rnmt"
@@ -99,6 +103,7 @@ impl Cli {
             Command::Shortlist(args) => shortlist::run(&args),
             Command::Bleu(args) => bleu::run(&args),
             Command::Corpus(command) => corpus::run(&command),
+            Command::Lm(command) => lm::run(&command),
             Command::Completions { shell } => {
                 let mut cmd = Cli::command();
                 clap_complete::generate(shell, &mut cmd, "rnmt", &mut std::io::stdout());

@@ -29,19 +29,31 @@ impl From<ModelType> for SubwordKind {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
+    after_help = "Examples:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n  rnmt prepare --mono tatoeba-deu-eng/train --valid tatoeba-deu-eng/dev --lang de \\\n      --vocab-size 8000 --out data/tatoeba-de-lm\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
 )]
 pub struct PrepareArgs {
     /// Training corpus prefix: PREFIX.SRC and PREFIX.TGT are aligned line by line.
-    #[arg(long, value_name = "PREFIX")]
-    pub train: PathBuf,
+    #[arg(long, value_name = "PREFIX", required_unless_present = "mono")]
+    pub train: Option<PathBuf>,
+    /// Monolingual training corpus PREFIX.LANG, for a language model (`task = "lm"`):
+    /// one tokenizer, no source side.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        conflicts_with_all = ["train", "src_lang", "tgt_lang", "joint_vocab", "src_vocab_size"],
+        requires = "lang"
+    )]
+    pub mono: Option<PathBuf>,
+    /// The language of --mono (and of its --valid PREFIX.LANG).
+    #[arg(long, requires = "mono")]
+    pub lang: Option<String>,
     /// Validation corpus prefix (recorded for the trainer; not used to learn subwords).
     #[arg(long, value_name = "PREFIX")]
     pub valid: Option<PathBuf>,
-    #[arg(long)]
-    pub src_lang: String,
-    #[arg(long)]
-    pub tgt_lang: String,
+    #[arg(long, required_unless_present = "mono")]
+    pub src_lang: Option<String>,
+    #[arg(long, required_unless_present = "mono")]
+    pub tgt_lang: Option<String>,
     /// Subword vocabulary size (of each side, or of the joint vocabulary).
     #[arg(long, default_value_t = 8000)]
     pub vocab_size: usize,
@@ -71,11 +83,21 @@ pub struct PrepareArgs {
 
 impl From<&PrepareArgs> for PrepareConfig {
     fn from(a: &PrepareArgs) -> Self {
+        // clap guarantees either --train with both languages or --mono with --lang.
+        let (train, src_lang, tgt_lang) = match (&a.mono, &a.lang) {
+            (Some(mono), Some(lang)) => (mono.clone(), lang.clone(), lang.clone()),
+            _ => (
+                a.train.clone().unwrap_or_default(),
+                a.src_lang.clone().unwrap_or_default(),
+                a.tgt_lang.clone().unwrap_or_default(),
+            ),
+        };
         PrepareConfig {
-            train: a.train.clone(),
+            mono: a.mono.is_some(),
+            train,
             valid: a.valid.clone(),
-            src_lang: a.src_lang.clone(),
-            tgt_lang: a.tgt_lang.clone(),
+            src_lang,
+            tgt_lang,
             vocab_size: a.vocab_size,
             src_vocab_size: a.src_vocab_size,
             joint_vocab: a.joint_vocab,

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::io::write_atomic;
+use crate::model::Task;
 use crate::prepare::PreparedData;
 use crate::train::checkpoint::{list_checkpoints, RunLock};
 use crate::train::config::TrainConfig;
@@ -72,6 +73,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     crate::device::set_threads(cfg.threads)?;
     let device = crate::device::parse_device(&cfg.device)?.device()?;
     let prepared = PreparedData::load(&cfg.data)?;
+    let lm = cfg.model.task == Task::Lm;
+    if prepared.manifest.mono != lm {
+        bail!(
+            "{}: {} data, but the config's model.task is \"{}\" (a language model trains on \
+             `rnmt prepare --mono` data, a translation model on parallel data)",
+            cfg.data.display(),
+            if prepared.manifest.mono {
+                "monolingual"
+            } else {
+                "parallel"
+            },
+            if lm { "lm" } else { "translation" }
+        );
+    }
     // The vocabularies are the tokenizers': the config cannot disagree with them.
     cfg.model.src_vocab_size = prepared.source_tokenizer().vocab_size();
     cfg.model.tgt_vocab_size = prepared.target_tokenizer().vocab_size();
@@ -98,14 +113,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         train,
         valid,
         detokenize: Box::new(|ids: &[u32]| target.decode(ids)),
-        model_files: prepared.tokenizer_files().to_vec(),
-        description: format!(
-            "{} → {}, trained on {} (prepared in {}).",
-            prepared.manifest.src_lang,
-            prepared.manifest.tgt_lang,
-            prepared.manifest.train.display(),
-            cfg.data.display()
-        ),
+        model_files: prepared.tokenizer_files(),
+        description: if lm {
+            format!(
+                "Language model of `{}` text, trained on {} (prepared in {}).",
+                prepared.manifest.tgt_lang,
+                prepared.manifest.train.display(),
+                cfg.data.display()
+            )
+        } else {
+            format!(
+                "{} → {}, trained on {} (prepared in {}).",
+                prepared.manifest.src_lang,
+                prepared.manifest.tgt_lang,
+                prepared.manifest.train.display(),
+                cfg.data.display()
+            )
+        },
     };
 
     let run_dir = cfg.run_dir.clone();

@@ -173,12 +173,8 @@ impl ParallelCorpus {
         };
         let mut pairs = Vec::with_capacity(src.len());
         for (s, t) in src.into_iter().zip(tgt) {
-            match filter.check(&s, &t) {
-                Some(Dropped::Empty) => report.empty += 1,
-                Some(Dropped::TooLong) => report.too_long += 1,
-                Some(Dropped::BadRatio) => report.bad_ratio += 1,
-                Some(Dropped::LongWord) => report.long_word += 1,
-                None => pairs.push((s, t)),
+            if report.keeps(filter.check(&s, &t)) {
+                pairs.push((s, t));
             }
         }
         report.kept = pairs.len();
@@ -192,13 +188,7 @@ impl ParallelCorpus {
         src_lang: &str,
         tgt_lang: &str,
     ) -> Result<Self, CorpusError> {
-        let keep_all = FilterConfig {
-            max_len: usize::MAX,
-            max_ratio: f64::INFINITY,
-            ratio_min_words: 0,
-            max_word_bytes: None,
-        };
-        let mut corpus = Self::read(prefix, src_lang, tgt_lang, &keep_all)?;
+        let mut corpus = Self::read(prefix, src_lang, tgt_lang, &FilterConfig::keep_all())?;
         // Empty pairs stay too: re-read to keep alignment with the files.
         if corpus.report.empty > 0 {
             let src_path = with_lang(&resolve_prefix(prefix, src_lang), src_lang);
@@ -210,6 +200,31 @@ impl ParallelCorpus {
             corpus.report.empty = 0;
         }
         Ok(corpus)
+    }
+
+    /// Reads and filters the one-sided corpus `PREFIX.LANG` (a language model's data) as
+    /// pairs with an empty source: the same validation, and the filters applied to each
+    /// line as if it were both sides of a pair.
+    pub fn read_monolingual(
+        prefix: &Path,
+        lang: &str,
+        filter: &FilterConfig,
+    ) -> Result<Self, CorpusError> {
+        let path = with_lang(&resolve_prefix(prefix, lang), lang);
+        let (lines, crlf) = read_lines(&path)?;
+        let mut report = FilterReport {
+            read: lines.len(),
+            crlf,
+            ..Default::default()
+        };
+        let mut pairs = Vec::with_capacity(lines.len());
+        for line in lines {
+            if report.keeps(filter.check(&line, &line)) {
+                pairs.push((String::new(), line));
+            }
+        }
+        report.kept = pairs.len();
+        Ok(Self { pairs, report })
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &str> {
@@ -228,7 +243,31 @@ enum Dropped {
     LongWord,
 }
 
+impl FilterReport {
+    /// Counts a filter's verdict on one pair; true when the pair is kept.
+    fn keeps(&mut self, verdict: Option<Dropped>) -> bool {
+        match verdict {
+            Some(Dropped::Empty) => self.empty += 1,
+            Some(Dropped::TooLong) => self.too_long += 1,
+            Some(Dropped::BadRatio) => self.bad_ratio += 1,
+            Some(Dropped::LongWord) => self.long_word += 1,
+            None => return true,
+        }
+        false
+    }
+}
+
 impl FilterConfig {
+    /// No filter but the one for empty lines.
+    pub fn keep_all() -> Self {
+        Self {
+            max_len: usize::MAX,
+            max_ratio: f64::INFINITY,
+            ratio_min_words: 0,
+            max_word_bytes: None,
+        }
+    }
+
     fn check(&self, src: &str, tgt: &str) -> Option<Dropped> {
         let (s, t) = (
             src.split_whitespace().count(),

@@ -31,9 +31,24 @@ pub enum AttentionKind {
     MultiHeadAdditive,
 }
 
+/// What the model predicts.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// The encoder–decoder: target text given source text.
+    #[default]
+    Translation,
+    /// A decoder-only language model: the next subword given the ones before it. Only
+    /// the target-side keys apply (`tgt_vocab_size`, `decoder_layers`, …); the encoder
+    /// and attention keys are ignored.
+    Lm,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// Translation (the default; older config files have no `task`) or language model.
+    pub task: Task,
     pub src_vocab_size: usize,
     pub tgt_vocab_size: usize,
     pub embedding_size: usize,
@@ -86,6 +101,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            task: Task::Translation,
             src_vocab_size: 8000,
             tgt_vocab_size: 8000,
             embedding_size: 256,
@@ -114,8 +130,9 @@ impl ModelConfig {
     /// Checks every value, naming the offending key.
     pub fn validate(&self) -> Result<()> {
         // The four special tokens (PAD, UNK, BOS, EOS) occupy ids 0..4.
+        let lm = self.task == Task::Lm;
         for (key, v) in [
-            ("src_vocab_size", self.src_vocab_size),
+            ("src_vocab_size", if lm { 5 } else { self.src_vocab_size }),
             ("tgt_vocab_size", self.tgt_vocab_size),
         ] {
             if v < 5 {
@@ -127,7 +144,7 @@ impl ModelConfig {
         for (key, v) in [
             ("embedding_size", self.embedding_size),
             ("hidden_size", self.hidden_size),
-            ("encoder_layers", self.encoder_layers),
+            ("encoder_layers", if lm { 1 } else { self.encoder_layers }),
             ("decoder_layers", self.decoder_layers),
         ] {
             if v == 0 {
@@ -146,7 +163,8 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) || self.dropout.is_nan() {
             bail!("model config: dropout = {} must be in [0, 1)", self.dropout);
         }
-        if self.attention == AttentionKind::MultiHeadAdditive
+        if !lm
+            && self.attention == AttentionKind::MultiHeadAdditive
             && (self.attention_heads == 0 || !self.hidden_size.is_multiple_of(self.attention_heads))
         {
             bail!(

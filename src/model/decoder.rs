@@ -86,14 +86,7 @@ impl Decoder {
         let attention =
             Attention::new(cfg.attention, cfg.attention_heads, h, h, vb.pp("attention"))?;
         let combine = linear(2 * h, h, vb.pp("combine"))?;
-        let output = OutputLayer {
-            weight: if cfg.tie_target_embeddings {
-                embedding.embeddings().clone()
-            } else {
-                vb.get((cfg.tgt_vocab_size, h), "output.weight")?
-            },
-            bias: vb.get(cfg.tgt_vocab_size, "output.bias")?,
-        };
+        let output = OutputLayer::new(cfg, &embedding, vb.pp("output"))?;
         Ok(Self {
             embedding,
             layers,
@@ -184,7 +177,7 @@ impl Decoder {
                 .tanh()?;
             (attentional, weights)
         };
-        Ok((self.logits(&dropout.apply(&attentional)?)?, weights))
+        Ok((self.output.logits(&dropout.apply(&attentional)?)?, weights))
     }
 
     /// One step for search: `prev: u32 [batch]` → (log-probabilities `[batch, vocab]`,
@@ -271,26 +264,6 @@ impl Decoder {
         };
         Ok((o, next, weights))
     }
-
-    /// `[..., hidden]` → `[..., vocab]`.
-    fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
-        // One 2-D matmul: a broadcast matmul would materialise the weight's gradient once
-        // per batch row ([batch, hidden, vocab]) in the backward pass and then sum it.
-        let dims = attentional.dims();
-        let hidden = dims[dims.len() - 1];
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("at least one dim") = self.output.bias.dim(0)?;
-        let x = attentional.contiguous()?.reshape(((), hidden))?;
-        // The bias is one more input column: `[x, 1] · [W, b]ᵀ` is one gemm, and its
-        // gradient holds b's (a column sum done by gemm, not candle's strided sum over the
-        // rows). Adding `1·bᵀ` as a tensor of its own cost a pass over `[tokens, vocab]`,
-        // the step's largest tensor, forward, and eight backward: candle accumulates each
-        // gradient edge as zeros + add.
-        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-        let x1 = Tensor::cat(&[&x, &ones], 1)?;
-        let wb = Tensor::cat(&[&self.output.weight, &self.output.bias.unsqueeze(1)?], 1)?;
-        x1.matmul(&wb.t()?)?.reshape(out_dims)
-    }
 }
 
 /// What a decoder step starts from.
@@ -310,6 +283,39 @@ pub struct OutputLayer {
 }
 
 impl OutputLayer {
+    /// `output.weight [vocab, hidden]` (the target embeddings themselves when
+    /// `tie_target_embeddings`) and `output.bias [vocab]`, under `vb`.
+    pub fn new(cfg: &ModelConfig, embedding: &Embedding, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: if cfg.tie_target_embeddings {
+                embedding.embeddings().clone()
+            } else {
+                vb.get((cfg.tgt_vocab_size, cfg.hidden_size), "weight")?
+            },
+            bias: vb.get(cfg.tgt_vocab_size, "bias")?,
+        })
+    }
+
+    /// `[..., hidden]` → `[..., vocab]`.
+    pub(crate) fn logits(&self, attentional: &Tensor) -> Result<Tensor> {
+        // One 2-D matmul: a broadcast matmul would materialise the weight's gradient once
+        // per batch row ([batch, hidden, vocab]) in the backward pass and then sum it.
+        let dims = attentional.dims();
+        let hidden = dims[dims.len() - 1];
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("at least one dim") = self.bias.dim(0)?;
+        let x = attentional.contiguous()?.reshape(((), hidden))?;
+        // The bias is one more input column: `[x, 1] · [W, b]ᵀ` is one gemm, and its
+        // gradient holds b's (a column sum done by gemm, not candle's strided sum over the
+        // rows). Adding `1·bᵀ` as a tensor of its own cost a pass over `[tokens, vocab]`,
+        // the step's largest tensor, forward, and eight backward: candle accumulates each
+        // gradient edge as zeros + add.
+        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+        let x1 = Tensor::cat(&[&x, &ones], 1)?;
+        let wb = Tensor::cat(&[&self.weight, &self.bias.unsqueeze(1)?], 1)?;
+        x1.matmul(&wb.t()?)?.reshape(out_dims)
+    }
+
     /// The layer onto the target ids `ids` (u32 `[k]`): column j scores `ids[j]`.
     pub fn restrict(&self, ids: &Tensor) -> Result<Self> {
         Ok(Self {
@@ -321,7 +327,7 @@ impl OutputLayer {
     /// Search: `[rows, hidden]` → log-probabilities `[rows, vocab]`. No rank-1 bias
     /// product (it exists for the training gradient): the bias is added inside the fused
     /// log-softmax.
-    fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
+    pub(crate) fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
         biased_log_softmax(o.matmul(&self.weight.t()?)?, &self.bias)
     }
 }

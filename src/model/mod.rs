@@ -1,4 +1,5 @@
-//! The stacked-LSTM encoder–decoder with attention.
+//! The stacked-LSTM encoder–decoder with attention, and the recurrent language model
+//! built from the same parts.
 
 pub mod additive_score;
 pub mod attention;
@@ -8,18 +9,51 @@ pub mod dropout;
 pub mod encoder;
 pub mod fastmath;
 pub mod init;
+pub mod language_model;
 pub mod log_softmax;
 pub mod lstm;
 pub mod persist;
 pub mod seq2seq;
 
 pub use attention::{Attention, AttentionMemory};
-pub use config::{AttentionKind, Bidirectional, ModelConfig};
+pub use config::{AttentionKind, Bidirectional, ModelConfig, Task};
 pub use decoder::{Decoder, DecoderState, OutputLayer};
 pub use encoder::Encoder;
 pub use init::init_weights;
+pub use language_model::{LanguageModel, LmState};
 pub use persist::{
-    load_config, load_model, load_model_with_vars, load_model_with_vocab_sizes, load_weights_into,
-    save_model, CONFIG_FILE, WEIGHTS_FILE,
+    load_config, load_language_model, load_model, load_model_with_vars,
+    load_model_with_vocab_sizes, load_weights_into, save_model, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use seq2seq::{EncoderOutput, Seq2Seq};
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+
+/// The model a config's `task` describes, as the trainer holds it.
+pub enum Model {
+    Translation(Seq2Seq),
+    Language(LanguageModel),
+}
+
+impl Model {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match cfg.task {
+            Task::Translation => Self::Translation(Seq2Seq::new(cfg, vb)?),
+            Task::Lm => Self::Language(LanguageModel::new(cfg, vb)?),
+        })
+    }
+
+    /// Teacher-forced logits `[batch, tgt, vocab]`; `dropout` as in [`Seq2Seq::forward`].
+    pub fn forward(
+        &self,
+        batch: &crate::batch::BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Translation(m) => m.forward(batch, dropout),
+            Self::Language(m) => m.forward(batch, dropout),
+        }
+    }
+}

@@ -14,9 +14,11 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, Task};
+use super::language_model::LanguageModel;
 use super::seq2seq::Seq2Seq;
 use crate::io::{write_atomic, write_atomic_with};
+use crate::subword::{SubwordModel, LM_TOKENIZER};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -67,6 +69,51 @@ pub fn load_model_with_vocab_sizes(
 }
 
 fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
+    check_task(dir, &cfg, Task::Translation)?;
+    let mut model = build_from_file(dir, device, |vb| Seq2Seq::new(&cfg, vb))?;
+    model.prepare_for_search()?;
+    Ok((model, cfg))
+}
+
+/// Loads the language model in `dir` (a folder of `rnmt train` with `task = "lm"`) onto
+/// `device` for inference, with its tokenizer (`tokenizer.json`).
+pub fn load_language_model(
+    dir: impl AsRef<Path>,
+    device: &Device,
+) -> Result<(LanguageModel, SubwordModel)> {
+    let dir = dir.as_ref();
+    let cfg = load_config(dir)?;
+    check_task(dir, &cfg, Task::Lm)?;
+    let tokenizer = SubwordModel::load(&dir.join(LM_TOKENIZER))?;
+    check_vocab_size(dir, &cfg, LM_TOKENIZER, tokenizer.vocab_size())?;
+    let model = build_from_file(dir, device, |vb| LanguageModel::new(&cfg, vb))?;
+    Ok((model, tokenizer))
+}
+
+/// A translation model where a language model is expected, or the other way round, is
+/// an error that says which command reads the folder.
+fn check_task(dir: &Path, cfg: &ModelConfig, expected: Task) -> Result<()> {
+    if cfg.task != expected {
+        let (is, use_) = match cfg.task {
+            Task::Lm => ("a language model (task = \"lm\")", "rnmt lm"),
+            Task::Translation => ("a translation model", "rnmt translate"),
+        };
+        bail!(
+            "{}: {} is {is}; read it with `{use_}`",
+            dir.display(),
+            dir.join(CONFIG_FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// The model `build` makes, its weights read straight from `dir`'s weights file: every
+/// tensor it asks for is checked, and one left over is an error.
+fn build_from_file<M>(
+    dir: &Path,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
     // Built once, straight from the file: no variables, and no random initialisation
     // to overwrite (building through a `VarMap` first and then copying was about a
     // third of a cold `rnmt translate`).
@@ -83,10 +130,9 @@ fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq
         DType::F32,
         device.clone(),
     );
-    let mut model = Seq2Seq::new(&cfg, vb).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = build(vb).map_err(|e| anyhow::anyhow!("{e}"))?;
     file.check_all_used()?;
-    model.prepare_for_search()?;
-    Ok((model, cfg))
+    Ok(model)
 }
 
 /// The tensors of a weights file as a `VarBuilder` backend that checks each tensor the
@@ -170,6 +216,7 @@ pub fn load_model_with_vars(
     let config_path = dir.join(CONFIG_FILE);
     let cfg = load_config(dir)?;
 
+    check_task(dir, &cfg, Task::Translation)?;
     check_tokenizers(dir, &cfg)?;
     let varmap = VarMap::new();
     let model = Seq2Seq::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
@@ -182,7 +229,7 @@ pub fn load_model_with_vars(
 /// sizes of its `config.json`: a tokenizer of another model, or source and target
 /// swapped, would otherwise give garbage or a late index error deep in search.
 pub fn check_tokenizers(dir: &Path, cfg: &ModelConfig) -> Result<()> {
-    use crate::subword::{SubwordModel, SOURCE_TOKENIZER, TARGET_TOKENIZER};
+    use crate::subword::{SOURCE_TOKENIZER, TARGET_TOKENIZER};
     for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
         let path = dir.join(file);
         if path.is_file() {

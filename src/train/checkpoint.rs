@@ -48,9 +48,11 @@ pub struct TrainState {
     pub rng_stream: u64,
     pub rng_word_pos: u128,
     pub plateau: PlateauState,
-    pub best_bleu: Option<f64>,
+    /// The best validation score: BLEU, or a language model's negative cross-entropy.
+    #[serde(alias = "best_bleu")]
+    pub best_score: Option<f64>,
     pub best_step: Option<u64>,
-    /// Validations since the best BLEU (early stopping).
+    /// Validations since the best score (early stopping).
     pub bad_validations: u64,
     /// Updates skipped in a row for a non-finite or exploding loss.
     pub bad_steps: u64,
@@ -72,7 +74,7 @@ impl Default for TrainState {
             rng_stream: 0,
             rng_word_pos: 0,
             plateau: PlateauState::default(),
-            best_bleu: None,
+            best_score: None,
             best_step: None,
             bad_validations: 0,
             bad_steps: 0,

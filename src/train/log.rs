@@ -73,6 +73,8 @@ pub enum Record {
             deserialize_with = "finite::or_null"
         )]
         bleu: f64,
+        /// Empty (and left out) for a language model.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         bleu_signature: String,
         sentences: usize,
         best: bool,

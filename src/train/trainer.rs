@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
-use crate::model::{init_weights, save_model, Seq2Seq};
+use crate::model::{init_weights, save_model, Model, Task};
 use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, RunLock,
@@ -71,7 +71,7 @@ pub struct Trainer {
     device: Device,
     varmap: VarMap,
     vars: Vec<Var>,
-    model: Seq2Seq,
+    model: Model,
     adam: Adam,
     schedule: Schedule,
     pub state: TrainState,
@@ -87,7 +87,7 @@ impl Trainer {
     /// A fresh run: weights from `init_weights(cfg.seed)`, zero moments.
     pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
         let varmap = VarMap::new();
-        let model = Seq2Seq::new(
+        let model = Model::new(
             &cfg.model,
             VarBuilder::from_varmap(&varmap, DType::F32, &device),
         )
@@ -199,10 +199,6 @@ impl Trainer {
             None => self.state.data_fingerprint = Some(now),
         }
         Ok(())
-    }
-
-    pub fn model(&self) -> &Seq2Seq {
-        &self.model
     }
 
     pub fn varmap(&self) -> &VarMap {
@@ -360,27 +356,32 @@ impl Trainer {
         let mut validation = None;
         if let Some(valid) = &data.valid {
             let v = self.validate(valid, &*data.detokenize)?;
-            is_best = self.state.best_bleu.is_none_or(|b| v.bleu > b);
+            let score = v.score();
+            is_best = self.state.best_score.is_none_or(|b| score > b);
             if is_best {
-                self.state.best_bleu = Some(v.bleu);
+                self.state.best_score = Some(score);
                 self.state.best_step = Some(self.state.step);
                 self.state.bad_validations = 0;
             } else {
                 self.state.bad_validations += 1;
                 stop = self.cfg.patience > 0 && self.state.bad_validations >= self.cfg.patience;
             }
-            if self.schedule.observe(v.bleu) {
+            if self.schedule.observe(score) {
                 progress.println(&format!(
-                    "no BLEU improvement: learning rate decayed to {:.3e}",
+                    "no {} improvement: learning rate decayed to {:.3e}",
+                    v.score_name(),
                     self.schedule.lr(self.state.step + 1)
                 ));
             }
+            let bleu = v
+                .bleu
+                .as_ref()
+                .map_or(String::new(), |b| format!(" BLEU {:.2}", b.score));
             progress.println(&format!(
-                "step {} valid loss {:.4} ppl {:.2} BLEU {:.2}{}",
+                "step {} valid loss {:.4} ppl {:.2}{bleu}{}",
                 self.state.step,
                 v.loss,
                 v.loss.exp(),
-                v.bleu,
                 if is_best { " (best)" } else { "" }
             ));
             log.write(&Record::Valid {
@@ -388,8 +389,11 @@ impl Trainer {
                 epoch: self.state.epoch,
                 valid_loss: v.loss,
                 valid_ppl: v.loss.exp(),
-                bleu: v.bleu,
-                bleu_signature: v.signature.clone(),
+                bleu: v.bleu.as_ref().map_or(f64::NAN, |b| b.score),
+                bleu_signature: v
+                    .bleu
+                    .as_ref()
+                    .map_or(String::new(), |b| b.signature.clone()),
                 sentences: v.sentences,
                 best: is_best,
             })?;
@@ -405,24 +409,42 @@ impl Trainer {
     /// `best/README.md`: what the model is and how it was trained.
     fn model_card(&self, data: &TrainData, v: Option<&Validation>) -> String {
         let m = &self.cfg.model;
+        let architecture = match m.task {
+            Task::Translation => format!(
+                "Stacked-LSTM encoder–decoder with attention (rnmt {}): {} encoder layers \
+                 (bidirectional: {:?}), {} decoder layers, hidden size {}, embeddings {}, \
+                 attention {:?}, input feeding {}, vocabularies {} / {}.",
+                env!("CARGO_PKG_VERSION"),
+                m.encoder_layers,
+                m.bidirectional,
+                m.decoder_layers,
+                m.hidden_size,
+                m.embedding_size,
+                m.attention,
+                m.input_feeding,
+                m.src_vocab_size,
+                m.tgt_vocab_size,
+            ),
+            Task::Lm => format!(
+                "Recurrent language model (rnmt {}): {} LSTM layers, hidden size {}, \
+                 embeddings {}{}, vocabulary {}.",
+                env!("CARGO_PKG_VERSION"),
+                m.decoder_layers,
+                m.hidden_size,
+                m.embedding_size,
+                if m.tie_target_embeddings {
+                    " (tied with the output layer)"
+                } else {
+                    ""
+                },
+                m.tgt_vocab_size,
+            ),
+        };
         let mut card = format!(
-            "# rnmt model\n\n{}\n\n\
-             Stacked-LSTM encoder–decoder with attention (rnmt {}): {} encoder layers \
-             (bidirectional: {:?}), {} decoder layers, hidden size {}, embeddings {}, \
-             attention {:?}, input feeding {}, vocabularies {} / {}.\n\n\
+            "# rnmt model\n\n{}\n\n{architecture}\n\n\
              Trained for {} updates ({} full epochs, {} target tokens, {:.1} minutes), seed {}, \
              schedule {:?}, peak lr {}, label smoothing {}, dropout {}.\n",
             data.description,
-            env!("CARGO_PKG_VERSION"),
-            m.encoder_layers,
-            m.bidirectional,
-            m.decoder_layers,
-            m.hidden_size,
-            m.embedding_size,
-            m.attention,
-            m.input_feeding,
-            m.src_vocab_size,
-            m.tgt_vocab_size,
             self.state.step,
             self.state.epoch,
             self.state.target_tokens_seen,
@@ -433,15 +455,32 @@ impl Trainer {
             self.cfg.label_smoothing,
             m.dropout,
         );
-        if let Some(v) = v {
-            card += &format!(
-                "\nValidation at this step (greedy decoding, {} sentences): BLEU {:.2} \
-                 ({}), perplexity {:.2}.\n",
-                v.sentences,
-                v.bleu,
-                v.signature,
-                v.loss.exp()
-            );
+        match v {
+            Some(Validation {
+                bleu: Some(b),
+                loss,
+                sentences,
+            }) => {
+                card += &format!(
+                    "\nValidation at this step (greedy decoding, {sentences} sentences): BLEU {:.2} \
+                     ({}), perplexity {:.2}.\n",
+                    b.score,
+                    b.signature,
+                    loss.exp()
+                );
+            }
+            Some(Validation {
+                bleu: None,
+                loss,
+                sentences,
+            }) => {
+                card += &format!(
+                    "\nValidation at this step ({sentences} sentences): perplexity {:.2} per \
+                     subword (end of sentence included).\n",
+                    loss.exp()
+                );
+            }
+            None => {}
         }
         card
     }
@@ -474,8 +513,8 @@ impl Trainer {
         checkpoint::prune_checkpoints(&run_dir, self.cfg.keep_last, self.state.best_step)
     }
 
-    /// Perplexity on the whole dev set, BLEU of greedy translations of its first
-    /// `valid_max_sentences` sentences.
+    /// Perplexity on the whole dev set and, for a translation model, BLEU of greedy
+    /// translations of its first `valid_max_sentences` sentences.
     pub fn validate(&self, valid: &ValidSet, detokenize: &Detokenize) -> Result<Validation> {
         let nll_fn = LabelSmoothedLoss::new(0.0);
         // Bucketed batches; their order does not matter for sums.
@@ -488,6 +527,18 @@ impl Trainer {
             sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             tokens += n;
         }
+        let loss = sum / tokens.max(1) as f64;
+        let model = match &self.model {
+            Model::Translation(m) => m,
+            // A language model has no translations to score: its perplexity is the score.
+            Model::Language(_) => {
+                return Ok(Validation {
+                    loss,
+                    bleu: None,
+                    sentences: valid.pairs.len(),
+                })
+            }
+        };
         let n = match self.cfg.valid_max_sentences {
             0 => valid.pairs.len(),
             n => n.min(valid.pairs.len()),
@@ -496,7 +547,7 @@ impl Trainer {
         let mut hyps = vec![String::new(); n];
         // The search `rnmt translate --beam 1` runs, with the model's length bound (α
         // and β only change the scores, not greedy tokens).
-        let ens = Ensemble::single(&self.model);
+        let ens = Ensemble::single(model);
         let search = SearchConfig {
             beam: 1,
             nbest: 1,
@@ -512,9 +563,11 @@ impl Trainer {
         let refs = vec![valid.references[..n].to_vec()];
         let score = Bleu::new(BleuConfig::default()).corpus_score(&hyps, &refs)?;
         Ok(Validation {
-            loss: sum / tokens.max(1) as f64,
-            bleu: score.score,
-            signature: score.signature(),
+            loss,
+            bleu: Some(ValidBleu {
+                score: score.score,
+                signature: score.signature(),
+            }),
             sentences: n,
         })
     }
@@ -523,9 +576,30 @@ impl Trainer {
 pub struct Validation {
     /// Cross-entropy per target token.
     pub loss: f64,
-    pub bleu: f64,
-    pub signature: String,
+    /// Of greedy translations (translation models only).
+    pub bleu: Option<ValidBleu>,
     pub sentences: usize,
+}
+
+pub struct ValidBleu {
+    pub score: f64,
+    pub signature: String,
+}
+
+impl Validation {
+    /// What early stopping and the plateau schedule compare (higher is better): BLEU,
+    /// or for a language model the negative cross-entropy.
+    pub fn score(&self) -> f64 {
+        self.bleu.as_ref().map_or(-self.loss, |b| b.score)
+    }
+
+    fn score_name(&self) -> &'static str {
+        if self.bleu.is_some() {
+            "BLEU"
+        } else {
+            "perplexity"
+        }
+    }
 }
 
 fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
