@@ -96,7 +96,7 @@ pub struct GenerateArgs {
     #[arg(short, long, default_value_t = 1)]
     pub n: usize,
     /// 0: always the most probable subword; above 1 more surprising.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Draw only from the K most probable subwords (0: all).
     #[arg(long, default_value_t = 0)]
