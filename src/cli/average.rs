@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::io::write_atomic;
-use crate::model::load_model;
+use crate::model::{load_language_model, load_model, Task};
 use crate::train::checkpoint::{
     self, average_checkpoints, list_checkpoints, save_tensors, CONFIG_FILE, WEIGHTS_FILE,
 };
@@ -95,6 +95,7 @@ pub fn run(args: &AverageArgs) -> Result<()> {
     for name in [
         crate::subword::SOURCE_TOKENIZER,
         crate::subword::TARGET_TOKENIZER,
+        crate::subword::LM_TOKENIZER,
     ] {
         let found = std::iter::once(&dirs[0])
             .chain(run.as_ref())
@@ -105,8 +106,11 @@ pub fn run(args: &AverageArgs) -> Result<()> {
         }
     }
     // The result must be a loadable model folder.
-    load_model(out, &candle_core::Device::Cpu)
-        .with_context(|| format!("the averaged model in {} does not load", out.display()))?;
+    let loaded = match crate::model::load_config(out)?.task {
+        Task::Translation => load_model(out, &candle_core::Device::Cpu).map(drop),
+        Task::Lm => load_language_model(out, &candle_core::Device::Cpu).map(drop),
+    };
+    loaded.with_context(|| format!("the averaged model in {} does not load", out.display()))?;
     eprintln!("averaged {} checkpoints into {}", dirs.len(), out.display());
     for d in &dirs {
         eprintln!("  {}", d.display());

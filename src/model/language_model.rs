@@ -34,12 +34,7 @@ impl LmState {
         let layers = self
             .layers
             .iter()
-            .map(|s| {
-                Ok(LstmState {
-                    h: s.h.index_select(rows, 0)?,
-                    c: s.c.index_select(rows, 0)?,
-                })
-            })
+            .map(|s| s.select(rows))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }

@@ -52,6 +52,14 @@ impl LstmState {
         let h = Tensor::zeros((batch, hidden), dtype, device)?;
         Ok(Self { c: h.clone(), h })
     }
+
+    /// Rows `rows` (u32 indices) of the state: reorders/expands/shrinks the batch.
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            h: self.h.index_select(rows, 0)?,
+            c: self.c.index_select(rows, 0)?,
+        })
+    }
 }
 
 /// Gains and shifts of the layer-normalised cell.
