@@ -31,6 +31,19 @@ pub enum AttentionKind {
     MultiHeadAdditive,
 }
 
+/// The recurrent cell of every layer.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Cell {
+    /// Long short-term memory (Hochreiter & Schmidhuber 1997), PyTorch's gate order.
+    #[default]
+    Lstm,
+    /// The gated recurrent unit of Cho et al. 2014 in its `linear_before_reset` form
+    /// (PyTorch's `nn.GRU`, cuDNN): the reset gate scales `W_hn·h + b_hn` after the
+    /// product, so the recurrent products of all gates are one matmul.
+    Gru,
+}
+
 /// What the model predicts.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +62,8 @@ pub enum Task {
 pub struct ModelConfig {
     /// Translation (the default; older config files have no `task`) or language model.
     pub task: Task,
+    /// LSTM (the default; older config files have no `cell`) or GRU, in every layer.
+    pub cell: Cell,
     pub src_vocab_size: usize,
     pub tgt_vocab_size: usize,
     pub embedding_size: usize,
@@ -102,6 +117,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             task: Task::Translation,
+            cell: Cell::Lstm,
             src_vocab_size: 8000,
             tgt_vocab_size: 8000,
             embedding_size: 256,
@@ -122,6 +138,16 @@ impl Default for ModelConfig {
             decode_beta: 0.2,
             src_lang: None,
             tgt_lang: None,
+        }
+    }
+}
+
+impl Cell {
+    /// The cell's usual name, for model cards and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Lstm => "LSTM",
+            Cell::Gru => "GRU",
         }
     }
 }

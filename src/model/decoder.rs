@@ -18,7 +18,8 @@ use super::attention::{Attention, AttentionMemory};
 use super::config::ModelConfig;
 use super::dropout::Dropout;
 use super::log_softmax::biased_log_softmax;
-use super::lstm::{Lstm, LstmState};
+use super::lstm::LstmState;
+use super::recurrent::RecurrentLayer;
 
 /// The decoder's recurrent state for a batch (or a beam).
 #[derive(Clone, Debug)]
@@ -47,7 +48,7 @@ impl DecoderState {
 
 pub struct Decoder {
     embedding: Embedding,
-    layers: Vec<Lstm>,
+    layers: Vec<RecurrentLayer>,
     residual: Vec<bool>,
     attention: Attention,
     /// `[h_top; context] → hidden`, followed by tanh: Luong's attentional vector.
@@ -72,7 +73,7 @@ impl Decoder {
                     (_, true) => h,
                     (_, false) => 2 * h,
                 };
-                Lstm::new(input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
+                RecurrentLayer::new(cfg.cell, input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let residual = (0..cfg.decoder_layers)

@@ -1,4 +1,4 @@
-//! The stacked-LSTM encoder: embeddings, a bidirectional bottom layer (or all layers
+//! The stacked-LSTM (or GRU) encoder: embeddings, a bidirectional bottom layer (or all layers
 //! bidirectional), unidirectional layers above, residual connections, dropout between
 //! layers. Every layer runs over the whole sequence at once.
 
@@ -7,14 +7,14 @@ use candle_nn::{embedding, Embedding, Module, VarBuilder};
 
 use super::config::{Bidirectional, ModelConfig};
 use super::dropout::Dropout;
-use super::lstm::Lstm;
+use super::recurrent::RecurrentLayer;
 
 /// One encoder layer. A bidirectional layer runs a forward and a reverse LSTM of
 /// `hidden / 2` units each and concatenates their outputs, so its width is `hidden` like
 /// every other layer.
 struct EncoderLayer {
-    forward: Lstm,
-    backward: Option<Lstm>,
+    forward: RecurrentLayer,
+    backward: Option<RecurrentLayer>,
     residual: bool,
 }
 
@@ -50,13 +50,13 @@ impl Encoder {
                 let vb = vb.pp(format!("layers.{l}"));
                 let input = if l == 0 { cfg.embedding_size } else { h };
                 let bidirectional = l == 0 || cfg.bidirectional == Bidirectional::All;
+                let layer = |units: usize, name: &str| {
+                    RecurrentLayer::new(cfg.cell, input, units, cfg.layer_norm, vb.pp(name))
+                };
                 let (forward, backward) = if bidirectional {
-                    (
-                        Lstm::new(input, h / 2, cfg.layer_norm, vb.pp("forward"))?,
-                        Some(Lstm::new(input, h / 2, cfg.layer_norm, vb.pp("backward"))?),
-                    )
+                    (layer(h / 2, "forward")?, Some(layer(h / 2, "backward")?))
                 } else {
-                    (Lstm::new(input, h, cfg.layer_norm, vb.pp("forward"))?, None)
+                    (layer(h, "forward")?, None)
                 };
                 Ok(EncoderLayer {
                     forward,

@@ -38,7 +38,9 @@ fn rule(name: &str, numel_of: impl Fn(&str) -> Option<usize>) -> Rule {
             Some(units) => Rule::Constant(1.0 / (units as f32).sqrt()),
             None => Rule::Constant(1.0),
         },
-        "bias" | "beta" => Rule::Constant(0.0),
+        // A GRU's two biases (`bias_ih`, `bias_hh`) start at zero: its update gate then
+        // averages old and new state evenly.
+        "bias" | "beta" | "bias_ih" | "bias_hh" => Rule::Constant(0.0),
         _ if is_norm
             && (last.ends_with("weight")
                 || last.ends_with("gamma")

@@ -19,7 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use super::config::ModelConfig;
 use super::decoder::OutputLayer;
 use super::dropout::Dropout;
-use super::lstm::{Lstm, LstmState};
+use super::lstm::LstmState;
+use super::recurrent::RecurrentLayer;
 use crate::batch::BatchTensors;
 
 /// The recurrent state of a batch (or a beam): one LSTM state per layer, bottom first.
@@ -43,7 +44,7 @@ impl LmState {
 pub struct LanguageModel {
     cfg: ModelConfig,
     embedding: Embedding,
-    layers: Vec<Lstm>,
+    layers: Vec<RecurrentLayer>,
     residual: Vec<bool>,
     output: OutputLayer,
 }
@@ -59,7 +60,7 @@ impl LanguageModel {
         let layers = (0..cfg.decoder_layers)
             .map(|l| {
                 let input = if l == 0 { cfg.embedding_size } else { h };
-                Lstm::new(input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
+                RecurrentLayer::new(cfg.cell, input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let residual = (0..cfg.decoder_layers)

@@ -13,10 +13,11 @@ pub mod language_model;
 pub mod log_softmax;
 pub mod lstm;
 pub mod persist;
+pub mod recurrent;
 pub mod seq2seq;
 
 pub use attention::{Attention, AttentionMemory};
-pub use config::{AttentionKind, Bidirectional, ModelConfig, Task};
+pub use config::{AttentionKind, Bidirectional, Cell, ModelConfig, Task};
 pub use decoder::{Decoder, DecoderState, OutputLayer};
 pub use encoder::Encoder;
 pub use init::init_weights;

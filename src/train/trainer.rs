@@ -411,9 +411,10 @@ impl Trainer {
         let m = &self.cfg.model;
         let architecture = match m.task {
             Task::Translation => format!(
-                "Stacked-LSTM encoder–decoder with attention (rnmt {}): {} encoder layers \
+                "Stacked-{} encoder–decoder with attention (rnmt {}): {} encoder layers \
                  (bidirectional: {:?}), {} decoder layers, hidden size {}, embeddings {}, \
                  attention {:?}, input feeding {}, vocabularies {} / {}.",
+                m.cell.name(),
                 env!("CARGO_PKG_VERSION"),
                 m.encoder_layers,
                 m.bidirectional,
@@ -426,10 +427,11 @@ impl Trainer {
                 m.tgt_vocab_size,
             ),
             Task::Lm => format!(
-                "Recurrent language model (rnmt {}): {} LSTM layers, hidden size {}, \
+                "Recurrent language model (rnmt {}): {} {} layers, hidden size {}, \
                  embeddings {}{}, vocabulary {}.",
                 env!("CARGO_PKG_VERSION"),
                 m.decoder_layers,
+                m.cell.name(),
                 m.hidden_size,
                 m.embedding_size,
                 if m.tie_target_embeddings {
