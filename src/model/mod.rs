@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod dropout;
 pub mod encoder;
 pub mod fastmath;
+pub mod gru;
 pub mod init;
 pub mod log_softmax;
 pub mod lstm;
