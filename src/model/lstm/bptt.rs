@@ -172,7 +172,7 @@ fn cell_backward<T: Real>(act: &[T], c_prev: &[T], d_gates: &mut [T], dc: &mut [
 /// Given `d` = gradient w.r.t. the normalised values `n` (gain already applied), turns it
 /// into the gradient w.r.t. the input: `rstd · (d - mean(d) - n · mean(d·n))`.
 #[inline(always)]
-fn normalise_backward<T: Real>(d: &mut [T], n_hat: &[T], rstd: T) {
+pub(crate) fn normalise_backward<T: Real>(d: &mut [T], n_hat: &[T], rstd: T) {
     let len = T::from_f64(d.len() as f64);
     let (mut sum, mut dot) = (T::zero(), T::zero());
     for (&dv, &n) in d.iter().zip(n_hat) {

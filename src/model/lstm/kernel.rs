@@ -189,12 +189,7 @@ impl LstmRecurrence {
 
     /// Contiguous batch blocks, one per rayon thread.
     fn blocks(&self) -> Vec<Range<usize>> {
-        let n = rayon::current_num_threads().clamp(1, self.batch.max(1));
-        let per = self.batch.div_ceil(n).max(1);
-        (0..self.batch)
-            .step_by(per)
-            .map(|b| b..(b + per).min(self.batch))
-            .collect()
+        batch_blocks(self.batch)
     }
 
     fn check_sizes<T>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<()> {
@@ -321,9 +316,20 @@ pub(super) struct BwdBlock<'a, T> {
     pub(super) d_c0: &'a mut [T],
 }
 
+/// Splits `0..batch` into contiguous blocks, one per rayon thread (rows never interact in a
+/// recurrence, so each block can run the whole sequence on its own).
+pub(crate) fn batch_blocks(batch: usize) -> Vec<Range<usize>> {
+    let n = rayon::current_num_threads().clamp(1, batch.max(1));
+    let per = batch.div_ceil(n).max(1);
+    (0..batch)
+        .step_by(per)
+        .map(|b| b..(b + per).min(batch))
+        .collect()
+}
+
 /// Cuts the first `n` elements off `buf` (all that is left if `buf` is an unused, empty
 /// layer-norm buffer) and returns them.
-fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+pub(crate) fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
     let n = n.min(buf.len());
     let (head, tail) = std::mem::take(buf).split_at_mut(n);
     *buf = tail;
@@ -366,11 +372,16 @@ impl<T> Saved<T> {
     }
 }
 
-fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+/// The elements of a contiguous CPU tensor; `what` names it in the error otherwise.
+pub(crate) fn slice_of<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
     let data = T::cpu_storage_as_slice(s)?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("lstm recurrence: {what} must be contiguous"),
+        None => candle_core::bail!("{what} must be contiguous"),
     }
 }
 
@@ -386,9 +397,9 @@ impl LstmRecurrence {
         (s3, l3): (&CpuStorage, &Layout),
     ) -> Result<(CpuStorage, Shape)> {
         let out = self.forward(
-            slice_of::<T>(s1, l1, "xproj")?,
-            slice_of::<T>(s2, l2, "weight_hh")?,
-            slice_of::<T>(s3, l3, "aux")?,
+            slice_of::<T>(s1, l1, "lstm recurrence: xproj")?,
+            slice_of::<T>(s2, l2, "lstm recurrence: weight_hh")?,
+            slice_of::<T>(s3, l3, "lstm recurrence: aux")?,
         )?;
         Ok((T::to_cpu_storage_owned(out), self.out_shape()))
     }

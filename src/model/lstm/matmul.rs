@@ -1,4 +1,4 @@
-//! The one matrix product the LSTM kernels need, on slices.
+//! The one matrix product the recurrent kernels (LSTM and GRU) need, on slices.
 
 use gemm::Parallelism;
 
@@ -7,7 +7,7 @@ use crate::model::fastmath::Real;
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`; each operand is (data, row stride, column stride),
 /// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
 /// unsafe call below can trust them.
-pub(super) fn matmul<T: Real>(
+pub(crate) fn matmul<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,

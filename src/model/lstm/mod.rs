@@ -38,7 +38,17 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use kernel::{LstmRecurrence, LN_EPS};
+use kernel::LstmRecurrence;
+
+/// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
+/// call, batch blocks, buffer splitting, row-wise layer norm and its backward.
+pub(crate) mod shared {
+    pub(crate) use super::bptt::normalise_backward;
+    pub(crate) use super::kernel::{batch_blocks, slice_of, take};
+    pub(crate) use super::matmul::matmul;
+    pub(crate) use super::recurrence::normalise as normalise_row;
+}
+use kernel::LN_EPS;
 
 /// The recurrent state of one layer for a batch: `h` and `c` are `[batch, hidden]`.
 #[derive(Clone, Debug)]
@@ -387,7 +397,7 @@ impl Lstm {
 /// `x·W_ihᵀ` for every position at once, `x: [.., input]`. One 2-D matmul: `broadcast_matmul`
 /// would broadcast W_ih over the batch, and its backward would then build a [batch, 4H, I]
 /// gradient and sum it.
-fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
+pub(crate) fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let input = dims.pop().unwrap_or(0);
     dims.push(weight_ih.dim(0)?);
@@ -397,14 +407,14 @@ fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
 }
 
 /// `(z - mean) / sqrt(var + eps)` over the last dimension, with differentiable candle ops.
-fn normalise(z: &Tensor) -> Result<Tensor> {
+pub(crate) fn normalise(z: &Tensor) -> Result<Tensor> {
     let centred = z.broadcast_sub(&z.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)
 }
 
 /// `m * new + (1 - m) * old` with `m: [batch, 1]`.
-fn masked_update(new: &Tensor, old: &Tensor, m: &Tensor) -> Result<Tensor> {
+pub(crate) fn masked_update(new: &Tensor, old: &Tensor, m: &Tensor) -> Result<Tensor> {
     let keep = m.affine(-1.0, 1.0)?;
     new.broadcast_mul(m)? + old.broadcast_mul(&keep)?
 }

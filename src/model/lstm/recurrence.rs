@@ -121,7 +121,7 @@ fn cell_forward<T: Real>(act: &mut [T], c: &mut [T]) {
 
 /// `out = (x - mean) / sqrt(var + eps)`; returns `1 / sqrt(var + eps)`.
 #[inline(always)]
-fn normalise<T: Real>(x: &[T], out: &mut [T]) -> T {
+pub(crate) fn normalise<T: Real>(x: &[T], out: &mut [T]) -> T {
     let n = T::from_f64(x.len() as f64);
     let mut sum = T::zero();
     for &v in x {

@@ -1,0 +1,357 @@
+//! The GRU recurrence over a whole sequence as one candle `CustomOp3`, with a hand-written
+//! backward through time: the GRU twin of the LSTM's op (`lstm/kernel.rs`, whose reasons
+//! for fusing, packing `aux` and splitting the batch apply unchanged).
+//!
+//! * inputs: `xproj [B,T,3H]` (the input projection of every step, computed outside by one
+//!   ordinary matmul, not yet normalised), `w_hh [3H,H]` and `aux`, a flat vector holding
+//!   the initial state, the biases and the layer-norm gains (`h0 [B,H]`, `b_ih [3H]`,
+//!   `b_hh [3H]`, then with layer norm `γ_ih [3H]`, `γ_hh [3H]`).
+//! * output `[B, T+1, H]`: rows `0..T` are the hidden states (zero at padding), row `T` the
+//!   final `h`. Gradients flowing into any of them are honoured.
+//!
+//! The batch is split into one contiguous block per rayon thread and each block runs the
+//! whole sequence, and its whole backward, on its own (one fork/join per call). Each step's
+//! recurrent matmul is a single-threaded `gemm` call; each block's share of the `W_hh`
+//! gradient is one matmul over all its steps. Without gradients nothing is kept for
+//! backward. The work on one block is in `recurrence.rs` (forward) and `bptt.rs` (backward).
+
+use std::any::Any;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::bptt::backward_block;
+use super::recurrence::forward_block;
+use crate::model::fastmath::Real;
+use crate::model::lstm::shared::{batch_blocks, slice_of, take};
+
+/// What backward needs from forward, laid out `[B, T, ·]` like the op's inputs so that the
+/// rows of one batch block are contiguous. Positions are indexed by time, not by processing
+/// order, so a reversed layer uses the same layout.
+pub(super) struct Saved<T> {
+    /// Gate activations `r, z, n`: `[B,T,3H]`.
+    pub(super) act: Vec<T>,
+    /// State before each step: `[B,T,H]`.
+    pub(super) h_prev: Vec<T>,
+    /// The recurrent part of the new gate before the reset, `a_h,n = (LN of) h·W_hnᵀ + b_hn`:
+    /// `[B,T,H]` (the reset gate's gradient is `dn · a_h,n`).
+    pub(super) hn: Vec<T>,
+    /// Layer norm only: the normalised input and recurrent projections `[B,T,2,3H]` and
+    /// their reciprocal standard deviations `[B,T,2]`.
+    pub(super) hat: Vec<T>,
+    pub(super) rstd: Vec<T>,
+}
+
+/// The fused recurrence of one layer over one batch.
+pub struct GruRecurrence {
+    pub(super) batch: usize,
+    pub(super) time: usize,
+    pub(super) hidden: usize,
+    reverse: bool,
+    layer_norm: bool,
+    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
+    pub(super) mask: Vec<bool>,
+    /// Forward keeps its intermediates only when a gradient may be asked for.
+    pub(super) keep_saved: bool,
+    /// A `Saved<f32>` or `Saved<f64>`, whichever the forward ran on.
+    saved: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+}
+
+/// Layer-norm gains inside `aux` (after the state and the biases).
+#[derive(Clone, Copy)]
+pub(super) struct LnParams<'a, T> {
+    pub(super) gain_ih: &'a [T],
+    pub(super) gain_hh: &'a [T],
+}
+
+impl GruRecurrence {
+    pub fn new(
+        (batch, time, hidden): (usize, usize, usize),
+        reverse: bool,
+        layer_norm: bool,
+        mask: Vec<bool>,
+        keep_saved: bool,
+    ) -> Self {
+        debug_assert_eq!(mask.len(), batch * time);
+        Self {
+            batch,
+            time,
+            hidden,
+            reverse,
+            layer_norm,
+            mask,
+            keep_saved,
+            saved: Mutex::new(None),
+        }
+    }
+
+    /// Length of the `aux` input for these sizes.
+    pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
+        batch * hidden + Self::params_len(hidden, layer_norm)
+    }
+
+    /// Length of the parameter part of `aux` (biases, then layer-norm gains).
+    pub(super) fn params_len(hidden: usize, layer_norm: bool) -> usize {
+        if layer_norm {
+            12 * hidden
+        } else {
+            6 * hidden
+        }
+    }
+
+    /// Time positions the saved buffers hold per sequence: all of them when backward will
+    /// need them, else one reused slot.
+    pub(super) fn saved_slots(&self) -> usize {
+        if self.keep_saved {
+            self.time
+        } else {
+            1
+        }
+    }
+
+    pub(super) fn time_at(&self, step: usize) -> usize {
+        if self.reverse {
+            self.time - 1 - step
+        } else {
+            step
+        }
+    }
+
+    /// `(b_ih, b_hh)` inside `aux`.
+    pub(super) fn biases<'a, T>(&self, aux: &'a [T]) -> (&'a [T], &'a [T]) {
+        let (at, g3) = (self.batch * self.hidden, 3 * self.hidden);
+        (&aux[at..at + g3], &aux[at + g3..at + 2 * g3])
+    }
+
+    pub(super) fn ln_params<'a, T>(&self, aux: &'a [T]) -> Option<LnParams<'a, T>> {
+        let (at, g3) = (self.batch * self.hidden + 6 * self.hidden, 3 * self.hidden);
+        self.layer_norm.then(|| LnParams {
+            gain_ih: &aux[at..at + g3],
+            gain_hh: &aux[at + g3..at + 2 * g3],
+        })
+    }
+
+    fn check_sizes<T>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<()> {
+        let (b, t, h) = (self.batch, self.time, self.hidden);
+        if xproj.len() != b * t * 3 * h
+            || w_hh.len() != 3 * h * h
+            || aux.len() != Self::aux_len(b, h, self.layer_norm)
+        {
+            candle_core::bail!(
+                "gru recurrence: inputs of {}, {} and {} elements do not fit batch {b}, time {t}, hidden {h}",
+                xproj.len(),
+                w_hh.len(),
+                aux.len()
+            );
+        }
+        Ok(())
+    }
+
+    fn forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<Vec<T>> {
+        self.check_sizes(xproj, w_hh, aux)?;
+        let (b, t, h) = (self.batch, self.time, self.hidden);
+        let ln = self.layer_norm;
+        let zeros = |n: usize| vec![T::zero(); n];
+        let slots = self.saved_slots();
+        let mut out = zeros(b * (t + 1) * h);
+        let mut s = Saved {
+            act: zeros(b * slots * 3 * h),
+            h_prev: zeros(b * slots * h),
+            hn: zeros(b * slots * h),
+            hat: zeros(if ln { b * slots * 6 * h } else { 0 }),
+            rstd: zeros(if ln { b * slots * 2 } else { 0 }),
+        };
+        let jobs = s.split_blocks(&mut out, batch_blocks(b), (t, slots, h));
+        let run = |job: FwdBlock<T>| forward_block(self, job, xproj, w_hh, aux);
+        if jobs.len() == 1 {
+            jobs.into_iter().for_each(run);
+        } else {
+            jobs.into_par_iter().for_each(run);
+        }
+        if self.keep_saved {
+            *self.saved.lock().expect("gru saved state poisoned") = Some(Box::new(s));
+        }
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        grad_out: &[T],
+        w_hh: &[T],
+        aux: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let guard = self.saved.lock().expect("gru saved state poisoned");
+        let Some(s) = guard.as_ref().and_then(|s| s.downcast_ref::<Saved<T>>()) else {
+            candle_core::bail!("gru recurrence: backward without the forward's saved state")
+        };
+        let (b, t, h) = (self.batch, self.time, self.hidden);
+        let g3 = 3 * h;
+        let ln = self.layer_norm;
+        // The input and recurrent parts get different gradients (the reset gate multiplies
+        // the recurrent part of `n`), so both are kept, with or without layer norm.
+        let mut d_xproj = vec![T::zero(); b * t * g3];
+        let mut d_rec = vec![T::zero(); b * t * g3];
+        let mut d_h0 = vec![T::zero(); b * h];
+        let (mut rest_x, mut rest_r) = (&mut d_xproj[..], &mut d_rec[..]);
+        let mut rest_h0 = &mut d_h0[..];
+        let jobs: Vec<BwdBlock<T>> = batch_blocks(b)
+            .into_iter()
+            .map(|rows| {
+                let n = rows.len();
+                BwdBlock {
+                    d_xproj: take(&mut rest_x, n * t * g3),
+                    d_rec: take(&mut rest_r, n * t * g3),
+                    d_h0: take(&mut rest_h0, n * h),
+                    rows,
+                }
+            })
+            .collect();
+        let run = |job: BwdBlock<T>| backward_block(self, job, s, grad_out, w_hh, aux);
+        let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
+            jobs.into_iter().map(run).collect()
+        } else {
+            jobs.into_par_iter().map(run).collect()
+        };
+        let mut d_w_hh = vec![T::zero(); g3 * h];
+        let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
+        for (part_params, part_w) in &parts {
+            for (d, &p) in d_params.iter_mut().zip(part_params) {
+                *d += p;
+            }
+            for (d, &p) in d_w_hh.iter_mut().zip(part_w) {
+                *d += p;
+            }
+        }
+        let mut d_aux = d_h0;
+        d_aux.extend_from_slice(&d_params);
+        Ok((d_xproj, d_w_hh, d_aux))
+    }
+}
+
+pub(super) struct FwdBlock<'a, T> {
+    pub(super) rows: Range<usize>,
+    pub(super) out: &'a mut [T],
+    pub(super) act: &'a mut [T],
+    pub(super) h_prev: &'a mut [T],
+    pub(super) hn: &'a mut [T],
+    pub(super) hat: &'a mut [T],
+    pub(super) rstd: &'a mut [T],
+}
+
+pub(super) struct BwdBlock<'a, T> {
+    pub(super) rows: Range<usize>,
+    pub(super) d_xproj: &'a mut [T],
+    pub(super) d_rec: &'a mut [T],
+    pub(super) d_h0: &'a mut [T],
+}
+
+impl<T> Saved<T> {
+    /// Cuts `out` (`t + 1` rows of `h` per sequence) and every saved buffer (`slots` time
+    /// positions per sequence) into the consecutive batch blocks `blocks`.
+    fn split_blocks<'a>(
+        &'a mut self,
+        out: &'a mut [T],
+        blocks: Vec<Range<usize>>,
+        (t, slots, h): (usize, usize, usize),
+    ) -> Vec<FwdBlock<'a, T>> {
+        let mut out = out;
+        let (mut act, mut h_prev, mut hn) =
+            (&mut self.act[..], &mut self.h_prev[..], &mut self.hn[..]);
+        let (mut hat, mut rstd) = (&mut self.hat[..], &mut self.rstd[..]);
+        blocks
+            .into_iter()
+            .map(|rows| {
+                let n = rows.len();
+                FwdBlock {
+                    out: take(&mut out, n * (t + 1) * h),
+                    act: take(&mut act, n * slots * 3 * h),
+                    h_prev: take(&mut h_prev, n * slots * h),
+                    hn: take(&mut hn, n * slots * h),
+                    hat: take(&mut hat, n * slots * 6 * h),
+                    rstd: take(&mut rstd, n * slots * 2),
+                    rows,
+                }
+            })
+            .collect()
+    }
+}
+
+impl GruRecurrence {
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.time + 1, self.hidden))
+    }
+
+    fn fwd_typed<T: Real>(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        (s3, l3): (&CpuStorage, &Layout),
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self.forward(
+            slice_of::<T>(s1, l1, "gru recurrence: xproj")?,
+            slice_of::<T>(s2, l2, "gru recurrence: weight_hh")?,
+            slice_of::<T>(s3, l3, "gru recurrence: aux")?,
+        )?;
+        Ok((T::to_cpu_storage_owned(out), self.out_shape()))
+    }
+
+    fn bwd_typed<T: Real>(
+        &self,
+        w_hh: &Tensor,
+        aux: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<T>();
+        let (d_x, d_w, d_aux) = self.backward(&flat(grad)?, &flat(w_hh)?, &flat(aux)?)?;
+        let dev = grad.device();
+        let (b, t, h) = (self.batch, self.time, self.hidden);
+        Ok((
+            Some(Tensor::from_vec(d_x, (b, t, 3 * h), dev)?),
+            Some(Tensor::from_vec(d_w, (3 * h, h), dev)?),
+            Some(Tensor::from_vec(d_aux, aux.dims(), dev)?),
+        ))
+    }
+}
+
+impl CustomOp3 for GruRecurrence {
+    fn name(&self) -> &'static str {
+        "gru-recurrence"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        match (s1.dtype(), s2.dtype(), s3.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => self.fwd_typed::<f32>(args.0, args.1, args.2),
+            (DType::F64, DType::F64, DType::F64) => self.fwd_typed::<f64>(args.0, args.1, args.2),
+            (a, b, c) => candle_core::bail!(
+                "gru recurrence runs on f32 or f64 only, got {a:?}, {b:?}, {c:?}"
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _xproj: &Tensor,
+        w_hh: &Tensor,
+        aux: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match grad_res.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(w_hh, aux, grad_res),
+            DType::F64 => self.bwd_typed::<f64>(w_hh, aux, grad_res),
+            d => candle_core::bail!("gru recurrence runs on f32 or f64 only, got {d:?}"),
+        }
+    }
+}
