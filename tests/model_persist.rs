@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use common::greedy;
 use rnmt::batch::{Batch, EncodedPair};
 use rnmt::model::{
-    init_weights, load_model, save_model, AttentionKind, ModelConfig, Seq2Seq, CONFIG_FILE,
+    init_weights, load_model, save_model, AttentionKind, Cell, ModelConfig, Seq2Seq, CONFIG_FILE,
     WEIGHTS_FILE,
 };
 
@@ -57,8 +57,34 @@ fn rewrite_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn save_then_load_gives_bit_identical_outputs() {
+    save_then_load_is_bit_identical(cfg());
+}
+
+#[test]
+fn a_gru_model_saves_and_loads_bit_identically() {
+    let cfg = ModelConfig {
+        cell: Cell::Gru,
+        layer_norm: true,
+        ..cfg()
+    };
+    save_then_load_is_bit_identical(cfg.clone());
+    // Its tensors are a GRU's: two biases, three gates.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = cfg();
+    saved(dir.path(), &cfg);
+    let tensors =
+        candle_core::safetensors::load(dir.path().join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+    let w = &tensors["decoder.layers.1.weight_hh"];
+    assert_eq!(w.dims(), [3 * 6, 6]);
+    assert!(tensors.contains_key("encoder.layers.0.backward.bias_hh"));
+    assert!(!tensors.contains_key("decoder.layers.0.bias"));
+    // Loaded as an LSTM, the file is another model's.
+    rewrite_config(dir.path(), |j| j["cell"] = "lstm".into());
+    let e = load_error(dir.path());
+    assert!(e.contains("has shape") || e.contains("is missing"), "{e}");
+}
+
+fn save_then_load_is_bit_identical(cfg: ModelConfig) {
+    let dir = tempfile::tempdir().unwrap();
     let (model, _) = saved(dir.path(), &cfg);
     let (loaded, loaded_cfg) = load_model(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(loaded_cfg, cfg);

@@ -12,7 +12,7 @@ use common::greedy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::{Batch, EncodedPair};
-use rnmt::model::{init_weights, AttentionKind, ModelConfig, Seq2Seq};
+use rnmt::model::{init_weights, AttentionKind, Cell, ModelConfig, Seq2Seq};
 use rnmt::train::loss::LabelSmoothedLoss;
 
 /// Digits occupy ids 4..14, after the special tokens.
@@ -76,7 +76,8 @@ fn learns(cfg: ModelConfig, steps: usize) {
     let exact = out.iter().zip(&test).filter(|(o, p)| **o == p.tgt).count();
     let accuracy = exact as f64 / test.len() as f64;
     println!(
-        "{:?}/input_feeding={}: {steps} steps in {:.1?}, last loss {last:.3}, exact match {:.1}%",
+        "{:?}/{:?}/input_feeding={}: {steps} steps in {:.1?}, last loss {last:.3}, exact match {:.1}%",
+        cfg.cell,
         cfg.attention,
         cfg.input_feeding,
         train_time,
@@ -112,6 +113,30 @@ fn tiny_gnmt_model_learns_reverse_and_map() {
 fn tiny_input_feeding_model_learns_reverse_and_map() {
     learns(
         ModelConfig {
+            input_feeding: true,
+            attention: AttentionKind::General,
+            ..tiny()
+        },
+        300,
+    );
+}
+
+#[test]
+fn tiny_gru_model_learns_reverse_and_map() {
+    learns(
+        ModelConfig {
+            cell: Cell::Gru,
+            ..tiny()
+        },
+        180,
+    );
+}
+
+#[test]
+fn tiny_gru_input_feeding_model_learns_reverse_and_map() {
+    learns(
+        ModelConfig {
+            cell: Cell::Gru,
             input_feeding: true,
             attention: AttentionKind::General,
             ..tiny()

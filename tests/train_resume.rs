@@ -7,7 +7,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rnmt::batch::EncodedPair;
-use rnmt::model::ModelConfig;
+use rnmt::model::{Cell, ModelConfig};
 use rnmt::train::checkpoint::{self, list_checkpoints, OPTIMIZER_FILE, WEIGHTS_FILE};
 use rnmt::train::config::TrainConfig;
 use rnmt::train::log::{read_metrics, Record, METRICS_FILE};
@@ -49,6 +49,10 @@ fn words(ids: &[u32]) -> String {
 }
 
 fn config(run_dir: &Path, max_steps: u64) -> TrainConfig {
+    config_with(run_dir, max_steps, Cell::Lstm)
+}
+
+fn config_with(run_dir: &Path, max_steps: u64, cell: Cell) -> TrainConfig {
     TrainConfig {
         run_dir: run_dir.to_path_buf(),
         seed: 3,
@@ -65,6 +69,7 @@ fn config(run_dir: &Path, max_steps: u64) -> TrainConfig {
         label_smoothing: 0.1,
         clip_norm: 1.0,
         model: ModelConfig {
+            cell,
             src_vocab_size: 24,
             tgt_vocab_size: 24,
             embedding_size: 16,
@@ -116,6 +121,16 @@ fn comparable(run_dir: &Path) -> Vec<String> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
+    resumed_equals_uninterrupted(Cell::Lstm)
+}
+
+#[test]
+fn resumed_gru_run_equals_uninterrupted_run() -> anyhow::Result<()> {
+    resumed_equals_uninterrupted(Cell::Gru)
+}
+
+fn resumed_equals_uninterrupted(cell: Cell) -> anyhow::Result<()> {
+    let config = |run: &Path, n: u64| config_with(run, n, cell);
     let tmp = tempfile::tempdir()?;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let data = data();

@@ -73,7 +73,13 @@ impl Decoder {
                     (_, true) => h,
                     (_, false) => 2 * h,
                 };
-                RecurrentLayer::new(cfg.cell, input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
+                RecurrentLayer::new(
+                    cfg.cell,
+                    input,
+                    h,
+                    cfg.layer_norm,
+                    vb.pp(format!("layers.{l}")),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let residual = (0..cfg.decoder_layers)

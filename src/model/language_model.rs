@@ -60,7 +60,13 @@ impl LanguageModel {
         let layers = (0..cfg.decoder_layers)
             .map(|l| {
                 let input = if l == 0 { cfg.embedding_size } else { h };
-                RecurrentLayer::new(cfg.cell, input, h, cfg.layer_norm, vb.pp(format!("layers.{l}")))
+                RecurrentLayer::new(
+                    cfg.cell,
+                    input,
+                    h,
+                    cfg.layer_norm,
+                    vb.pp(format!("layers.{l}")),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let residual = (0..cfg.decoder_layers)
