@@ -76,10 +76,11 @@ fn learns(cfg: ModelConfig, steps: usize) {
     let exact = out.iter().zip(&test).filter(|(o, p)| **o == p.tgt).count();
     let accuracy = exact as f64 / test.len() as f64;
     println!(
-        "{:?}/{:?}/input_feeding={}: {steps} steps in {:.1?}, last loss {last:.3}, exact match {:.1}%",
+        "{:?}/{:?}/input_feeding={}/cgru={}: {steps} steps in {:.1?}, last loss {last:.3}, exact match {:.1}%",
         cfg.cell,
         cfg.attention,
         cfg.input_feeding,
+        cfg.cgru,
         train_time,
         100.0 * accuracy
     );
@@ -139,6 +140,18 @@ fn tiny_gru_input_feeding_model_learns_reverse_and_map() {
             cell: Cell::Gru,
             input_feeding: true,
             attention: AttentionKind::General,
+            ..tiny()
+        },
+        300,
+    );
+}
+
+#[test]
+fn tiny_cgru_model_learns_reverse_and_map() {
+    learns(
+        ModelConfig {
+            cell: Cell::Gru,
+            cgru: true,
             ..tiny()
         },
         300,

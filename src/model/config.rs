@@ -91,6 +91,10 @@ pub struct ModelConfig {
     /// `false`: GNMT wiring — attention from the bottom layer's output, the context fed
     /// to every layer above (whole-sequence in time during training).
     pub input_feeding: bool,
+    /// Marian's conditional GRU decoder (cGRU): the bottom layer is `cell → attention →
+    /// cell`, the context fed into the recurrence (see `decoder.rs`). Needs `cell = "gru"`
+    /// and `input_feeding = false`.
+    pub cgru: bool,
     /// Share the output projection with the target embeddings (needs
     /// `embedding_size == hidden_size`).
     pub tie_target_embeddings: bool,
@@ -131,6 +135,7 @@ impl Default for ModelConfig {
             attention: AttentionKind::NormalizedAdditive,
             attention_heads: 4,
             input_feeding: false,
+            cgru: false,
             tie_target_embeddings: false,
             max_decode_len_a: 1.5,
             max_decode_len_b: 10,
@@ -197,6 +202,12 @@ impl ModelConfig {
                 "model config: attention_heads = {} must be at least 1 and divide hidden_size = {}",
                 self.attention_heads,
                 self.hidden_size
+            );
+        }
+        if self.cgru && (self.cell != Cell::Gru || self.input_feeding) {
+            bail!(
+                "model config: cgru = true needs cell = \"gru\" and input_feeding = false \
+                 (the conditional GRU is a wiring of its own)"
             );
         }
         if self.tie_target_embeddings && self.embedding_size != self.hidden_size {

@@ -8,7 +8,13 @@
 //!   attentional vector of step `t-1` is concatenated to the bottom layer's input at step
 //!   `t`. This is inherently sequential.
 //!
-//! Both end in the attentional vector `tanh(W [h_top; context])` and the output
+//! * Marian's conditional GRU (`cgru`, Sennrich et al. 2017, "Nematus"): the bottom layer is
+//!   a transition of two cells, `s'_t = GRU₁(y_{t-1}, s_{t-1})`, `c_t = attention(s'_t)`,
+//!   `s_t = GRU₂(c_t, s'_t)`, so the attention reads a state that has seen the previous
+//!   subword, and the context enters the recurrence. The layers above read `[s_t; c_t]`
+//!   as in the GNMT wiring. Sequential in time, like input feeding.
+//!
+//! All end in the attentional vector `tanh(W [h_top; context])` and the output
 //! projection. One decoder step ([`Decoder::step`]) is shared by greedy and beam search.
 
 use candle_core::{Result, Tensor};
@@ -49,6 +55,8 @@ impl DecoderState {
 pub struct Decoder {
     embedding: Embedding,
     layers: Vec<RecurrentLayer>,
+    /// cGRU: the second cell of the bottom transition, reading the context.
+    conditional: Option<RecurrentLayer>,
     residual: Vec<bool>,
     attention: Attention,
     /// `[h_top; context] → hidden`, followed by tanh: Luong's attentional vector.
@@ -85,6 +93,17 @@ impl Decoder {
         let residual = (0..cfg.decoder_layers)
             .map(|l| cfg.has_residual(l))
             .collect();
+        let conditional = if cfg.cgru {
+            Some(RecurrentLayer::new(
+                cfg.cell,
+                h,
+                h,
+                cfg.layer_norm,
+                vb.pp("conditional"),
+            )?)
+        } else {
+            None
+        };
         let attention =
             Attention::new(cfg.attention, cfg.attention_heads, h, h, vb.pp("attention"))?;
         let combine = linear(2 * h, h, vb.pp("combine"))?;
@@ -92,6 +111,7 @@ impl Decoder {
         Ok(Self {
             embedding,
             layers,
+            conditional,
             residual,
             attention,
             combine,
@@ -152,7 +172,7 @@ impl Decoder {
         dropout: &mut Dropout,
     ) -> Result<(Tensor, Tensor)> {
         let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
-        let (attentional, weights) = if self.input_feeding {
+        let (attentional, weights) = if self.input_feeding || self.conditional.is_some() {
             let (batch, steps, _) = emb.dims3()?;
             let mut state = self.init(batch, mem)?;
             let mut outputs = Vec::with_capacity(steps);
@@ -241,9 +261,14 @@ impl Decoder {
                 StepInput::Embedded(x) => self.layers[0].step(&x, &state.layers[0])?,
                 StepInput::Projected(p) => self.layers[0].step_projected(&p, &state.layers[0])?,
             };
+            let (context, weights) = attend(&s.h)?;
+            // cGRU: the attention read s'_t; s_t = GRU₂(c_t, s'_t).
+            let s = match &self.conditional {
+                Some(second) => second.step(&context, &s)?,
+                None => s,
+            };
             let mut h = s.h.clone();
             layers.push(s);
-            let (context, weights) = attend(&h)?;
             for (l, layer) in self.layers.iter().enumerate().skip(1) {
                 let input = dropout.apply(&Tensor::cat(&[&h, &context], 1)?)?;
                 let s = layer.step(&input, &state.layers[l])?;
