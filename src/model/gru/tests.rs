@@ -701,6 +701,23 @@ fn inference_path_matches_training_path() -> Result<()> {
     Ok(())
 }
 
+/// A batch of empty sequences: no outputs, the initial state unchanged, in both paths.
+#[test]
+fn empty_sequence_keeps_the_initial_state() -> Result<()> {
+    let case = Case::small(true, DType::F32, 12);
+    let values = case.tensors();
+    let gru = case.layer(&values)?;
+    let xs = values["xs"].narrow(1, 0, 0)?;
+    let mask = Tensor::ones((B, 0), DType::F32, &Device::Cpu)?;
+    let h0 = &values["h0"];
+    for recurrence in [Recurrence::Auto, Recurrence::StepByStep] {
+        let (hs, h) = gru.forward_with(&xs, &mask, false, Some(h0), recurrence)?;
+        assert_eq!(hs.dims(), [B, 0, H], "{recurrence:?}");
+        assert_eq!(max_abs_diff(&h, h0), 0.0, "{recurrence:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_shapes_are_clear_errors() -> Result<()> {
     let case = Case::small(false, DType::F32, 7);

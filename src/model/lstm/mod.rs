@@ -38,7 +38,7 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use kernel::LstmRecurrence;
+use kernel::{LstmRecurrence, LN_EPS};
 
 /// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
 /// call, batch blocks, buffer splitting, row-wise layer norm and its backward.
@@ -48,7 +48,6 @@ pub(crate) mod shared {
     pub(crate) use super::matmul::matmul;
     pub(crate) use super::recurrence::normalise as normalise_row;
 }
-use kernel::LN_EPS;
 
 /// The recurrent state of one layer for a batch: `h` and `c` are `[batch, hidden]`.
 #[derive(Clone, Debug)]
