@@ -169,11 +169,29 @@ fn bad_config_values_name_the_key() {
         (r#"{"attention": "bahdanau"}"#, "bahdanau"),
         (r#"{"bidirectional": "top"}"#, "top"),
         (r#"{"hidden_size": "big"}"#, "big"),
+        (r#"{"cell": "rnn"}"#, "rnn"),
+        (r#"{"task": "tagging"}"#, "tagging"),
+        (r#"{"cgru": true}"#, "cgru"),
+        (
+            r#"{"cgru": true, "cell": "gru", "input_feeding": true}"#,
+            "cgru",
+        ),
+        (r#"{"task": "lm", "decoder_layers": 0}"#, "decoder_layers"),
     ];
     for (json, key) in cases {
         let err = ModelConfig::from_json(json).expect_err(json);
         assert!(format!("{err:#}").contains(key), "{json}: {err:#}");
     }
+    // A language model ignores the encoder's keys.
+    let lm = ModelConfig::from_json(r#"{"task": "lm", "encoder_layers": 0, "src_vocab_size": 0}"#)
+        .unwrap();
+    assert_eq!(lm.task, rnmt::model::Task::Lm);
+    // Older config files (no task, no cell) are LSTM translation models.
+    let old = ModelConfig::from_json("{}").unwrap();
+    assert_eq!(
+        (old.task, old.cell),
+        (rnmt::model::Task::Translation, Cell::Lstm)
+    );
     // Defaults are valid, and every kind round-trips through JSON.
     for attention in [
         "additive",
