@@ -33,17 +33,18 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
-/// The model a config's `task` describes, as the trainer holds it.
+/// The model a config's `task` describes, as the trainer holds it (boxed: the two
+/// differ much in size, and there is one per run).
 pub enum Model {
-    Translation(Seq2Seq),
-    Language(LanguageModel),
+    Translation(Box<Seq2Seq>),
+    Language(Box<LanguageModel>),
 }
 
 impl Model {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match cfg.task {
-            Task::Translation => Self::Translation(Seq2Seq::new(cfg, vb)?),
-            Task::Lm => Self::Language(LanguageModel::new(cfg, vb)?),
+            Task::Translation => Self::Translation(Box::new(Seq2Seq::new(cfg, vb)?)),
+            Task::Lm => Self::Language(Box::new(LanguageModel::new(cfg, vb)?)),
         })
     }
 
