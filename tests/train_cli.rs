@@ -77,6 +77,62 @@ fn train_resume_average_plot() {
     );
     assert!(run_dir.join("curve.svg").is_file());
 
+    // The end of training chose best/'s α and β on the dev set, and the card shows the grid.
+    let e = stderr(&out);
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("search settings of"))
+        .unwrap_or_else(|| panic!("no tuning line in {e}"));
+    let field = |name: &str| -> f64 {
+        line.split(name)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (alpha, beta) = (field("alpha "), field("beta "));
+    assert_eq!(
+        (f64::from(mcfg.decode_alpha), f64::from(mcfg.decode_beta)),
+        (alpha, beta)
+    );
+    let tuned_bleu = field("dev BLEU ");
+    let card = std::fs::read_to_string(best.join("README.md")).unwrap();
+    assert!(card.contains("| β \\ α |"), "{card}");
+    assert!(card.contains(&format!("**{tuned_bleu:.2}**")), "{card}");
+    // The grid's figure is what `rnmt translate` with those settings scores on those lines.
+    let dev: Vec<String> = std::fs::read_to_string(t.join("val.de"))
+        .unwrap()
+        .lines()
+        .take(8)
+        .map(str::to_string)
+        .collect();
+    let refs: String = std::fs::read_to_string(t.join("val.en"))
+        .unwrap()
+        .lines()
+        .take(8)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(t, "dev8.de", (dev.join("\n") + "\n").as_bytes());
+    let ref_path = write(t, "dev8.en", refs.as_bytes());
+    let out = run(rnmt()
+        .args(["translate", "--beam", "5", "-m"])
+        .arg(&best)
+        .arg("-i")
+        .arg(t.join("dev8.de")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hyp = write(t, "dev8.hyp", &out.stdout);
+    let out = run(rnmt()
+        .arg("bleu")
+        .arg(&ref_path)
+        .arg("-i")
+        .arg(&hyp)
+        .args(["-f", "text", "-b", "-w", "2"]));
+    let score: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((score - tuned_bleu).abs() < 0.01, "{score} vs {tuned_bleu}");
+
     // A second fresh run into the same folder is refused.
     let out = run(rnmt()
         .arg("train")
@@ -93,6 +149,8 @@ fn train_resume_average_plot() {
         .arg(&run_dir)
         .args(["--set", "max_steps=8"]));
     assert!(out.status.success(), "resume: {}", stderr(&out));
+    // The tuned best/ is still the best checkpoint's model: not re-published.
+    assert!(!stderr(&out).contains("re-published"), "{}", stderr(&out));
     let records = read_metrics(&run_dir.join("metrics.jsonl")).unwrap();
     let last = records
         .iter()

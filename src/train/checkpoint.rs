@@ -312,9 +312,31 @@ pub fn repair_run(run_dir: &Path, best_step: Option<u64>, model_files: &[PathBuf
             _ => false,
         }
     };
+    // The end of training may have tuned best/'s search settings and added them to its
+    // card: that is still the best checkpoint's model.
+    let same_config = || -> bool {
+        let (Ok(mut a), Ok(b)) = (
+            crate::model::load_config(&best),
+            crate::model::load_config(&checkpoint),
+        ) else {
+            return false;
+        };
+        a.decode_alpha = b.decode_alpha;
+        a.decode_beta = b.decode_beta;
+        a == b
+    };
+    let same_card_start = || -> bool {
+        match (
+            fs::read(best.join(MODEL_CARD_FILE)),
+            fs::read(checkpoint.join(MODEL_CARD_FILE)),
+        ) {
+            (Ok(a), Ok(b)) => a.starts_with(&b),
+            _ => false,
+        }
+    };
     let complete = same(WEIGHTS_FILE)
-        && same(CONFIG_FILE)
-        && same(MODEL_CARD_FILE)
+        && same_config()
+        && same_card_start()
         && model_files
             .iter()
             .all(|f| f.file_name().is_some_and(|n| best.join(n).is_file()));

@@ -89,6 +89,10 @@ pub struct TrainConfig {
     /// Stop after this many validations without a better BLEU (0 = never).
     pub patience: u64,
 
+    /// At the end of training, choose `best/`'s search settings (α, β in its config.json)
+    /// by beam-5 BLEU on the dev set's first `valid_max_sentences` sentences over a small
+    /// grid (`train::tune`). Translation models with a dev set only.
+    pub tune_search: bool,
     pub model: ModelConfig,
 }
 
@@ -127,6 +131,7 @@ impl Default for TrainConfig {
             log_every: 1,
             keep_last: 3,
             patience: 10,
+            tune_search: true,
             model: ModelConfig::default(),
         }
     }

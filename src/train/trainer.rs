@@ -31,6 +31,7 @@ use crate::train::log::{MetricsLog, Progress, Record};
 use crate::train::loss::LabelSmoothedLoss;
 use crate::train::optim::{clip_scale, global_grad_norm, Adam};
 use crate::train::schedule::Schedule;
+use crate::train::tune;
 
 /// Dropout gets its own stream, so changing the dropout rate does not change the
 /// initial weights.
@@ -340,6 +341,9 @@ impl Trainer {
             "training stopped ({reason:?}) after {} steps",
             self.state.step
         ));
+        if self.cfg.tune_search {
+            self.tune_best_search(data, &progress)?;
+        }
         Ok(reason)
     }
 
@@ -404,6 +408,68 @@ impl Trainer {
         let card = self.model_card(data, validation.as_ref());
         self.write_checkpoint(card, is_best, &data.model_files)?;
         Ok(stop)
+    }
+
+    /// Chooses α and β for `best/` by beam search on the dev set ([`tune`]) and writes
+    /// them into its `config.json`, the grid into its model card. Translation models with
+    /// a dev set only.
+    fn tune_best_search(&self, data: &TrainData, progress: &Progress) -> Result<()> {
+        let (Some(valid), Task::Translation) = (&data.valid, self.cfg.model.task) else {
+            return Ok(());
+        };
+        let best = checkpoint::best_dir(&self.cfg.run_dir);
+        if !best.join(WEIGHTS_FILE).is_file() {
+            return Ok(());
+        }
+        let (model, mut cfg) = crate::model::load_model(&best, &self.device)?;
+        let n = self.valid_subset_len(valid);
+        let grid = tune::search_grid(
+            &Ensemble::single(&model),
+            &SearchConfig::for_model(&cfg),
+            &valid.pairs[..n],
+            &valid.references[..n],
+            &*data.detokenize,
+            self.cfg.valid_max_tokens,
+            &self.device,
+        )?;
+        let Some(chosen) = tune::best_point(&grid) else {
+            return Ok(());
+        };
+        cfg.decode_alpha = chosen.alpha;
+        cfg.decode_beta = chosen.beta;
+        write_atomic(
+            &best.join(CONFIG_FILE),
+            (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
+        )?;
+        let card_path = best.join(MODEL_CARD_FILE);
+        let card = std::fs::read_to_string(&card_path)
+            .with_context(|| format!("reading {}", card_path.display()))?;
+        let card = format!(
+            "{card}\nSearch settings in config.json, chosen by dev BLEU with beam {} over {n} \
+             dev sentences: α (decode_alpha) {}, β (decode_beta) {}.\n\n{}",
+            tune::TUNING_BEAM,
+            chosen.alpha,
+            chosen.beta,
+            tune::grid_table(&grid, chosen)
+        );
+        write_atomic(&card_path, card.as_bytes())?;
+        progress.println(&format!(
+            "search settings of {}: alpha {} beta {} (dev BLEU {:.2} at beam {})",
+            best.display(),
+            chosen.alpha,
+            chosen.beta,
+            chosen.bleu,
+            tune::TUNING_BEAM
+        ));
+        Ok(())
+    }
+
+    /// The dev sentences translated for BLEU: the first `valid_max_sentences` (0: all).
+    fn valid_subset_len(&self, valid: &ValidSet) -> usize {
+        match self.cfg.valid_max_sentences {
+            0 => valid.pairs.len(),
+            n => n.min(valid.pairs.len()),
+        }
     }
 
     /// `best/README.md`: what the model is and how it was trained.
@@ -541,10 +607,7 @@ impl Trainer {
                 })
             }
         };
-        let n = match self.cfg.valid_max_sentences {
-            0 => valid.pairs.len(),
-            n => n.min(valid.pairs.len()),
-        };
+        let n = self.valid_subset_len(valid);
         let subset = &valid.pairs[..n];
         let mut hyps = vec![String::new(); n];
         // The search `rnmt translate --beam 1` runs, with the model's length bound (α
