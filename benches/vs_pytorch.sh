@@ -9,6 +9,8 @@
 # A = embeddings 256, hidden 256; B = 512/512 (configs/multi30k-de-en.toml otherwise:
 # 2+2 layers, bidirectional bottom layer, normalised additive attention, GNMT wiring,
 # tied output). THREADS defaults to 2. ratio = rnmt / pytorch (above 1: rnmt is faster).
+# CELL=gru (default lstm) makes every layer a GRU in both (`--set model.cell="gru"`;
+# torch.nn.GRU on the PyTorch side), e.g. `CELL=gru benches/vs_pytorch.sh train A 1`.
 #
 # train: dumps the first STEPS batches of epoch 0 and rnmt's initial model
 # (examples/dump_batches.rs), checks that PyTorch reproduces rnmt's loss and gradient
@@ -32,8 +34,9 @@
 # Environment: RNMT_BENCH_VENV (virtualenv with torch; created with pip if missing;
 # default ~/.cache/rnmt-bench-venv), TORCH_PIP_ARGS (extra pip arguments, e.g.
 # "--index-url https://download.pytorch.org/whl/cpu"), RNMT_CORPORA, WORK (default
-# target/vs_pytorch), ROUNDS (3), STEPS (60), WARMUP (10), MAX_TOKENS (1024),
-# DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL, SHORTLIST, SHORTLIST_SIZE.
+# target/vs_pytorch), CELL (lstm | gru), ROUNDS (3), STEPS (60), WARMUP (10),
+# MAX_TOKENS (1024), DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL, SHORTLIST,
+# SHORTLIST_SIZE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -49,6 +52,10 @@ case "$size" in
   B) width=512 ;;
   *) echo "config must be A (256) or B (512), got $size" >&2 && exit 2 ;;
 esac
+cell=${CELL:-lstm}
+case "$cell" in lstm | gru) ;; *) echo "CELL must be lstm or gru, got $cell" >&2 && exit 2 ;; esac
+tag=${cell#lstm} # file name suffix: none for the LSTM (the names before CELL), -gru
+tag=${tag:+-$tag}
 rounds=${ROUNDS:-3} steps=${STEPS:-60} warmup=${WARMUP:-10}
 work=${WORK:-target/vs_pytorch}
 mkdir -p "$work"
@@ -82,7 +89,8 @@ if [ ! -f "$data/prepare.json" ]; then
 fi
 sets=(--set "data=\"$data\"" --set "model.embedding_size=$width" --set "model.hidden_size=$width"
   --set "threads=$threads" --set "max_tokens=${MAX_TOKENS:-1024}" --set valid_every=0
-  --set max_epochs=0 --set max_minutes=0.0 --set log_every=1 --set "max_steps=$steps")
+  --set max_epochs=0 --set max_minutes=0.0 --set log_every=1 --set "max_steps=$steps"
+  --set "model.cell=\"$cell\"")
 config=configs/multi30k-de-en.toml
 
 peak_mib() { # the `time -v` report → peak RSS in MiB
@@ -90,8 +98,14 @@ peak_mib() { # the `time -v` report → peak RSS in MiB
 }
 median() { printf "%s\n" "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+cpu() { # the CPU model and its SIMD flags that the matmul kernels can use
+  awk -F': ' '/^model name/ && !m {m = $2} /^flags/ && !f {f = $2}
+    END {n = split(f, a, " "); s = ""
+      for (i = 1; i <= n; i++) if (a[i] ~ /^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512_vnni|avx512_bf16|amx_.*)$/) s = s " " a[i]
+      print "cpu: " m ";" s}' /proc/cpuinfo
+}
 
-batches=$work/batches-$size.jsonl init=$work/init-$size
+batches=$work/batches-$size$tag.jsonl init=$work/init-$size$tag
 if [ "$mode" != decode ]; then
   "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches "$steps" \
     --out "$batches" --model-out "$init" --check-steps 3 2> "$work/dump.log" ||
@@ -110,14 +124,15 @@ fi
 if [ "$mode" = train ]; then
   "$py" benches/torch_ref/train.py --model "$init" --batches "$batches" --threads "$threads" --check |
     tail -n 1
-  echo "config $size (emb/hidden $width), $threads thread(s), $steps steps ($warmup warm-up), $rounds rounds"
+  echo "config $size (emb/hidden $width, $cell), $threads thread(s), $steps steps ($warmup warm-up), $rounds rounds"
+  cpu
   # Final losses differ only through dropout masks (and float rounding): a sanity check
   # that both frameworks train the same model on the same batches.
   printf "%-6s %14s %14s %12s %12s %11s %11s\n" round "rnmt tok/s" "pytorch tok/s" "rnmt MiB" \
     "pytorch MiB" "rnmt loss" "torch loss"
   ours=() theirs=() our_mem=() their_mem=()
   for r in $(seq "$rounds"); do
-    run=$work/run-$size-$threads
+    run=$work/run-$size$tag-$threads
     rm -rf "$run"
     /usr/bin/time -v -o "$work/time-rnmt" "$rnmt" train --config "$config" "${sets[@]}" \
       --set "run_dir=\"$run\"" --set "max_steps=$steps" > /dev/null 2> "$work/rnmt.log" ||
@@ -155,7 +170,7 @@ fi
 # decode
 model=${MODEL:-}
 if [ -z "$model" ]; then
-  run=$work/decode-model-$size
+  run=$work/decode-model-$size$tag
   if [ ! -f "$run/best/config.json" ]; then
     rm -rf "$run"
     echo "training the decode model: ${DECODE_TRAIN_STEPS:-600} steps into $run" >&2
@@ -186,7 +201,8 @@ wall() { # OUT command... → sentences/s, wall clock; stdout into OUT
   t1=$(date +%s.%N)
   awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", n / (b - a)}'
 }
-echo "config $size (emb/hidden $width), $threads thread(s), $n sentences, $rounds rounds, model $model${decode_args[*]:+, rnmt ${decode_args[*]}}"
+echo "config $size (emb/hidden $width, $cell), $threads thread(s), $n sentences, $rounds rounds, model $model${decode_args[*]:+, rnmt ${decode_args[*]}}"
+cpu
 printf "%-5s %-6s %14s %14s\n" beam round "rnmt sent/s" "pytorch sent/s"
 summary=()
 for beam in 1 5; do

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Proves the PyTorch reference computes rnmt's model: for config A, B and variants
 # covering every attention kind, input feeding, all-bidirectional encoders, residuals,
-# untied outputs and deeper stacks, rnmt and PyTorch start from the same weights and take
-# 3 Adam steps on the same Multi30k batches (dropout off); loss, NLL and gradient norm
-# must agree to 1e-3 relative at every step. Exit status 1 on the first disagreement.
+# untied outputs, deeper stacks, GRU cells and the conditional GRU, rnmt and PyTorch
+# start from the same weights and take 3 Adam steps on the same Multi30k batches
+# (dropout off); loss, NLL and gradient norm must agree to 1e-3 relative at every step. Exit status 1 on the first disagreement.
 #
 #   DATA=target/vs_pytorch/multi30k-de-en-8000 benches/torch_ref/check.sh
 #
@@ -24,6 +24,10 @@ variants=(
   "general+input feeding|model.attention=\"general\" model.input_feeding=true"
   "additive+all bidirectional+residual 2+untied|model.attention=\"additive\" model.bidirectional=\"all\" model.residual_from=2 model.tie_target_embeddings=false"
   "multi-head, 3+3 layers|model.attention=\"multi_head_additive\" model.encoder_layers=3 model.decoder_layers=3 model.residual_from=2"
+  "GRU A|model.cell=\"gru\""
+  "GRU general+input feeding|model.cell=\"gru\" model.attention=\"general\" model.input_feeding=true"
+  "GRU multi-head+all bidirectional+residual 2|model.cell=\"gru\" model.attention=\"multi_head_additive\" model.bidirectional=\"all\" model.residual_from=2 model.tie_target_embeddings=false"
+  "cGRU|model.cell=\"gru\" model.cgru=true"
 )
 for v in "${variants[@]}"; do
   name=${v%%|*}

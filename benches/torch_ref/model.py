@@ -10,6 +10,13 @@ Rust code:
   sequences, so the reverse direction starts at the last real token, as in rnmt;
   unidirectional layers run on the padded batch (padding only follows the real tokens,
   and every use of a padded position is masked: encoder memory, attention, loss).
+* GRU layers (`cell = "gru"`): torch.nn.GRU is rnmt's GRU (gate order r, z, n, reset
+  applied after the recurrent product), so `weight_ih`, `weight_hh`, `bias_ih` and
+  `bias_hh` map one to one, both biases trained; packing as for the LSTM. A GRU step
+  returns its state as the pair (h, h), so decoder states look the same for both cells.
+* cGRU (`cgru = true`, Marian's conditional GRU): the bottom decoder layer is
+  `s' = GRU1(y, s)`, `c = attention(s')`, `s = GRU2(c, s')` (`decoder.conditional`),
+  run step by step like input feeding.
 * Encoder: embeddings; every layer reads dropout(input); layer 1 (or every layer with
   `bidirectional = "all"`) is bidirectional with hidden/2 per direction, concatenated;
   residual `out + dropout(input)` from `residual_from`; memory zeroed at padding.
@@ -21,7 +28,8 @@ Rust code:
 * Loss: label smoothing as src/train/loss.rs (target keeps 1-s, s spread over the other
   V-1 tokens), summed over real tokens, divided by their count.
 
-Layer norm (RNMT+ cells) is not implemented: `layer_norm = true` is rejected.
+Layer norm (RNMT+ cells) is not implemented: `layer_norm = true` is rejected, and so is
+the language model (`task = "lm"`).
 """
 
 import ctypes
@@ -82,6 +90,7 @@ def save_safetensors(tensors, path):
 # ----------------------------------------------------------------------------- config
 
 DEFAULTS = dict(
+    task="translation", cell="lstm", cgru=False, src_lang=None, tgt_lang=None,
     src_vocab_size=8000, tgt_vocab_size=8000, embedding_size=256, hidden_size=256,
     encoder_layers=2, decoder_layers=2, bidirectional="bottom", residual_from=3, dropout=0.2,
     layer_norm=False, attention="normalized_additive", attention_heads=4, input_feeding=False,
@@ -99,6 +108,12 @@ class Config:
             setattr(self, k, v)
         if self.layer_norm:
             raise ValueError("the PyTorch reference does not implement layer_norm = true")
+        if self.task != "translation":
+            raise ValueError(f"the PyTorch reference implements task = \"translation\" only, not {self.task!r}")
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"model config: unknown cell {self.cell!r}")
+        if self.cgru and (self.cell != "gru" or self.input_feeding):
+            raise ValueError('model config: cgru = true needs cell = "gru" and input_feeding = false')
         if self.attention not in ("additive", "normalized_additive", "dot", "general", "multi_head_additive"):
             raise ValueError(f"model config: unknown attention {self.attention!r}")
 
@@ -152,6 +167,36 @@ class LstmLayer(nn.Module):
         """One unidirectional step: x [B, I], state (h, c) → (h, c)."""
         m = self.lstm
         return torch.lstm_cell(x, state, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+
+
+class GruLayer(nn.Module):
+    """One (optionally bidirectional) GRU layer over padded sequences: rnmt's GRU is
+    torch.nn.GRU, both biases included."""
+
+    def __init__(self, input_size, hidden_size, bidirectional):
+        super().__init__()
+        self.gru = nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x, lengths):
+        """As LstmLayer.forward."""
+        if not self.gru.bidirectional:
+            return self.gru(x)[0]
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+    def step(self, x, state):
+        """One unidirectional step: x [B, I], state (h, h) → (h', h') (a GRU has no cell
+        state; the pair keeps decoder states shaped as the LSTM's)."""
+        m = self.gru
+        h = torch.gru_cell(x, state[0], m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+        return h, h
+
+
+def recurrent_layer(cfg, input_size, hidden_size, bidirectional):
+    layer = GruLayer if cfg.cell == "gru" else LstmLayer
+    return layer(input_size, hidden_size, bidirectional)
 
 
 class Attention(nn.Module):
@@ -213,7 +258,7 @@ class Encoder(nn.Module):
         for l in range(cfg.encoder_layers):
             bi = l == 0 or cfg.bidirectional == "all"
             inp = cfg.embedding_size if l == 0 else h
-            self.layers.append(LstmLayer(inp, h // 2 if bi else h, bi))
+            self.layers.append(recurrent_layer(cfg, inp, h // 2 if bi else h, bi))
             self.residual.append(cfg.has_residual(l))
         self.dropout = Dropout(cfg.dropout)
 
@@ -240,7 +285,9 @@ class Decoder(nn.Module):
                 inp = cfg.embedding_size + (h if cfg.input_feeding else 0)
             else:
                 inp = h if cfg.input_feeding else 2 * h
-            self.layers.append(LstmLayer(inp, h, False))
+            self.layers.append(recurrent_layer(cfg, inp, h, False))
+        # cGRU: the second cell of the bottom transition, reading the context.
+        self.conditional = recurrent_layer(cfg, h, h, False) if cfg.cgru else None
         self.residual = [cfg.has_residual(l) for l in range(cfg.decoder_layers)]
         self.attention = Attention(cfg.attention, cfg.attention_heads, h)
         self.combine = nn.Linear(2 * h, h)
@@ -256,7 +303,7 @@ class Decoder(nn.Module):
 
     def forward(self, mem, tgt_in, tgt_lengths):
         emb = self.dropout(self.embedding(tgt_in))
-        if self.input_feeding:
+        if self.input_feeding or self.conditional is not None:
             state = self.init(emb.shape[0], emb)
             outs, ws = [], []
             for t in range(emb.shape[1]):
@@ -297,9 +344,11 @@ class Decoder(nn.Module):
             context, weights = attend(h)
         else:
             s = self.layers[0].step(x, layer_states[0])
+            context, weights = attend(s[0])
+            if self.conditional is not None:  # cGRU: the attention read s'; s = GRU2(c, s')
+                s = self.conditional.step(context, s)
             new.append(s)
             h = s[0]
-            context, weights = attend(h)
             for l in range(1, len(self.layers)):
                 s = self.layers[l].step(self.dropout(torch.cat([h, context], 1)), layer_states[l])
                 h = s[0] + h if self.residual[l] else s[0]
@@ -334,7 +383,7 @@ class Seq2Seq(nn.Module):
         """{rnmt name: torch parameter}; one entry per rnmt tensor."""
         out = {}
         for name, p in self.named_parameters():
-            if "bias_hh" in name:
+            if "lstm.bias_hh" in name:  # frozen zeros; rnmt's LSTM has one bias
                 continue
             out[_to_rnmt_name(name)] = p
         return out
@@ -360,10 +409,11 @@ class Seq2Seq(nn.Module):
 def _to_rnmt_name(name):
     """torch parameter name → rnmt's (see src/model/*.rs VarBuilder paths)."""
     parts = name.split(".")
-    if parts[-2] == "lstm":  # encoder.layers.0.lstm.weight_ih_l0_reverse
+    if parts[-2] in ("lstm", "gru"):  # encoder.layers.0.lstm.weight_ih_l0_reverse
         prefix = ".".join(parts[:-2])
         kind, *rest = parts[-1].split("_l0")
-        kind = "bias" if kind == "bias_ih" else kind
+        if parts[-2] == "lstm" and kind == "bias_ih":
+            kind = "bias"
         if prefix.startswith("encoder"):
             direction = "backward" if rest and rest[0] == "_reverse" else "forward"
             return f"{prefix}.{direction}.{kind}"

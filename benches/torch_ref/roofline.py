@@ -7,7 +7,7 @@ batches, and the fraction of this machine's measured sgemm peak that a throughpu
 
 FLOPs are counted from the padded batch shapes (what the kernels compute), 2 per
 multiply-add, training = 3 x forward (forward, input gradients, weight gradients).
-Counted: LSTM input and recurrent projections, attention projections, scores and
+Counted: LSTM/GRU input and recurrent projections, attention projections, scores and
 contexts, the combine layer and the output projection. Not counted: element-wise work
 (gates, tanh of additive attention counted separately as `elementwise`), softmax, loss,
 Adam. Needs only the Python standard library.
@@ -30,8 +30,10 @@ def forward_flops(cfg, b, s, t):
     e, h, v = cfg["embedding_size"], cfg["hidden_size"], cfg["tgt_vocab_size"]
     mm = 0
 
+    gates = 3 if cfg.get("cell") == "gru" else 4  # GRU: r, z, n; LSTM: i, f, g, o
+
     def lstm(rows, inp, hid):
-        return 2 * rows * inp * 4 * hid + 2 * rows * hid * 4 * hid
+        return 2 * rows * inp * gates * hid + 2 * rows * hid * gates * hid
 
     for l in range(cfg["encoder_layers"]):
         inp = e if l == 0 else h
@@ -50,6 +52,8 @@ def forward_flops(cfg, b, s, t):
         else:
             inp = e if l == 0 else 2 * h
         mm += lstm(b * t, inp, h)
+    if cfg.get("cgru"):
+        mm += lstm(b * t, h, h)  # the conditional GRU's second cell
     elementwise = 0
     if att in ("dot", "general"):
         mm += 2 * b * t * s * h  # scores
