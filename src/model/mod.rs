@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod dropout;
 pub mod encoder;
 pub mod fastmath;
+pub(crate) mod fused;
 pub mod gru;
 pub mod init;
 pub mod language_model;

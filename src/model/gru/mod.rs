@@ -53,6 +53,7 @@ use candle_nn::{Init, VarBuilder};
 
 pub use super::lstm::Recurrence;
 
+use super::fused;
 use super::lstm::{masked_update, normalise, xs_times_w_ih};
 use kernel::GruRecurrence;
 
@@ -182,11 +183,7 @@ impl Gru {
         init: &Tensor,
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor)> {
-        let fused = recurrence == Recurrence::Auto
-            && xproj.device().is_cpu()
-            && matches!(xproj.dtype(), DType::F32 | DType::F64)
-            && xproj.dim(1)? > 0;
-        if fused {
+        if fused::runs_fused(xproj, recurrence)? {
             self.fused_recurrence(xproj, mask, reverse, init)
         } else {
             let xproj = self.finish_input_projection(xproj)?;
@@ -246,14 +243,7 @@ impl Gru {
         init: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (batch, time, _) = xproj.dims3()?;
-        let h = self.hidden_size;
-        let mask: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let mask = fused::mask_flags(mask)?;
         let mut aux = vec![
             init.flatten_all()?,
             self.bias_ih.clone(),
@@ -262,24 +252,12 @@ impl Gru {
         if let Some(ln) = &self.layer_norm {
             aux.extend([ln.ih.clone(), ln.hh.clone()]);
         }
-        let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
-        let xproj = xproj.contiguous()?;
-        let w_hh = self.weight_hh.to_dtype(xproj.dtype())?.contiguous()?;
-        let needs_grad = xproj.track_op() || w_hh.track_op() || aux.track_op();
-        let op = GruRecurrence::new(
-            (batch, time, h),
-            reverse,
-            self.layer_norm.is_some(),
-            mask,
-            needs_grad,
-        );
-        let out = if needs_grad {
-            xproj.apply_op3(&w_hh, &aux, op)?
-        } else {
-            xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
-        };
-        // Dense copies rather than views into the op's output, as the LSTM's.
-        let last = out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?;
+        let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
+            let sizes = (batch, time, self.hidden_size);
+            let ln = self.layer_norm.is_some();
+            GruRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+        })?;
+        let last = fused::output_row(&out, time)?;
         Ok((out.narrow(1, 0, time)?.contiguous()?, last))
     }
 

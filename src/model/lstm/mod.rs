@@ -38,13 +38,13 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use super::fused;
 use kernel::{LstmRecurrence, LN_EPS};
 
 /// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
-/// call, batch blocks, buffer splitting, row-wise layer norm and its backward.
+/// call, row-wise layer norm and its backward (the op's plumbing is [`crate::model::fused`]).
 pub(crate) mod shared {
     pub(crate) use super::bptt::normalise_backward;
-    pub(crate) use super::kernel::{batch_blocks, slice_of, take};
     pub(crate) use super::matmul::matmul;
     pub(crate) use super::recurrence::normalise as normalise_row;
 }
@@ -213,16 +213,11 @@ impl Lstm {
         init: &LstmState,
         recurrence: Recurrence,
     ) -> Result<(Tensor, LstmState)> {
-        let init = init.clone();
-        let fused = recurrence == Recurrence::Auto
-            && xproj.device().is_cpu()
-            && matches!(xproj.dtype(), DType::F32 | DType::F64)
-            && xproj.dim(1)? > 0;
-        if fused {
-            self.fused_recurrence(xproj, mask, reverse, &init)
+        if fused::runs_fused(xproj, recurrence)? {
+            self.fused_recurrence(xproj, mask, reverse, init)
         } else {
             let xproj = self.finish_input_projection(xproj)?;
-            self.stepwise_recurrence(&xproj, mask, reverse, init)
+            self.stepwise_recurrence(&xproj, mask, reverse, init.clone())
         }
     }
 
@@ -284,14 +279,7 @@ impl Lstm {
         init: &LstmState,
     ) -> Result<(Tensor, LstmState)> {
         let (batch, time, _) = xproj.dims3()?;
-        let h = self.hidden_size;
-        let mask: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let mask = fused::mask_flags(mask)?;
         let mut aux = vec![
             init.h.flatten_all()?,
             init.c.flatten_all()?,
@@ -305,28 +293,14 @@ impl Lstm {
                 ln.cell_bias.clone(),
             ]);
         }
-        let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
-        let xproj = xproj.contiguous()?;
-        let w_hh = self.weight_hh.to_dtype(xproj.dtype())?.contiguous()?;
-        let needs_grad = xproj.track_op() || w_hh.track_op() || aux.track_op();
-        let op = LstmRecurrence::new(
-            (batch, time, h),
-            reverse,
-            self.layer_norm.is_some(),
-            mask,
-            needs_grad,
-        );
-        let out = if needs_grad {
-            xproj.apply_op3(&w_hh, &aux, op)?
-        } else {
-            xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
-        };
-        // Dense copies rather than views into the op's output: some candle ops (and custom
-        // kernels downstream) want contiguous inputs, and the copies are small next to the
-        // recurrence.
+        let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
+            let sizes = (batch, time, self.hidden_size);
+            let ln = self.layer_norm.is_some();
+            LstmRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+        })?;
         let state = LstmState {
-            h: out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?,
-            c: out.narrow(1, time + 1, 1)?.squeeze(1)?.contiguous()?,
+            h: fused::output_row(&out, time)?,
+            c: fused::output_row(&out, time + 1)?,
         };
         Ok((out.narrow(1, 0, time)?.contiguous()?, state))
     }
