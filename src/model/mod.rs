@@ -17,6 +17,8 @@ pub mod lstm;
 pub mod persist;
 pub mod recurrent;
 pub mod seq2seq;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use attention::{Attention, AttentionMemory};
 pub use config::{AttentionKind, Bidirectional, Cell, ModelConfig, Task};
