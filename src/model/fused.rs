@@ -9,6 +9,7 @@
 //! the recurrence chooses), and its output `[B, T + STATE_ROWS, H]`.
 
 use std::any::Any;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -46,6 +47,65 @@ pub(crate) trait FusedRecurrence: Send + Sync {
         w_hh: &[T],
         aux: &[T],
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)>;
+}
+
+/// The fused recurrence of one layer over one batch: what the LSTM's and the GRU's have in
+/// common. `K` marks the cell ([`crate::model::lstm`]'s or [`crate::model::gru`]'s
+/// `kernel.rs`, which implement the rest: the layout of `aux`, forward and backward).
+pub(crate) struct Recurrent<K> {
+    pub(crate) batch: usize,
+    pub(crate) time: usize,
+    pub(crate) hidden: usize,
+    pub(crate) reverse: bool,
+    pub(crate) layer_norm: bool,
+    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
+    pub(crate) mask: Vec<bool>,
+    /// Forward keeps its intermediates only when a gradient may be asked for.
+    pub(crate) keep_saved: bool,
+    pub(crate) saved: SavedState,
+    cell: PhantomData<K>,
+}
+
+impl<K> Recurrent<K> {
+    pub(crate) fn new(
+        (batch, time, hidden): (usize, usize, usize),
+        reverse: bool,
+        layer_norm: bool,
+        mask: Vec<bool>,
+        keep_saved: bool,
+    ) -> Self {
+        debug_assert_eq!(mask.len(), batch * time);
+        Self {
+            batch,
+            time,
+            hidden,
+            reverse,
+            layer_norm,
+            mask,
+            keep_saved,
+            saved: SavedState::default(),
+            cell: PhantomData,
+        }
+    }
+
+    /// Time positions the saved buffers hold per sequence: all of them when backward will
+    /// need them, else one reused slot (inference skips storing what only backward reads).
+    pub(crate) fn saved_slots(&self) -> usize {
+        if self.keep_saved {
+            self.time
+        } else {
+            1
+        }
+    }
+
+    /// The time position of processing step `step` (backwards for a reversed layer).
+    pub(crate) fn time_at(&self, step: usize) -> usize {
+        if self.reverse {
+            self.time - 1 - step
+        } else {
+            step
+        }
+    }
 }
 
 /// A [`FusedRecurrence`] as a candle op (f32 and f64 on the CPU).

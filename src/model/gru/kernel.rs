@@ -24,7 +24,7 @@ use super::bptt::backward_block;
 use super::recurrence::forward_block;
 use crate::model::fastmath::Real;
 use crate::model::fused::{
-    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, SavedState,
+    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, Recurrent,
 };
 
 /// What backward needs from forward, laid out `[B, T, ·]` like the op's inputs so that the
@@ -44,19 +44,11 @@ pub(super) struct Saved<T> {
     pub(super) rstd: Vec<T>,
 }
 
-/// The fused recurrence of one layer over one batch.
-pub struct GruRecurrence {
-    pub(super) batch: usize,
-    pub(super) time: usize,
-    pub(super) hidden: usize,
-    reverse: bool,
-    layer_norm: bool,
-    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
-    pub(super) mask: Vec<bool>,
-    /// Forward keeps its intermediates only when a gradient may be asked for.
-    pub(super) keep_saved: bool,
-    saved: SavedState,
-}
+/// Marks [`Recurrent`] as the GRU's.
+pub(crate) enum GruCell {}
+
+/// The fused GRU recurrence of one layer over one batch.
+pub(crate) type GruRecurrence = Recurrent<GruCell>;
 
 /// Layer-norm gains inside `aux` (after the state and the biases).
 #[derive(Clone, Copy)]
@@ -66,28 +58,8 @@ pub(super) struct LnParams<'a, T> {
 }
 
 impl GruRecurrence {
-    pub fn new(
-        (batch, time, hidden): (usize, usize, usize),
-        reverse: bool,
-        layer_norm: bool,
-        mask: Vec<bool>,
-        keep_saved: bool,
-    ) -> Self {
-        debug_assert_eq!(mask.len(), batch * time);
-        Self {
-            batch,
-            time,
-            hidden,
-            reverse,
-            layer_norm,
-            mask,
-            keep_saved,
-            saved: SavedState::default(),
-        }
-    }
-
     /// Length of the `aux` input for these sizes.
-    pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
+    pub(crate) fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
         batch * hidden + Self::params_len(hidden, layer_norm)
     }
 
@@ -100,25 +72,6 @@ impl GruRecurrence {
         }
     }
 
-    /// Time positions the saved buffers hold per sequence: all of them when backward will
-    /// need them, else one reused slot.
-    pub(super) fn saved_slots(&self) -> usize {
-        if self.keep_saved {
-            self.time
-        } else {
-            1
-        }
-    }
-
-    pub(super) fn time_at(&self, step: usize) -> usize {
-        if self.reverse {
-            self.time - 1 - step
-        } else {
-            step
-        }
-    }
-
-    /// `(b_ih, b_hh)` inside `aux`.
     pub(super) fn biases<'a, T>(&self, aux: &'a [T]) -> (&'a [T], &'a [T]) {
         let (at, g3) = (self.batch * self.hidden, 3 * self.hidden);
         (&aux[at..at + g3], &aux[at + g3..at + 2 * g3])

@@ -37,7 +37,7 @@ use super::bptt::backward_block;
 use super::recurrence::forward_block;
 use crate::model::fastmath::Real;
 use crate::model::fused::{
-    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, SavedState,
+    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, Recurrent,
 };
 
 /// Added to the variance in every layer norm (PyTorch's default).
@@ -63,19 +63,11 @@ pub(super) struct Saved<T> {
     pub(super) c_rstd: Vec<T>,
 }
 
-/// The fused recurrence of one layer over one batch.
-pub struct LstmRecurrence {
-    pub(super) batch: usize,
-    pub(super) time: usize,
-    pub(super) hidden: usize,
-    reverse: bool,
-    layer_norm: bool,
-    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
-    pub(super) mask: Vec<bool>,
-    /// Forward keeps its intermediates only when a gradient may be asked for.
-    pub(super) keep_saved: bool,
-    saved: SavedState,
-}
+/// Marks [`Recurrent`] as the LSTM's.
+pub(crate) enum LstmCell {}
+
+/// The fused LSTM recurrence of one layer over one batch.
+pub(crate) type LstmRecurrence = Recurrent<LstmCell>;
 
 /// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
@@ -87,28 +79,8 @@ pub(super) struct LnParams<'a, T> {
 }
 
 impl LstmRecurrence {
-    pub fn new(
-        (batch, time, hidden): (usize, usize, usize),
-        reverse: bool,
-        layer_norm: bool,
-        mask: Vec<bool>,
-        keep_saved: bool,
-    ) -> Self {
-        debug_assert_eq!(mask.len(), batch * time);
-        Self {
-            batch,
-            time,
-            hidden,
-            reverse,
-            layer_norm,
-            mask,
-            keep_saved,
-            saved: SavedState::default(),
-        }
-    }
-
     /// Length of the `aux` input for these sizes.
-    pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
+    pub(crate) fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
         2 * batch * hidden + Self::params_len(hidden, layer_norm)
     }
 
@@ -118,24 +90,6 @@ impl LstmRecurrence {
             14 * hidden
         } else {
             4 * hidden
-        }
-    }
-
-    /// Time positions the saved buffers hold per sequence: all of them when backward will
-    /// need them, else one reused slot (inference skips storing what only backward reads).
-    pub(super) fn saved_slots(&self) -> usize {
-        if self.keep_saved {
-            self.time
-        } else {
-            1
-        }
-    }
-
-    pub(super) fn time_at(&self, step: usize) -> usize {
-        if self.reverse {
-            self.time - 1 - step
-        } else {
-            step
         }
     }
 
