@@ -56,6 +56,16 @@ pub(crate) fn random_vars(
 pub(crate) trait Harness {
     fn vars(&self) -> &[(String, Var)];
 
+    /// The layer run on `values`: its outputs `[B, T, H]` and its final state's tensors
+    /// (`[B, H]` each) by name.
+    #[allow(clippy::type_complexity)]
+    fn outputs(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)>;
+
     /// The scalar loss of the layer run on `values` (the case's own, or perturbed copies).
     fn loss(
         &self,
@@ -236,6 +246,74 @@ pub(crate) fn assert_rows_match_alone(
                 "{what}: final {part}"
             );
         }
+    }
+    Ok(())
+}
+
+/// The fused op and the step-by-step path agree on `case`: outputs and final state within
+/// 1e-12, gradients within 1e-11 (relative to their scale where that exceeds 1).
+pub(crate) fn assert_fused_matches_stepwise(case: &impl Harness, reverse: bool) -> Result<()> {
+    let values = case.tensors();
+    let (hs_f, st_f) = case.outputs(&values, reverse, Recurrence::Auto)?;
+    let (hs_r, st_r) = case.outputs(&values, reverse, Recurrence::StepByStep)?;
+    assert!(
+        max_abs_diff(&hs_f, &hs_r) < 1e-12,
+        "reverse={reverse}: outputs"
+    );
+    for ((part, f), (_, r)) in st_f.iter().zip(&st_r) {
+        assert!(max_abs_diff(f, r) < 1e-12, "reverse={reverse}: {part}");
+    }
+    let fused = case.gradients(reverse, Recurrence::Auto)?;
+    let reference = case.gradients(reverse, Recurrence::StepByStep)?;
+    let what = format!("reverse={reverse}");
+    assert_gradients_match(&fused, &reference, 1e-11, false, &what);
+    Ok(())
+}
+
+/// A `[3, 5]` mask with padding in the middle of rows, not only at their ends.
+pub(crate) fn interior_padding_mask() -> Result<Tensor> {
+    Tensor::from_vec(
+        vec![
+            1f32, 0., 1., 1., 0., //
+            0., 1., 0., 1., 1., //
+            1., 1., 1., 0., 0.,
+        ],
+        (3, 5),
+        &Device::Cpu,
+    )
+}
+
+/// The fused gradients of `case` (reversed) on one thread and on more threads than rows
+/// match the step-by-step path's within 1e-11.
+pub(crate) fn assert_gradients_ignore_thread_count(case: &(impl Harness + Sync)) -> Result<()> {
+    let reference = case.gradients(true, Recurrence::StepByStep)?;
+    for threads in [1, 4] {
+        let fused = gradients_on_threads(case, threads, true)?;
+        let what = format!("{threads} threads");
+        assert_gradients_match(&fused, &reference, 1e-11, false, &what);
+    }
+    Ok(())
+}
+
+/// The fused op gives exactly the same, non-trivial results whether or not any input tracks
+/// a gradient (without one it keeps no intermediates).
+pub(crate) fn assert_inference_matches_training(
+    case: &impl Harness,
+    reverse: bool,
+    what: &str,
+) -> Result<()> {
+    let tracked = case.tensors();
+    let detached: HashMap<String, Tensor> = tracked
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach()))
+        .collect();
+    assert!(!detached["weight_hh"].track_op());
+    let (hs_t, st_t) = case.outputs(&tracked, reverse, Recurrence::Auto)?;
+    let (hs_i, st_i) = case.outputs(&detached, reverse, Recurrence::Auto)?;
+    assert!(max_abs(&hs_t) > 0.05, "{what}: trivial outputs");
+    assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
+    for ((part, t), (_, i)) in st_t.iter().zip(&st_i) {
+        assert!(max_abs_diff(t, i) == 0.0, "{what}: {part}");
     }
     Ok(())
 }

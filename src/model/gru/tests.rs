@@ -11,8 +11,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Gru, Recurrence};
 use crate::model::test_support::{
-    assert_finite_differences, assert_gradients_match, assert_pads_zero, assert_rows_match_alone,
-    gradients_on_threads, mask_of, max_abs, max_abs_diff, random_vars, uniform, Harness,
+    assert_finite_differences, assert_fused_matches_stepwise, assert_gradients_ignore_thread_count,
+    assert_gradients_match, assert_inference_matches_training, assert_pads_zero,
+    assert_rows_match_alone, interior_padding_mask, mask_of, max_abs, max_abs_diff, random_vars,
+    uniform, Harness,
 };
 
 const B: usize = 3;
@@ -101,6 +103,16 @@ impl Case {
 impl Harness for Case {
     fn vars(&self) -> &[(String, Var)] {
         &self.vars
+    }
+
+    fn outputs(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        let (hs, h) = self.run(values, reverse, recurrence)?;
+        Ok((hs, vec![("h", h)]))
     }
 
     fn loss(
@@ -493,14 +505,7 @@ fn fused_step_matches_candle_ops_cell() -> Result<()> {
 /// the one-row-per-block paths are checked whatever the machine's core count.
 #[test]
 fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
-    let case = Case::small(true, DType::F64, 9);
-    let reference = case.gradients(true, Recurrence::StepByStep)?;
-    for threads in [1, 4] {
-        let fused = gradients_on_threads(&case, threads, true)?;
-        let what = format!("{threads} threads");
-        assert_gradients_match(&fused, &reference, 1e-11, false, &what);
-    }
-    Ok(())
+    assert_gradients_ignore_thread_count(&Case::small(true, DType::F64, 9))
 }
 
 /// Padding in the middle of a row (not only at its end) carries the state over it, in the
@@ -508,28 +513,9 @@ fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
 #[test]
 fn interior_padding_carries_the_state() -> Result<()> {
     let mut case = Case::small(true, DType::F64, 10);
-    case.mask = Tensor::from_vec(
-        vec![
-            1f32, 0., 1., 1., 0., //
-            0., 1., 0., 1., 1., //
-            1., 1., 1., 0., 0.,
-        ],
-        (B, T),
-        &Device::Cpu,
-    )?;
+    case.mask = interior_padding_mask()?;
     for reverse in [false, true] {
-        let values = case.tensors();
-        let (hs_f, h_f) = case.run(&values, reverse, Recurrence::Auto)?;
-        let (hs_r, h_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
-        assert!(
-            max_abs_diff(&hs_f, &hs_r) < 1e-12,
-            "reverse={reverse}: outputs"
-        );
-        assert!(max_abs_diff(&h_f, &h_r) < 1e-12, "reverse={reverse}: h");
-        let fused = case.gradients(reverse, Recurrence::Auto)?;
-        let reference = case.gradients(reverse, Recurrence::StepByStep)?;
-        let what = format!("reverse={reverse}");
-        assert_gradients_match(&fused, &reference, 1e-11, false, &what);
+        assert_fused_matches_stepwise(&case, reverse)?;
     }
     Ok(())
 }
@@ -541,18 +527,8 @@ fn inference_path_matches_training_path() -> Result<()> {
     for layer_norm in [false, true] {
         for reverse in [false, true] {
             let case = Case::small(layer_norm, DType::F32, 11);
-            let tracked = case.tensors();
-            let detached: HashMap<String, Tensor> = tracked
-                .iter()
-                .map(|(n, t)| (n.clone(), t.detach()))
-                .collect();
-            assert!(!detached["weight_hh"].track_op());
-            let (hs_t, h_t) = case.run(&tracked, reverse, Recurrence::Auto)?;
-            let (hs_i, h_i) = case.run(&detached, reverse, Recurrence::Auto)?;
             let what = format!("layer_norm={layer_norm} reverse={reverse}");
-            assert!(max_abs(&hs_t) > 0.05, "{what}: trivial outputs");
-            assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
-            assert!(max_abs_diff(&h_t, &h_i) == 0.0, "{what}: h");
+            assert_inference_matches_training(&case, reverse, &what)?;
         }
     }
     Ok(())

@@ -10,8 +10,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Lstm, LstmState, Recurrence};
 use crate::model::test_support::{
-    assert_finite_differences, assert_gradients_match, assert_pads_zero, assert_rows_match_alone,
-    gradients_on_threads, mask_of, max_abs, max_abs_diff, random_vars, uniform, Harness,
+    assert_finite_differences, assert_fused_matches_stepwise, assert_gradients_ignore_thread_count,
+    assert_gradients_match, assert_inference_matches_training, assert_pads_zero,
+    assert_rows_match_alone, interior_padding_mask, mask_of, max_abs, max_abs_diff, random_vars,
+    uniform, Harness,
 };
 
 const B: usize = 3;
@@ -102,6 +104,16 @@ impl Case {
 impl Harness for Case {
     fn vars(&self) -> &[(String, Var)] {
         &self.vars
+    }
+
+    fn outputs(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        let (hs, state) = self.run(values, reverse, recurrence)?;
+        Ok((hs, vec![("h", state.h), ("c", state.c)]))
     }
 
     fn loss(
@@ -363,14 +375,7 @@ fn fused_step_matches_candle_ops_cell() -> Result<()> {
 /// whatever the machine's core count.
 #[test]
 fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
-    let case = Case::small(true, DType::F64, 9);
-    let reference = case.gradients(true, Recurrence::StepByStep)?;
-    for threads in [1, 4] {
-        let fused = gradients_on_threads(&case, threads, true)?;
-        let what = format!("{threads} threads");
-        assert_gradients_match(&fused, &reference, 1e-11, false, &what);
-    }
-    Ok(())
+    assert_gradients_ignore_thread_count(&Case::small(true, DType::F64, 9))
 }
 
 /// Padding in the middle of a row (not only at its end) carries the state over it, in the
@@ -378,35 +383,9 @@ fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
 #[test]
 fn interior_padding_carries_the_state() -> Result<()> {
     let mut case = Case::small(false, DType::F64, 10);
-    case.mask = Tensor::from_vec(
-        vec![
-            1f32, 0., 1., 1., 0., //
-            0., 1., 0., 1., 1., //
-            1., 1., 1., 0., 0.,
-        ],
-        (B, T),
-        &Device::Cpu,
-    )?;
+    case.mask = interior_padding_mask()?;
     for reverse in [false, true] {
-        let values = case.tensors();
-        let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
-        let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
-        assert!(
-            max_abs_diff(&hs_f, &hs_r) < 1e-12,
-            "reverse={reverse}: outputs"
-        );
-        assert!(
-            max_abs_diff(&st_f.h, &st_r.h) < 1e-12,
-            "reverse={reverse}: h"
-        );
-        assert!(
-            max_abs_diff(&st_f.c, &st_r.c) < 1e-12,
-            "reverse={reverse}: c"
-        );
-        let fused = case.gradients(reverse, Recurrence::Auto)?;
-        let reference = case.gradients(reverse, Recurrence::StepByStep)?;
-        let what = format!("reverse={reverse}");
-        assert_gradients_match(&fused, &reference, 1e-11, false, &what);
+        assert_fused_matches_stepwise(&case, reverse)?;
     }
     Ok(())
 }
@@ -418,18 +397,8 @@ fn inference_path_matches_training_path() -> Result<()> {
     for layer_norm in [false, true] {
         for reverse in [false, true] {
             let case = Case::small(layer_norm, DType::F32, 11);
-            let tracked = case.tensors();
-            let detached: HashMap<String, Tensor> = tracked
-                .iter()
-                .map(|(n, t)| (n.clone(), t.detach()))
-                .collect();
-            assert!(!detached["weight_hh"].track_op());
-            let (hs_t, st_t) = case.run(&tracked, reverse, Recurrence::Auto)?;
-            let (hs_i, st_i) = case.run(&detached, reverse, Recurrence::Auto)?;
             let what = format!("layer_norm={layer_norm} reverse={reverse}");
-            assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
-            assert!(max_abs_diff(&st_t.h, &st_i.h) == 0.0, "{what}: h");
-            assert!(max_abs_diff(&st_t.c, &st_i.c) == 0.0, "{what}: c");
+            assert_inference_matches_training(&case, reverse, &what)?;
         }
     }
     Ok(())
