@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod dropout;
 pub mod encoder;
 pub mod fastmath;
+pub(crate) mod fused;
 pub mod gru;
 pub mod init;
 pub mod language_model;
@@ -16,6 +17,8 @@ pub mod lstm;
 pub mod persist;
 pub mod recurrent;
 pub mod seq2seq;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use attention::{Attention, AttentionMemory};
 pub use config::{AttentionKind, Bidirectional, Cell, ModelConfig, Task};

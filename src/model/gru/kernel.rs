@@ -1,6 +1,7 @@
 //! The GRU recurrence over a whole sequence as one candle `CustomOp3`, with a hand-written
 //! backward through time: the GRU twin of the LSTM's op (`lstm/kernel.rs`, whose reasons
-//! for fusing, packing `aux` and splitting the batch apply unchanged).
+//! for fusing, packing `aux` and splitting the batch apply unchanged). The candle-op
+//! plumbing both share is [`crate::model::fused`].
 //!
 //! * inputs: `xproj [B,T,3H]` (the input projection of every step, computed outside by one
 //!   ordinary matmul, not yet normalised), `w_hh [3H,H]` and `aux`, a flat vector holding
@@ -15,18 +16,16 @@
 //! gradient is one matmul over all its steps. Without gradients nothing is kept for
 //! backward. The work on one block is in `recurrence.rs` (forward) and `bptt.rs` (backward).
 
-use std::any::Any;
 use std::ops::Range;
-use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::Result;
 
 use super::bptt::backward_block;
 use super::recurrence::forward_block;
 use crate::model::fastmath::Real;
-use crate::model::lstm::shared::{batch_blocks, slice_of, take};
+use crate::model::fused::{
+    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, Recurrent,
+};
 
 /// What backward needs from forward, laid out `[B, T, ·]` like the op's inputs so that the
 /// rows of one batch block are contiguous. Positions are indexed by time, not by processing
@@ -45,20 +44,11 @@ pub(super) struct Saved<T> {
     pub(super) rstd: Vec<T>,
 }
 
-/// The fused recurrence of one layer over one batch.
-pub struct GruRecurrence {
-    pub(super) batch: usize,
-    pub(super) time: usize,
-    pub(super) hidden: usize,
-    reverse: bool,
-    layer_norm: bool,
-    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
-    pub(super) mask: Vec<bool>,
-    /// Forward keeps its intermediates only when a gradient may be asked for.
-    pub(super) keep_saved: bool,
-    /// A `Saved<f32>` or `Saved<f64>`, whichever the forward ran on.
-    saved: Mutex<Option<Box<dyn Any + Send + Sync>>>,
-}
+/// Marks [`Recurrent`] as the GRU's.
+pub(crate) enum GruCell {}
+
+/// The fused GRU recurrence of one layer over one batch.
+pub(crate) type GruRecurrence = Recurrent<GruCell>;
 
 /// Layer-norm gains inside `aux` (after the state and the biases).
 #[derive(Clone, Copy)]
@@ -68,28 +58,8 @@ pub(super) struct LnParams<'a, T> {
 }
 
 impl GruRecurrence {
-    pub fn new(
-        (batch, time, hidden): (usize, usize, usize),
-        reverse: bool,
-        layer_norm: bool,
-        mask: Vec<bool>,
-        keep_saved: bool,
-    ) -> Self {
-        debug_assert_eq!(mask.len(), batch * time);
-        Self {
-            batch,
-            time,
-            hidden,
-            reverse,
-            layer_norm,
-            mask,
-            keep_saved,
-            saved: Mutex::new(None),
-        }
-    }
-
     /// Length of the `aux` input for these sizes.
-    pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
+    pub(crate) fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
         batch * hidden + Self::params_len(hidden, layer_norm)
     }
 
@@ -102,25 +72,6 @@ impl GruRecurrence {
         }
     }
 
-    /// Time positions the saved buffers hold per sequence: all of them when backward will
-    /// need them, else one reused slot.
-    pub(super) fn saved_slots(&self) -> usize {
-        if self.keep_saved {
-            self.time
-        } else {
-            1
-        }
-    }
-
-    pub(super) fn time_at(&self, step: usize) -> usize {
-        if self.reverse {
-            self.time - 1 - step
-        } else {
-            step
-        }
-    }
-
-    /// `(b_ih, b_hh)` inside `aux`.
     pub(super) fn biases<'a, T>(&self, aux: &'a [T]) -> (&'a [T], &'a [T]) {
         let (at, g3) = (self.batch * self.hidden, 3 * self.hidden);
         (&aux[at..at + g3], &aux[at + g3..at + 2 * g3])
@@ -134,24 +85,7 @@ impl GruRecurrence {
         })
     }
 
-    fn check_sizes<T>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<()> {
-        let (b, t, h) = (self.batch, self.time, self.hidden);
-        if xproj.len() != b * t * 3 * h
-            || w_hh.len() != 3 * h * h
-            || aux.len() != Self::aux_len(b, h, self.layer_norm)
-        {
-            candle_core::bail!(
-                "gru recurrence: inputs of {}, {} and {} elements do not fit batch {b}, time {t}, hidden {h}",
-                xproj.len(),
-                w_hh.len(),
-                aux.len()
-            );
-        }
-        Ok(())
-    }
-
-    fn forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<Vec<T>> {
-        self.check_sizes(xproj, w_hh, aux)?;
+    fn run_forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Vec<T> {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let ln = self.layer_norm;
         let zeros = |n: usize| vec![T::zero(); n];
@@ -165,28 +99,20 @@ impl GruRecurrence {
             rstd: zeros(if ln { b * slots * 2 } else { 0 }),
         };
         let jobs = s.split_blocks(&mut out, batch_blocks(b), (t, slots, h));
-        let run = |job: FwdBlock<T>| forward_block(self, job, xproj, w_hh, aux);
-        if jobs.len() == 1 {
-            jobs.into_iter().for_each(run);
-        } else {
-            jobs.into_par_iter().for_each(run);
-        }
+        map_blocks(jobs, |job| forward_block(self, job, xproj, w_hh, aux));
         if self.keep_saved {
-            *self.saved.lock().expect("gru saved state poisoned") = Some(Box::new(s));
+            self.saved.put(s, Self::WHAT);
         }
-        Ok(out)
+        out
     }
 
-    fn backward<T: Real>(
+    fn run_backward<T: Real>(
         &self,
+        s: &Saved<T>,
         grad_out: &[T],
         w_hh: &[T],
         aux: &[T],
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let guard = self.saved.lock().expect("gru saved state poisoned");
-        let Some(s) = guard.as_ref().and_then(|s| s.downcast_ref::<Saved<T>>()) else {
-            candle_core::bail!("gru recurrence: backward without the forward's saved state")
-        };
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let g3 = 3 * h;
         let ln = self.layer_norm;
@@ -209,25 +135,13 @@ impl GruRecurrence {
                 }
             })
             .collect();
-        let run = |job: BwdBlock<T>| backward_block(self, job, s, grad_out, w_hh, aux);
-        let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
-            jobs.into_iter().map(run).collect()
-        } else {
-            jobs.into_par_iter().map(run).collect()
-        };
-        let mut d_w_hh = vec![T::zero(); g3 * h];
-        let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
-        for (part_params, part_w) in &parts {
-            for (d, &p) in d_params.iter_mut().zip(part_params) {
-                *d += p;
-            }
-            for (d, &p) in d_w_hh.iter_mut().zip(part_w) {
-                *d += p;
-            }
-        }
+        let parts = map_blocks(jobs, |job| {
+            backward_block(self, job, s, grad_out, w_hh, aux)
+        });
+        let (d_params, d_w_hh) = sum_block_shares(&parts, Self::params_len(h, ln), g3 * h);
         let mut d_aux = d_h0;
         d_aux.extend_from_slice(&d_params);
-        Ok((d_xproj, d_w_hh, d_aux))
+        (d_xproj, d_w_hh, d_aux)
     }
 }
 
@@ -279,79 +193,32 @@ impl<T> Saved<T> {
     }
 }
 
-impl GruRecurrence {
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.batch, self.time + 1, self.hidden))
+impl FusedRecurrence for GruRecurrence {
+    const WHAT: &'static str = "gru recurrence";
+    const NAME: &'static str = "gru-recurrence";
+    const GATES: usize = 3;
+    const STATE_ROWS: usize = 1;
+
+    fn sizes(&self) -> (usize, usize, usize) {
+        (self.batch, self.time, self.hidden)
     }
 
-    fn fwd_typed<T: Real>(
+    fn aux_size(&self) -> usize {
+        Self::aux_len(self.batch, self.hidden, self.layer_norm)
+    }
+
+    fn forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Vec<T> {
+        self.run_forward(xproj, w_hh, aux)
+    }
+
+    fn backward<T: Real>(
         &self,
-        (s1, l1): (&CpuStorage, &Layout),
-        (s2, l2): (&CpuStorage, &Layout),
-        (s3, l3): (&CpuStorage, &Layout),
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = self.forward(
-            slice_of::<T>(s1, l1, "gru recurrence: xproj")?,
-            slice_of::<T>(s2, l2, "gru recurrence: weight_hh")?,
-            slice_of::<T>(s3, l3, "gru recurrence: aux")?,
-        )?;
-        Ok((T::to_cpu_storage_owned(out), self.out_shape()))
-    }
-
-    fn bwd_typed<T: Real>(
-        &self,
-        w_hh: &Tensor,
-        aux: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<T>();
-        let (d_x, d_w, d_aux) = self.backward(&flat(grad)?, &flat(w_hh)?, &flat(aux)?)?;
-        let dev = grad.device();
-        let (b, t, h) = (self.batch, self.time, self.hidden);
-        Ok((
-            Some(Tensor::from_vec(d_x, (b, t, 3 * h), dev)?),
-            Some(Tensor::from_vec(d_w, (3 * h, h), dev)?),
-            Some(Tensor::from_vec(d_aux, aux.dims(), dev)?),
-        ))
-    }
-}
-
-impl CustomOp3 for GruRecurrence {
-    fn name(&self) -> &'static str {
-        "gru-recurrence"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let args = ((s1, l1), (s2, l2), (s3, l3));
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => self.fwd_typed::<f32>(args.0, args.1, args.2),
-            (DType::F64, DType::F64, DType::F64) => self.fwd_typed::<f64>(args.0, args.1, args.2),
-            (a, b, c) => candle_core::bail!(
-                "gru recurrence runs on f32 or f64 only, got {a:?}, {b:?}, {c:?}"
-            ),
-        }
-    }
-
-    fn bwd(
-        &self,
-        _xproj: &Tensor,
-        w_hh: &Tensor,
-        aux: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match grad_res.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(w_hh, aux, grad_res),
-            DType::F64 => self.bwd_typed::<f64>(w_hh, aux, grad_res),
-            d => candle_core::bail!("gru recurrence runs on f32 or f64 only, got {d:?}"),
-        }
+        grad_out: &[T],
+        w_hh: &[T],
+        aux: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        self.saved.with(Self::WHAT, |s: &Saved<T>| {
+            self.run_backward(s, grad_out, w_hh, aux)
+        })
     }
 }

@@ -48,12 +48,16 @@ mod recurrence;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 pub use super::lstm::Recurrence;
 
-use super::lstm::{masked_update, normalise, xs_times_w_ih};
+use super::fused;
+use super::lstm::{
+    masked_update, normalised_plus_bias, one_step_mask, recurrent_projection, stack_steps,
+    step_order, xs_times_w_ih,
+};
 use kernel::GruRecurrence;
 
 /// Gains of the layer-normalised projections.
@@ -182,11 +186,7 @@ impl Gru {
         init: &Tensor,
         recurrence: Recurrence,
     ) -> Result<(Tensor, Tensor)> {
-        let fused = recurrence == Recurrence::Auto
-            && xproj.device().is_cpu()
-            && matches!(xproj.dtype(), DType::F32 | DType::F64)
-            && xproj.dim(1)? > 0;
-        if fused {
+        if fused::runs_fused(xproj, recurrence)? {
             self.fused_recurrence(xproj, mask, reverse, init)
         } else {
             let xproj = self.finish_input_projection(xproj)?;
@@ -203,12 +203,11 @@ impl Gru {
     /// sequence: a few large kernels instead of a dozen small candle ops (and one autograd
     /// node when a decoder trains step by step).
     pub fn step_with(&self, x: &Tensor, h: &Tensor, recurrence: Recurrence) -> Result<Tensor> {
-        let (batch, _) = x.dims2()?;
+        let mask = one_step_mask(x)?; // also checks that `x` is [batch, input]
         if recurrence == Recurrence::StepByStep {
             let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
             return self.cell(&xproj, h);
         }
-        let mask = Tensor::ones((batch, 1), DType::F32, x.device())?;
         let (_, next) = self.forward_with(&x.unsqueeze(1)?, &mask, false, Some(h), recurrence)?;
         Ok(next)
     }
@@ -216,8 +215,7 @@ impl Gru {
     /// [`Gru::step`] from the input's projection `x·W_ihᵀ: [batch, 3·hidden]`, e.g. a row
     /// of [`Gru::input_projection`] of every embedding.
     pub fn step_projected(&self, xproj: &Tensor, h: &Tensor) -> Result<Tensor> {
-        let (batch, _) = xproj.dims2()?;
-        let mask = Tensor::ones((batch, 1), DType::F32, xproj.device())?;
+        let mask = one_step_mask(xproj)?;
         let (_, next) =
             self.forward_projected(&xproj.unsqueeze(1)?, &mask, false, h, Recurrence::Auto)?;
         Ok(next)
@@ -231,11 +229,8 @@ impl Gru {
     /// Layer norm (if asked) and `b_ih` on `x·W_ihᵀ`, for the step-by-step path: the fused
     /// op does both itself.
     fn finish_input_projection(&self, proj: &Tensor) -> Result<Tensor> {
-        let proj = match &self.layer_norm {
-            Some(ln) => normalise(proj)?.broadcast_mul(&ln.ih)?,
-            None => proj.clone(),
-        };
-        proj.broadcast_add(&self.bias_ih)
+        let gain = self.layer_norm.as_ref().map(|ln| &ln.ih);
+        normalised_plus_bias(proj, gain, &self.bias_ih)
     }
 
     fn fused_recurrence(
@@ -246,14 +241,7 @@ impl Gru {
         init: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (batch, time, _) = xproj.dims3()?;
-        let h = self.hidden_size;
-        let mask: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let mask = fused::mask_flags(mask)?;
         let mut aux = vec![
             init.flatten_all()?,
             self.bias_ih.clone(),
@@ -262,24 +250,12 @@ impl Gru {
         if let Some(ln) = &self.layer_norm {
             aux.extend([ln.ih.clone(), ln.hh.clone()]);
         }
-        let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
-        let xproj = xproj.contiguous()?;
-        let w_hh = self.weight_hh.to_dtype(xproj.dtype())?.contiguous()?;
-        let needs_grad = xproj.track_op() || w_hh.track_op() || aux.track_op();
-        let op = GruRecurrence::new(
-            (batch, time, h),
-            reverse,
-            self.layer_norm.is_some(),
-            mask,
-            needs_grad,
-        );
-        let out = if needs_grad {
-            xproj.apply_op3(&w_hh, &aux, op)?
-        } else {
-            xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
-        };
-        // Dense copies rather than views into the op's output, as the LSTM's.
-        let last = out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?;
+        let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
+            let sizes = (batch, time, self.hidden_size);
+            let ln = self.layer_norm.is_some();
+            GruRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+        })?;
+        let last = fused::output_row(&out, time)?;
         Ok((out.narrow(1, 0, time)?.contiguous()?, last))
     }
 
@@ -294,38 +270,19 @@ impl Gru {
         let (_, time, _) = xproj.dims3()?;
         let mask = mask.to_dtype(xproj.dtype())?;
         let mut outputs = vec![None; time];
-        let steps: Vec<usize> = if reverse {
-            (0..time).rev().collect()
-        } else {
-            (0..time).collect()
-        };
-        for t in steps {
+        for t in step_order(time, reverse) {
             let m = mask.narrow(1, t, 1)?; // [batch, 1]
             let next = self.cell(&xproj.narrow(1, t, 1)?.squeeze(1)?, &h)?;
             outputs[t] = Some(next.broadcast_mul(&m)?);
             h = masked_update(&next, &h, &m)?;
         }
-        let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
-        let hs = if outputs.is_empty() {
-            Tensor::zeros(
-                (xproj.dim(0)?, 0, self.hidden_size),
-                xproj.dtype(),
-                xproj.device(),
-            )?
-        } else {
-            Tensor::stack(&outputs, 1)?
-        };
-        Ok((hs, h))
+        Ok((stack_steps(outputs, xproj, self.hidden_size)?, h))
     }
 
     /// The cell given the finished input part `a_x = LN(x·W_ihᵀ) + b_ih: [batch, 3*hidden]`.
     fn cell(&self, a_x: &Tensor, h: &Tensor) -> Result<Tensor> {
-        let rec = h.matmul(&self.weight_hh.t()?)?;
-        let rec = match &self.layer_norm {
-            Some(ln) => normalise(&rec)?.broadcast_mul(&ln.hh)?,
-            None => rec,
-        };
-        let a_h = rec.broadcast_add(&self.bias_hh)?;
+        let gain = self.layer_norm.as_ref().map(|ln| &ln.hh);
+        let a_h = recurrent_projection(h, &self.weight_hh, gain)?.broadcast_add(&self.bias_hh)?;
         let x = a_x.chunk(3, D::Minus1)?;
         let r_h = a_h.chunk(3, D::Minus1)?;
         let r = candle_nn::ops::sigmoid(&(&x[0] + &r_h[0])?)?;

@@ -23,20 +23,22 @@
 //! into preallocated buffers; each block's share of the `W_hh` gradient is one matmul over
 //! all its steps. Without gradients (inference) nothing is kept for backward.
 //!
-//! This file is the op itself: its inputs and output, the saved state, and the split into
-//! batch blocks. The work on one block is in `recurrence.rs` (forward) and `bptt.rs`
-//! (backward through time), each compiled for SSE2 and AVX2+FMA by `#[multiversion]`.
+//! This file is the recurrence's side of the op: its sizes, the saved state, and the split
+//! into batch blocks; the candle-op plumbing it shares with the GRU (dtype dispatch, size
+//! checks, batch blocks and threads) is [`crate::model::fused`]. The work on one block is in
+//! `recurrence.rs` (forward) and `bptt.rs` (backward through time), each compiled for SSE2
+//! and AVX2+FMA by `#[multiversion]`.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
+use candle_core::Result;
 
 use super::bptt::backward_block;
 use super::recurrence::forward_block;
 use crate::model::fastmath::Real;
+use crate::model::fused::{
+    batch_blocks, map_blocks, sum_block_shares, take, FusedRecurrence, Recurrent,
+};
 
 /// Added to the variance in every layer norm (PyTorch's default).
 pub const LN_EPS: f64 = 1e-5;
@@ -61,53 +63,11 @@ pub(super) struct Saved<T> {
     pub(super) c_rstd: Vec<T>,
 }
 
-enum SavedAny {
-    F32(Saved<f32>),
-    F64(Saved<f64>),
-}
+/// Marks [`Recurrent`] as the LSTM's.
+pub(crate) enum LstmCell {}
 
-trait Store: Real {
-    fn wrap(saved: Saved<Self>) -> SavedAny;
-    fn unwrap(saved: &SavedAny) -> Option<&Saved<Self>>;
-}
-
-impl Store for f32 {
-    fn wrap(saved: Saved<Self>) -> SavedAny {
-        SavedAny::F32(saved)
-    }
-    fn unwrap(saved: &SavedAny) -> Option<&Saved<Self>> {
-        match saved {
-            SavedAny::F32(s) => Some(s),
-            SavedAny::F64(_) => None,
-        }
-    }
-}
-
-impl Store for f64 {
-    fn wrap(saved: Saved<Self>) -> SavedAny {
-        SavedAny::F64(saved)
-    }
-    fn unwrap(saved: &SavedAny) -> Option<&Saved<Self>> {
-        match saved {
-            SavedAny::F64(s) => Some(s),
-            SavedAny::F32(_) => None,
-        }
-    }
-}
-
-/// The fused recurrence of one layer over one batch.
-pub struct LstmRecurrence {
-    pub(super) batch: usize,
-    pub(super) time: usize,
-    pub(super) hidden: usize,
-    reverse: bool,
-    layer_norm: bool,
-    /// `[B,T]`, true at real tokens. Padding leaves the state unchanged and outputs zero.
-    pub(super) mask: Vec<bool>,
-    /// Forward keeps its intermediates only when a gradient may be asked for.
-    pub(super) keep_saved: bool,
-    saved: Mutex<Option<SavedAny>>,
-}
+/// The fused LSTM recurrence of one layer over one batch.
+pub(crate) type LstmRecurrence = Recurrent<LstmCell>;
 
 /// Layer-norm parameters inside `aux` (after the state and the bias).
 #[derive(Clone, Copy)]
@@ -119,28 +79,8 @@ pub(super) struct LnParams<'a, T> {
 }
 
 impl LstmRecurrence {
-    pub fn new(
-        (batch, time, hidden): (usize, usize, usize),
-        reverse: bool,
-        layer_norm: bool,
-        mask: Vec<bool>,
-        keep_saved: bool,
-    ) -> Self {
-        debug_assert_eq!(mask.len(), batch * time);
-        Self {
-            batch,
-            time,
-            hidden,
-            reverse,
-            layer_norm,
-            mask,
-            keep_saved,
-            saved: Mutex::new(None),
-        }
-    }
-
     /// Length of the `aux` input for these sizes.
-    pub fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
+    pub(crate) fn aux_len(batch: usize, hidden: usize, layer_norm: bool) -> usize {
         2 * batch * hidden + Self::params_len(hidden, layer_norm)
     }
 
@@ -150,24 +90,6 @@ impl LstmRecurrence {
             14 * hidden
         } else {
             4 * hidden
-        }
-    }
-
-    /// Time positions the saved buffers hold per sequence: all of them when backward will
-    /// need them, else one reused slot (inference skips storing what only backward reads).
-    pub(super) fn saved_slots(&self) -> usize {
-        if self.keep_saved {
-            self.time
-        } else {
-            1
-        }
-    }
-
-    pub(super) fn time_at(&self, step: usize) -> usize {
-        if self.reverse {
-            self.time - 1 - step
-        } else {
-            step
         }
     }
 
@@ -192,24 +114,7 @@ impl LstmRecurrence {
         batch_blocks(self.batch)
     }
 
-    fn check_sizes<T>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<()> {
-        let (b, t, h) = (self.batch, self.time, self.hidden);
-        if xproj.len() != b * t * 4 * h
-            || w_hh.len() != 4 * h * h
-            || aux.len() != Self::aux_len(b, h, self.layer_norm)
-        {
-            candle_core::bail!(
-                "lstm recurrence: inputs of {}, {} and {} elements do not fit batch {b}, time {t}, hidden {h}",
-                xproj.len(),
-                w_hh.len(),
-                aux.len()
-            );
-        }
-        Ok(())
-    }
-
-    fn forward<T: Store>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Result<Vec<T>> {
-        self.check_sizes(xproj, w_hh, aux)?;
+    fn run_forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Vec<T> {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let ln = self.layer_norm;
         let zeros = |n: usize| vec![T::zero(); n];
@@ -226,28 +131,20 @@ impl LstmRecurrence {
             c_rstd: zeros(if ln { b * slots } else { 0 }),
         };
         let jobs = s.split_blocks(&mut out, self.blocks(), (t, slots, h));
-        let run = |job: FwdBlock<T>| forward_block(self, job, xproj, w_hh, aux);
-        if jobs.len() == 1 {
-            jobs.into_iter().for_each(run);
-        } else {
-            jobs.into_par_iter().for_each(run);
-        }
+        map_blocks(jobs, |job| forward_block(self, job, xproj, w_hh, aux));
         if self.keep_saved {
-            *self.saved.lock().expect("lstm saved state poisoned") = Some(T::wrap(s));
+            self.saved.put(s, Self::WHAT);
         }
-        Ok(out)
+        out
     }
 
-    fn backward<T: Store>(
+    fn run_backward<T: Real>(
         &self,
+        s: &Saved<T>,
         grad_out: &[T],
         w_hh: &[T],
         aux: &[T],
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let guard = self.saved.lock().expect("lstm saved state poisoned");
-        let Some(s) = guard.as_ref().and_then(T::unwrap) else {
-            candle_core::bail!("lstm recurrence: backward without the forward's saved state")
-        };
+    ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (b, t, h) = (self.batch, self.time, self.hidden);
         let g4 = 4 * h;
         let ln = self.layer_norm;
@@ -272,26 +169,14 @@ impl LstmRecurrence {
                 }
             })
             .collect();
-        let run = |job: BwdBlock<T>| backward_block(self, job, s, grad_out, w_hh, aux);
-        let parts: Vec<(Vec<T>, Vec<T>)> = if jobs.len() == 1 {
-            jobs.into_iter().map(run).collect()
-        } else {
-            jobs.into_par_iter().map(run).collect()
-        };
-        let mut d_w_hh = vec![T::zero(); g4 * h];
-        let mut d_params = vec![T::zero(); Self::params_len(h, ln)];
-        for (part_params, part_w) in &parts {
-            for (d, &p) in d_params.iter_mut().zip(part_params) {
-                *d += p;
-            }
-            for (d, &p) in d_w_hh.iter_mut().zip(part_w) {
-                *d += p;
-            }
-        }
+        let parts = map_blocks(jobs, |job| {
+            backward_block(self, job, s, grad_out, w_hh, aux)
+        });
+        let (d_params, d_w_hh) = sum_block_shares(&parts, Self::params_len(h, ln), g4 * h);
         let mut d_aux = d_h0;
         d_aux.extend_from_slice(&d_c0);
         d_aux.extend_from_slice(&d_params);
-        Ok((d_xproj, d_w_hh, d_aux))
+        (d_xproj, d_w_hh, d_aux)
     }
 }
 
@@ -314,26 +199,6 @@ pub(super) struct BwdBlock<'a, T> {
     pub(super) d_rec: &'a mut [T],
     pub(super) d_h0: &'a mut [T],
     pub(super) d_c0: &'a mut [T],
-}
-
-/// Splits `0..batch` into contiguous blocks, one per rayon thread (rows never interact in a
-/// recurrence, so each block can run the whole sequence on its own).
-pub(crate) fn batch_blocks(batch: usize) -> Vec<Range<usize>> {
-    let n = rayon::current_num_threads().clamp(1, batch.max(1));
-    let per = batch.div_ceil(n).max(1);
-    (0..batch)
-        .step_by(per)
-        .map(|b| b..(b + per).min(batch))
-        .collect()
-}
-
-/// Cuts the first `n` elements off `buf` (all that is left if `buf` is an unused, empty
-/// layer-norm buffer) and returns them.
-pub(crate) fn take<'a, T>(buf: &mut &'a mut [T], n: usize) -> &'a mut [T] {
-    let n = n.min(buf.len());
-    let (head, tail) = std::mem::take(buf).split_at_mut(n);
-    *buf = tail;
-    head
 }
 
 impl<T> Saved<T> {
@@ -372,92 +237,32 @@ impl<T> Saved<T> {
     }
 }
 
-/// The elements of a contiguous CPU tensor; `what` names it in the error otherwise.
-pub(crate) fn slice_of<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what} must be contiguous"),
-    }
-}
+impl FusedRecurrence for LstmRecurrence {
+    const WHAT: &'static str = "lstm recurrence";
+    const NAME: &'static str = "lstm-recurrence";
+    const GATES: usize = 4;
+    const STATE_ROWS: usize = 2;
 
-impl LstmRecurrence {
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.batch, self.time + 2, self.hidden))
+    fn sizes(&self) -> (usize, usize, usize) {
+        (self.batch, self.time, self.hidden)
     }
 
-    fn fwd_typed<T: Store>(
+    fn aux_size(&self) -> usize {
+        Self::aux_len(self.batch, self.hidden, self.layer_norm)
+    }
+
+    fn forward<T: Real>(&self, xproj: &[T], w_hh: &[T], aux: &[T]) -> Vec<T> {
+        self.run_forward(xproj, w_hh, aux)
+    }
+
+    fn backward<T: Real>(
         &self,
-        (s1, l1): (&CpuStorage, &Layout),
-        (s2, l2): (&CpuStorage, &Layout),
-        (s3, l3): (&CpuStorage, &Layout),
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = self.forward(
-            slice_of::<T>(s1, l1, "lstm recurrence: xproj")?,
-            slice_of::<T>(s2, l2, "lstm recurrence: weight_hh")?,
-            slice_of::<T>(s3, l3, "lstm recurrence: aux")?,
-        )?;
-        Ok((T::to_cpu_storage_owned(out), self.out_shape()))
-    }
-
-    fn bwd_typed<T: Store>(
-        &self,
-        w_hh: &Tensor,
-        aux: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<T>();
-        let (d_x, d_w, d_aux) = self.backward(&flat(grad)?, &flat(w_hh)?, &flat(aux)?)?;
-        let dev = grad.device();
-        let (b, t, h) = (self.batch, self.time, self.hidden);
-        Ok((
-            Some(Tensor::from_vec(d_x, (b, t, 4 * h), dev)?),
-            Some(Tensor::from_vec(d_w, (4 * h, h), dev)?),
-            Some(Tensor::from_vec(d_aux, aux.dims(), dev)?),
-        ))
-    }
-}
-
-impl CustomOp3 for LstmRecurrence {
-    fn name(&self) -> &'static str {
-        "lstm-recurrence"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let args = ((s1, l1), (s2, l2), (s3, l3));
-        match (s1.dtype(), s2.dtype(), s3.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => self.fwd_typed::<f32>(args.0, args.1, args.2),
-            (DType::F64, DType::F64, DType::F64) => self.fwd_typed::<f64>(args.0, args.1, args.2),
-            (a, b, c) => candle_core::bail!(
-                "lstm recurrence runs on f32 or f64 only, got {a:?}, {b:?}, {c:?}"
-            ),
-        }
-    }
-
-    fn bwd(
-        &self,
-        _xproj: &Tensor,
-        w_hh: &Tensor,
-        aux: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        match grad_res.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(w_hh, aux, grad_res),
-            DType::F64 => self.bwd_typed::<f64>(w_hh, aux, grad_res),
-            d => candle_core::bail!("lstm recurrence runs on f32 or f64 only, got {d:?}"),
-        }
+        grad_out: &[T],
+        w_hh: &[T],
+        aux: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        self.saved.with(Self::WHAT, |s: &Saved<T>| {
+            self.run_backward(s, grad_out, w_hh, aux)
+        })
     }
 }

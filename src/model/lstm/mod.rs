@@ -38,13 +38,13 @@ mod tests;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use super::fused;
 use kernel::{LstmRecurrence, LN_EPS};
 
 /// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
-/// call, batch blocks, buffer splitting, row-wise layer norm and its backward.
+/// call, row-wise layer norm and its backward (the op's plumbing is [`crate::model::fused`]).
 pub(crate) mod shared {
     pub(crate) use super::bptt::normalise_backward;
-    pub(crate) use super::kernel::{batch_blocks, slice_of, take};
     pub(crate) use super::matmul::matmul;
     pub(crate) use super::recurrence::normalise as normalise_row;
 }
@@ -213,16 +213,11 @@ impl Lstm {
         init: &LstmState,
         recurrence: Recurrence,
     ) -> Result<(Tensor, LstmState)> {
-        let init = init.clone();
-        let fused = recurrence == Recurrence::Auto
-            && xproj.device().is_cpu()
-            && matches!(xproj.dtype(), DType::F32 | DType::F64)
-            && xproj.dim(1)? > 0;
-        if fused {
-            self.fused_recurrence(xproj, mask, reverse, &init)
+        if fused::runs_fused(xproj, recurrence)? {
+            self.fused_recurrence(xproj, mask, reverse, init)
         } else {
             let xproj = self.finish_input_projection(xproj)?;
-            self.stepwise_recurrence(&xproj, mask, reverse, init)
+            self.stepwise_recurrence(&xproj, mask, reverse, init.clone())
         }
     }
 
@@ -240,12 +235,11 @@ impl Lstm {
         state: &LstmState,
         recurrence: Recurrence,
     ) -> Result<LstmState> {
-        let (batch, _) = x.dims2()?;
+        let mask = one_step_mask(x)?; // also checks that `x` is [batch, input]
         if recurrence == Recurrence::StepByStep {
             let xproj = self.finish_input_projection(&xs_times_w_ih(x, &self.weight_ih)?)?;
             return self.cell(&xproj, state);
         }
-        let mask = Tensor::ones((batch, 1), DType::F32, x.device())?;
         let (_, next) =
             self.forward_with(&x.unsqueeze(1)?, &mask, false, Some(state), recurrence)?;
         Ok(next)
@@ -254,8 +248,7 @@ impl Lstm {
     /// [`Lstm::step`] from the input's projection `x·W_ihᵀ: [batch, 4·hidden]`, e.g. a row
     /// of [`Lstm::input_projection`] of every embedding.
     pub fn step_projected(&self, xproj: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let (batch, _) = xproj.dims2()?;
-        let mask = Tensor::ones((batch, 1), DType::F32, xproj.device())?;
+        let mask = one_step_mask(xproj)?;
         let (_, next) =
             self.forward_projected(&xproj.unsqueeze(1)?, &mask, false, state, Recurrence::Auto)?;
         Ok(next)
@@ -269,11 +262,8 @@ impl Lstm {
     /// Layer norm (if asked) and bias on `x·W_ihᵀ`, for the step-by-step path: the fused op
     /// does both itself.
     fn finish_input_projection(&self, proj: &Tensor) -> Result<Tensor> {
-        let proj = match &self.layer_norm {
-            Some(ln) => normalise(proj)?.broadcast_mul(&ln.ih)?,
-            None => proj.clone(),
-        };
-        proj.broadcast_add(&self.bias)
+        let gain = self.layer_norm.as_ref().map(|ln| &ln.ih);
+        normalised_plus_bias(proj, gain, &self.bias)
     }
 
     fn fused_recurrence(
@@ -284,14 +274,7 @@ impl Lstm {
         init: &LstmState,
     ) -> Result<(Tensor, LstmState)> {
         let (batch, time, _) = xproj.dims3()?;
-        let h = self.hidden_size;
-        let mask: Vec<bool> = mask
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|m| m > 0.5)
-            .collect();
+        let mask = fused::mask_flags(mask)?;
         let mut aux = vec![
             init.h.flatten_all()?,
             init.c.flatten_all()?,
@@ -305,28 +288,14 @@ impl Lstm {
                 ln.cell_bias.clone(),
             ]);
         }
-        let aux = Tensor::cat(&aux, 0)?.to_dtype(xproj.dtype())?;
-        let xproj = xproj.contiguous()?;
-        let w_hh = self.weight_hh.to_dtype(xproj.dtype())?.contiguous()?;
-        let needs_grad = xproj.track_op() || w_hh.track_op() || aux.track_op();
-        let op = LstmRecurrence::new(
-            (batch, time, h),
-            reverse,
-            self.layer_norm.is_some(),
-            mask,
-            needs_grad,
-        );
-        let out = if needs_grad {
-            xproj.apply_op3(&w_hh, &aux, op)?
-        } else {
-            xproj.apply_op3_no_bwd(&w_hh, &aux, &op)?
-        };
-        // Dense copies rather than views into the op's output: some candle ops (and custom
-        // kernels downstream) want contiguous inputs, and the copies are small next to the
-        // recurrence.
+        let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
+            let sizes = (batch, time, self.hidden_size);
+            let ln = self.layer_norm.is_some();
+            LstmRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+        })?;
         let state = LstmState {
-            h: out.narrow(1, time, 1)?.squeeze(1)?.contiguous()?,
-            c: out.narrow(1, time + 1, 1)?.squeeze(1)?.contiguous()?,
+            h: fused::output_row(&out, time)?,
+            c: fused::output_row(&out, time + 1)?,
         };
         Ok((out.narrow(1, 0, time)?.contiguous()?, state))
     }
@@ -342,12 +311,7 @@ impl Lstm {
         let (_, time, _) = xproj.dims3()?;
         let mask = mask.to_dtype(xproj.dtype())?;
         let mut outputs = vec![None; time];
-        let steps: Vec<usize> = if reverse {
-            (0..time).rev().collect()
-        } else {
-            (0..time).collect()
-        };
-        for t in steps {
+        for t in step_order(time, reverse) {
             let m = mask.narrow(1, t, 1)?; // [batch, 1]
             let next = self.cell(&xproj.narrow(1, t, 1)?.squeeze(1)?, &state)?;
             let h = masked_update(&next.h, &state.h, &m)?;
@@ -355,26 +319,13 @@ impl Lstm {
             outputs[t] = Some(next.h.broadcast_mul(&m)?);
             state = LstmState { h, c };
         }
-        let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
-        let hs = if outputs.is_empty() {
-            Tensor::zeros(
-                (xproj.dim(0)?, 0, self.hidden_size),
-                xproj.dtype(),
-                xproj.device(),
-            )?
-        } else {
-            Tensor::stack(&outputs, 1)?
-        };
-        Ok((hs, state))
+        Ok((stack_steps(outputs, xproj, self.hidden_size)?, state))
     }
 
     /// The cell given the input projection `xproj: [batch, 4*hidden]`.
     fn cell(&self, xproj: &Tensor, state: &LstmState) -> Result<LstmState> {
-        let rec = state.h.matmul(&self.weight_hh.t()?)?;
-        let rec = match &self.layer_norm {
-            Some(ln) => normalise(&rec)?.broadcast_mul(&ln.hh)?,
-            None => rec,
-        };
+        let gain = self.layer_norm.as_ref().map(|ln| &ln.hh);
+        let rec = recurrent_projection(&state.h, &self.weight_hh, gain)?;
         let gates = (xproj + rec)?;
         let chunks = gates.chunk(4, D::Minus1)?;
         let i = candle_nn::ops::sigmoid(&chunks[0])?;
@@ -410,6 +361,63 @@ pub(crate) fn normalise(z: &Tensor) -> Result<Tensor> {
     let centred = z.broadcast_sub(&z.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)
+}
+
+/// `LN(proj; gain)` (plain `proj` without a gain) plus `bias`, over the last dimension.
+pub(crate) fn normalised_plus_bias(
+    proj: &Tensor,
+    gain: Option<&Tensor>,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let proj = match gain {
+        Some(gain) => normalise(proj)?.broadcast_mul(gain)?,
+        None => proj.clone(),
+    };
+    proj.broadcast_add(bias)
+}
+
+/// `h·W_hhᵀ` for `h: [batch, hidden]`, layer-normalised with `gain` if given.
+pub(crate) fn recurrent_projection(
+    h: &Tensor,
+    weight_hh: &Tensor,
+    gain: Option<&Tensor>,
+) -> Result<Tensor> {
+    let rec = h.matmul(&weight_hh.t()?)?;
+    match gain {
+        Some(gain) => normalise(&rec)?.broadcast_mul(gain),
+        None => Ok(rec),
+    }
+}
+
+/// The time positions `0..time` in processing order (last first with `reverse`).
+pub(crate) fn step_order(time: usize, reverse: bool) -> Vec<usize> {
+    if reverse {
+        (0..time).rev().collect()
+    } else {
+        (0..time).collect()
+    }
+}
+
+/// The step-by-step path's outputs, one `[batch, hidden]` per position, stacked to
+/// `[batch, time, hidden]`; `[batch, 0, hidden]` like `xproj`'s when there are none.
+pub(crate) fn stack_steps(
+    outputs: Vec<Option<Tensor>>,
+    xproj: &Tensor,
+    hidden: usize,
+) -> Result<Tensor> {
+    let outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
+    if outputs.is_empty() {
+        Tensor::zeros((xproj.dim(0)?, 0, hidden), xproj.dtype(), xproj.device())
+    } else {
+        Tensor::stack(&outputs, 1)
+    }
+}
+
+/// The mask of one decoding step for `x: [batch, features]` (an error for any other rank):
+/// every row a real token, `[batch, 1]`.
+pub(crate) fn one_step_mask(x: &Tensor) -> Result<Tensor> {
+    let (batch, _) = x.dims2()?;
+    Tensor::ones((batch, 1), DType::F32, x.device())
 }
 
 /// `m * new + (1 - m) * old` with `m: [batch, 1]`.

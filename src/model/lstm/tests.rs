@@ -5,10 +5,16 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{Lstm, LstmState, Recurrence};
+use crate::model::test_support::{
+    assert_finite_differences, assert_fused_matches_stepwise, assert_gradients_ignore_thread_count,
+    assert_gradients_match, assert_inference_matches_training, assert_pads_zero,
+    assert_rows_match_alone, interior_padding_mask, mask_of, max_abs, max_abs_diff, random_vars,
+    uniform, Harness,
+};
 
 const B: usize = 3;
 const T: usize = 5;
@@ -16,14 +22,6 @@ const I: usize = 4;
 const H: usize = 3;
 /// Ragged lengths: rows end at different steps and one row is a single token.
 const LENGTHS: [usize; B] = [5, 3, 1];
-
-fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64, dtype: DType) -> Tensor {
-    let n = shape.iter().product();
-    let data: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu)
-        .and_then(|t| t.to_dtype(dtype))
-        .expect("random tensor")
-}
 
 /// Every trainable value of one test case, kept as `Var`s so autograd reports their
 /// gradients: the layer's parameters, the input and the initial state.
@@ -44,7 +42,6 @@ impl Case {
         lengths: &[usize],
     ) -> Self {
         let (b, t, i, h) = sizes;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut shapes: Vec<(&str, Vec<usize>, f64, f64)> = vec![
             ("weight_ih", vec![4 * h, i], -0.6, 0.6),
             ("weight_hh", vec![4 * h, h], -0.6, 0.6),
@@ -61,18 +58,8 @@ impl Case {
                 ("ln_cell_bias", vec![h], -0.3, 0.3),
             ]);
         }
-        let vars = shapes
-            .into_iter()
-            .map(|(name, shape, lo, hi)| {
-                let t = uniform(&mut rng, &shape, lo, hi, dtype);
-                (name.to_string(), Var::from_tensor(&t).expect("var"))
-            })
-            .collect();
-        let mask: Vec<f32> = lengths
-            .iter()
-            .flat_map(|&len| (0..t).map(move |s| if s < len { 1.0 } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu).expect("mask");
+        let (mut rng, vars) = random_vars(seed, shapes, dtype);
+        let mask = mask_of(lengths, t);
         let loss_weights = [
             uniform(&mut rng, &[b, t, h], -1.0, 1.0, dtype),
             uniform(&mut rng, &[b, h], -1.0, 1.0, dtype),
@@ -94,13 +81,6 @@ impl Case {
         self.tensors()[name].clone()
     }
 
-    fn tensors(&self) -> HashMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
-    }
-
     /// Runs the layer on `values` (the case's own, or perturbed copies).
     fn run(
         &self,
@@ -119,6 +99,22 @@ impl Case {
         };
         lstm.forward_with(xs, &self.mask, reverse, Some(&init), recurrence)
     }
+}
+
+impl Harness for Case {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn outputs(
+        &self,
+        values: &HashMap<String, Tensor>,
+        reverse: bool,
+        recurrence: Recurrence,
+    ) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+        let (hs, state) = self.run(values, reverse, recurrence)?;
+        Ok((hs, vec![("h", state.h), ("c", state.c)]))
+    }
 
     fn loss(
         &self,
@@ -130,41 +126,6 @@ impl Case {
         let [w_out, w_h, w_c] = &self.loss_weights;
         (hs * w_out)?.sum_all()? + (state.h * w_h)?.sum_all()? + (state.c * w_c)?.sum_all()?
     }
-
-    /// Gradient of the loss w.r.t. every var, in `vars` order.
-    fn gradients(&self, reverse: bool, recurrence: Recurrence) -> Result<Vec<(String, Tensor)>> {
-        let grads = self
-            .loss(&self.tensors(), reverse, recurrence)?
-            .backward()?;
-        self.vars
-            .iter()
-            .map(|(name, var)| {
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("no gradient for {name}"));
-                Ok((name.clone(), g.clone()))
-            })
-            .collect()
-    }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f64 {
-    let zeros = a.zeros_like().unwrap();
-    max_abs_diff(a, &zeros)
 }
 
 #[test]
@@ -194,15 +155,7 @@ fn fused_forward_matches_step_by_step() -> Result<()> {
                 "{what}: final c differs"
             );
             // Padding positions are exactly zero.
-            let hs = hs_f.to_vec3::<f32>()?;
-            for (b, &len) in LENGTHS.iter().enumerate() {
-                for (t, row) in hs[b].iter().enumerate().skip(len) {
-                    assert!(
-                        row.iter().all(|&v| v == 0.0),
-                        "{what}: pad ({b},{t}) not zero"
-                    );
-                }
-            }
+            assert_pads_zero(&hs_f, &LENGTHS, &what)?;
         }
     }
     Ok(())
@@ -217,17 +170,8 @@ fn fused_gradients_match_autograd_through_candle_ops() -> Result<()> {
                 let case = Case::small(layer_norm, dtype, 2);
                 let fused = case.gradients(reverse, Recurrence::Auto)?;
                 let reference = case.gradients(reverse, Recurrence::StepByStep)?;
-                for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
-                    let what =
-                        format!("{dtype:?} layer_norm={layer_norm} reverse={reverse} d{name}");
-                    let scale = max_abs(gr);
-                    assert!(scale > 1e-3, "{what}: reference gradient is trivial");
-                    let diff = max_abs_diff(gf, gr);
-                    assert!(
-                        diff < tol * scale.max(1.0),
-                        "{what}: differs by {diff} (scale {scale})"
-                    );
-                }
+                let what = format!("{dtype:?} layer_norm={layer_norm} reverse={reverse}");
+                assert_gradients_match(&fused, &reference, tol, true, &what);
             }
         }
     }
@@ -237,42 +181,18 @@ fn fused_gradients_match_autograd_through_candle_ops() -> Result<()> {
 /// Central differences in f64 on a spread of elements of every input.
 #[test]
 fn fused_gradients_match_finite_differences() -> Result<()> {
-    let eps = 1e-6;
+    // Up to 7 elements spread over the tensor, always including the last one.
+    let picks = |len: usize| {
+        (0..7)
+            .map(|k| (k * len / 7 + k) % len)
+            .chain([len - 1])
+            .collect()
+    };
     for layer_norm in [false, true] {
         for reverse in [false, true] {
             let case = Case::small(layer_norm, DType::F64, 3);
-            let analytic = case.gradients(reverse, Recurrence::Auto)?;
-            let base = case.tensors();
-            for (name, grad) in &analytic {
-                let grad = grad.flatten_all()?.to_vec1::<f64>()?;
-                let shape = base[name].dims().to_vec();
-                let flat = base[name].flatten_all()?.to_vec1::<f64>()?;
-                // Up to 7 elements spread over the tensor, always including the last one.
-                let picks: Vec<usize> = (0..7)
-                    .map(|k| (k * flat.len() / 7 + k) % flat.len())
-                    .chain([flat.len() - 1])
-                    .collect();
-                for idx in picks {
-                    let at = |delta: f64| -> Result<f64> {
-                        let mut data = flat.clone();
-                        data[idx] += delta;
-                        let mut values = base.clone();
-                        values.insert(
-                            name.clone(),
-                            Tensor::from_vec(data, shape.as_slice(), &Device::Cpu)?,
-                        );
-                        case.loss(&values, reverse, Recurrence::Auto)?
-                            .to_scalar::<f64>()
-                    };
-                    let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
-                    let diff = (numeric - grad[idx]).abs();
-                    assert!(
-                        diff < 1e-6 * (1.0 + numeric.abs()),
-                        "layer_norm={layer_norm} reverse={reverse} d{name}[{idx}]: analytic {} numeric {numeric}",
-                        grad[idx]
-                    );
-                }
-            }
+            let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            assert_finite_differences(&case, reverse, picks, false, &what)?;
         }
     }
     Ok(())
@@ -344,26 +264,11 @@ fn padded_batch_equals_each_sentence_alone() -> Result<()> {
             values.insert("c0".into(), values["c0"].zeros_like()?);
             let vb = VarBuilder::from_tensors(values.clone(), DType::F32, &Device::Cpu);
             let lstm = Lstm::new(i, h, layer_norm, vb)?;
-            let (hs, state) = lstm.forward(&values["xs"], &case.mask, reverse)?;
-            for (row, &len) in lengths.iter().enumerate() {
-                let xs = values["xs"].narrow(0, row, 1)?.narrow(1, 0, len)?;
-                let mask = Tensor::ones((1, len), DType::F32, &Device::Cpu)?;
-                let (hs1, state1) = lstm.forward(&xs, &mask, reverse)?;
-                let what = format!("layer_norm={layer_norm} reverse={reverse} row {row}");
-                let batched = hs.narrow(0, row, 1)?.narrow(1, 0, len)?;
-                assert!(
-                    max_abs_diff(&batched, &hs1) < 1e-6,
-                    "{what}: outputs differ"
-                );
-                assert!(
-                    max_abs_diff(&state.h.narrow(0, row, 1)?, &state1.h) < 1e-6,
-                    "{what}: h"
-                );
-                assert!(
-                    max_abs_diff(&state.c.narrow(0, row, 1)?, &state1.c) < 1e-6,
-                    "{what}: c"
-                );
-            }
+            let what = format!("layer_norm={layer_norm} reverse={reverse}");
+            assert_rows_match_alone(&values["xs"], &case.mask, &lengths, &what, |xs, mask| {
+                let (hs, state) = lstm.forward(xs, mask, reverse)?;
+                Ok((hs, vec![("h", state.h), ("c", state.c)]))
+            })?;
         }
     }
     Ok(())
@@ -460,13 +365,7 @@ fn fused_step_matches_candle_ops_cell() -> Result<()> {
         );
         assert_eq!(gf.len(), case.vars.len(), "every input gets a gradient");
         assert_eq!(gf.len(), gr.len());
-        for ((name, a), (_, b)) in gf.iter().zip(gr) {
-            let scale = max_abs(b).max(1.0);
-            assert!(
-                max_abs_diff(a, b) < 1e-11 * scale,
-                "layer_norm={layer_norm}: d{name} differs"
-            );
-        }
+        assert_gradients_match(gf, gr, 1e-11, false, &format!("layer_norm={layer_norm}"));
     }
     Ok(())
 }
@@ -476,23 +375,7 @@ fn fused_step_matches_candle_ops_cell() -> Result<()> {
 /// whatever the machine's core count.
 #[test]
 fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
-    let case = Case::small(true, DType::F64, 9);
-    let reference = case.gradients(true, Recurrence::StepByStep)?;
-    for threads in [1, 4] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
-        let fused = pool.install(|| case.gradients(true, Recurrence::Auto))?;
-        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
-            let diff = max_abs_diff(gf, gr);
-            assert!(
-                diff < 1e-11 * max_abs(gr).max(1.0),
-                "{threads} threads: d{name} differs by {diff}"
-            );
-        }
-    }
-    Ok(())
+    assert_gradients_ignore_thread_count(&Case::small(true, DType::F64, 9))
 }
 
 /// Padding in the middle of a row (not only at its end) carries the state over it, in the
@@ -500,40 +383,9 @@ fn gradients_do_not_depend_on_the_thread_count() -> Result<()> {
 #[test]
 fn interior_padding_carries_the_state() -> Result<()> {
     let mut case = Case::small(false, DType::F64, 10);
-    case.mask = Tensor::from_vec(
-        vec![
-            1f32, 0., 1., 1., 0., //
-            0., 1., 0., 1., 1., //
-            1., 1., 1., 0., 0.,
-        ],
-        (B, T),
-        &Device::Cpu,
-    )?;
+    case.mask = interior_padding_mask()?;
     for reverse in [false, true] {
-        let values = case.tensors();
-        let (hs_f, st_f) = case.run(&values, reverse, Recurrence::Auto)?;
-        let (hs_r, st_r) = case.run(&values, reverse, Recurrence::StepByStep)?;
-        assert!(
-            max_abs_diff(&hs_f, &hs_r) < 1e-12,
-            "reverse={reverse}: outputs"
-        );
-        assert!(
-            max_abs_diff(&st_f.h, &st_r.h) < 1e-12,
-            "reverse={reverse}: h"
-        );
-        assert!(
-            max_abs_diff(&st_f.c, &st_r.c) < 1e-12,
-            "reverse={reverse}: c"
-        );
-        let fused = case.gradients(reverse, Recurrence::Auto)?;
-        let reference = case.gradients(reverse, Recurrence::StepByStep)?;
-        for ((name, gf), (_, gr)) in fused.iter().zip(&reference) {
-            let diff = max_abs_diff(gf, gr);
-            assert!(
-                diff < 1e-11 * max_abs(gr).max(1.0),
-                "reverse={reverse}: d{name} differs by {diff}"
-            );
-        }
+        assert_fused_matches_stepwise(&case, reverse)?;
     }
     Ok(())
 }
@@ -545,18 +397,8 @@ fn inference_path_matches_training_path() -> Result<()> {
     for layer_norm in [false, true] {
         for reverse in [false, true] {
             let case = Case::small(layer_norm, DType::F32, 11);
-            let tracked = case.tensors();
-            let detached: HashMap<String, Tensor> = tracked
-                .iter()
-                .map(|(n, t)| (n.clone(), t.detach()))
-                .collect();
-            assert!(!detached["weight_hh"].track_op());
-            let (hs_t, st_t) = case.run(&tracked, reverse, Recurrence::Auto)?;
-            let (hs_i, st_i) = case.run(&detached, reverse, Recurrence::Auto)?;
             let what = format!("layer_norm={layer_norm} reverse={reverse}");
-            assert!(max_abs_diff(&hs_t, &hs_i) == 0.0, "{what}: outputs");
-            assert!(max_abs_diff(&st_t.h, &st_i.h) == 0.0, "{what}: h");
-            assert!(max_abs_diff(&st_t.c, &st_i.c) == 0.0, "{what}: c");
+            assert_inference_matches_training(&case, reverse, &what)?;
         }
     }
     Ok(())
