@@ -6,7 +6,16 @@ use common::*;
 
 #[test]
 fn help_shows_an_example_for_each_subcommand() {
-    for sub in ["prepare", "train", "translate", "bleu", "corpus fetch"] {
+    for sub in [
+        "prepare",
+        "train",
+        "translate",
+        "bleu",
+        "corpus fetch",
+        "lm score",
+        "lm next",
+        "lm generate",
+    ] {
         let out = run(rnmt().args(sub.split(' ')).arg("--help"));
         assert!(out.status.success(), "{sub}");
         let text = String::from_utf8(out.stdout).unwrap();

@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a parallel corpus and learn subword models for training.
+    /// Validate a parallel (or, with --mono, one-sided) corpus and learn subword models for training.
     Prepare(prepare::PrepareArgs),
     /// Train a model (see `rnmt train --help`).
     #[command(

@@ -29,7 +29,7 @@ impl From<ModelType> for SubwordKind {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n  rnmt prepare --mono tatoeba-deu-eng/train --valid tatoeba-deu-eng/dev --lang de \\\n      --vocab-size 8000 --out data/tatoeba-de-lm\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
+    after_help = "Example:\n  rnmt prepare --train multi30k/train --valid multi30k/val --src-lang de --tgt-lang en \\\n      --vocab-size 8000 --out data/multi30k-de-en\n  rnmt prepare --mono tatoeba-deu-eng/train --valid tatoeba-deu-eng/dev --lang de \\\n      --vocab-size 8000 --out data/tatoeba-de-lm\n\nPREFIX.de and PREFIX.en are aligned files; a relative PREFIX that does not exist is\nlooked up under $RNMT_CORPORA (default corpora/)."
 )]
 pub struct PrepareArgs {
     /// Training corpus prefix: PREFIX.SRC and PREFIX.TGT are aligned line by line.
