@@ -278,7 +278,10 @@ fn the_shipped_model_lists_katze_after_der_hund_und_die() {
     // Whole words, most probable first, each listed once.
     assert!(words.windows(2).all(|w| w[0].0 >= w[1].0), "{text}");
     for (p, w) in &words {
-        assert!(*p > 0.0 && *p < 1.0 && !w.is_empty() && !w.contains(' '), "{text}");
+        assert!(
+            *p > 0.0 && *p < 1.0 && !w.is_empty() && !w.contains(' '),
+            "{text}"
+        );
     }
     let mut unique: Vec<&str> = words.iter().map(|w| w.1).collect();
     unique.sort();
