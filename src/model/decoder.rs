@@ -73,26 +73,16 @@ impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let embedding = embedding(cfg.tgt_vocab_size, cfg.embedding_size, vb.pp("embedding"))?;
-        let layers = (0..cfg.decoder_layers)
-            .map(|l| {
-                let input = match (l, cfg.input_feeding) {
-                    (0, true) => cfg.embedding_size + h,
-                    (0, false) => cfg.embedding_size,
-                    (_, true) => h,
-                    (_, false) => 2 * h,
-                };
-                RecurrentLayer::new(
-                    cfg.cell,
-                    input,
-                    h,
-                    cfg.layer_norm,
-                    vb.pp(format!("layers.{l}")),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let residual = (0..cfg.decoder_layers)
-            .map(|l| cfg.has_residual(l))
-            .collect();
+        let (layers, residual) = RecurrentLayer::stack(
+            cfg,
+            |l| match (l, cfg.input_feeding) {
+                (0, true) => cfg.embedding_size + h,
+                (0, false) => cfg.embedding_size,
+                (_, true) => h,
+                (_, false) => 2 * h,
+            },
+            &vb,
+        )?;
         let conditional = if cfg.cgru {
             Some(RecurrentLayer::new(
                 cfg.cell,

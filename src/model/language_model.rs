@@ -57,21 +57,8 @@ impl LanguageModel {
         let vb = vb.pp("lm");
         let h = cfg.hidden_size;
         let embedding = embedding(cfg.tgt_vocab_size, cfg.embedding_size, vb.pp("embedding"))?;
-        let layers = (0..cfg.decoder_layers)
-            .map(|l| {
-                let input = if l == 0 { cfg.embedding_size } else { h };
-                RecurrentLayer::new(
-                    cfg.cell,
-                    input,
-                    h,
-                    cfg.layer_norm,
-                    vb.pp(format!("layers.{l}")),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let residual = (0..cfg.decoder_layers)
-            .map(|l| cfg.has_residual(l))
-            .collect();
+        let (layers, residual) =
+            RecurrentLayer::stack(cfg, |l| if l == 0 { cfg.embedding_size } else { h }, &vb)?;
         let output = OutputLayer::new(cfg, &embedding, vb.pp("output"))?;
         Ok(Self {
             cfg: cfg.clone(),

@@ -11,7 +11,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::Cell;
+use super::config::{Cell, ModelConfig};
 use super::gru::Gru;
 use super::lstm::{Lstm, LstmState};
 
@@ -35,6 +35,25 @@ impl RecurrentLayer {
             Cell::Lstm => Self::Lstm(Lstm::new(input_size, hidden_size, layer_norm, vb)?),
             Cell::Gru => Self::Gru(Gru::new(input_size, hidden_size, layer_norm, vb)?),
         })
+    }
+
+    /// The `decoder_layers` layers of a decoder-side stack (`layers.{l}` under `vb`), layer
+    /// `l` reading `input_size(l)` features, with whether each adds its input to its output.
+    pub fn stack(
+        cfg: &ModelConfig,
+        input_size: impl Fn(usize) -> usize,
+        vb: &VarBuilder,
+    ) -> Result<(Vec<Self>, Vec<bool>)> {
+        let layers = (0..cfg.decoder_layers)
+            .map(|l| {
+                let vb = vb.pp(format!("layers.{l}"));
+                Self::new(cfg.cell, input_size(l), cfg.hidden_size, cfg.layer_norm, vb)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let residual = (0..cfg.decoder_layers)
+            .map(|l| cfg.has_residual(l))
+            .collect();
+        Ok((layers, residual))
     }
 
     /// The layer over `xs: [batch, time, input]` from a zero state: the hidden states
