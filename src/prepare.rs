@@ -199,7 +199,12 @@ pub fn run(args: &PrepareConfig) -> anyhow::Result<PrepareSummary> {
             / n as f64)
     };
     let summary = PrepareSummary {
-        mean_src_subwords: mean(&source, train.sources().collect())?,
+        // A monolingual corpus has no source side to encode.
+        mean_src_subwords: if args.mono {
+            0.0
+        } else {
+            mean(&source, train.sources().collect())?
+        },
         mean_tgt_subwords: mean(&target, train.targets().collect())?,
         train: train.report,
         valid: valid.map(|v| v.report),

@@ -77,8 +77,11 @@ fn trained_tiny_lm(corpora: &Path, steps: u64) -> (tempfile::TempDir, PathBuf, P
 
 /// `ln p(sentence)` and the number of predictions through the step API, one subword at a
 /// time: the reference `rnmt lm score` (teacher forcing over batches) must agree with.
-fn step_by_step_log_prob(model_dir: &Path, sentence: &str) -> (f64, usize) {
-    let (model, tokenizer) = load_language_model(model_dir, &Device::Cpu).unwrap();
+fn step_by_step_log_prob(
+    model: &rnmt::model::LanguageModel,
+    tokenizer: &rnmt::subword::SubwordModel,
+    sentence: &str,
+) -> (f64, usize) {
     let ids = tokenizer.encode(sentence).unwrap();
     let mut state = model.init(1).unwrap();
     let mut prev = BOS_ID;
@@ -127,8 +130,9 @@ fn perplexity_is_exp_of_the_mean_token_nll_computed_step_by_step() {
         .collect();
     assert_eq!(rows.len(), sentences.len(), "one line per input line");
     let (mut sum, mut tokens) = (0f64, 0usize);
+    let (model, tokenizer) = load_language_model(&best, &Device::Cpu).unwrap();
     for (row, sentence) in rows.iter().zip(&sentences) {
-        let (log_prob, n) = step_by_step_log_prob(&best, sentence);
+        let (log_prob, n) = step_by_step_log_prob(&model, &tokenizer, sentence);
         assert_eq!(row[2] as usize, n, "{sentence}");
         assert!(
             (row[1] - log_prob).abs() < 1e-3 * log_prob.abs().max(1.0),

@@ -63,11 +63,15 @@ impl LstmState {
     }
 
     /// Rows `rows` (u32 indices) of the state: reorders/expands/shrinks the batch.
+    /// A GRU's state holds its `h` as `c` too (see `model::recurrent`): selected once.
     pub fn select(&self, rows: &Tensor) -> Result<Self> {
-        Ok(Self {
-            h: self.h.index_select(rows, 0)?,
-            c: self.c.index_select(rows, 0)?,
-        })
+        let h = self.h.index_select(rows, 0)?;
+        let c = if self.c.id() == self.h.id() {
+            h.clone()
+        } else {
+            self.c.index_select(rows, 0)?
+        };
+        Ok(Self { h, c })
     }
 }
 
