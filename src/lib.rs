@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cli;
 pub mod corpus;
 pub mod device;
+pub mod dist;
 pub mod hub;
 pub mod io;
 pub mod lm;

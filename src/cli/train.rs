@@ -63,13 +63,23 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // Under an MPI launcher, only rank 0 touches the run folder.
+    let root = crate::dist::launcher_ranks().is_none_or(|(rank, _)| rank == 0);
     // A resumed run is locked before its config.toml is read: another trainer may be
     // about to rewrite it.
     let early_lock = match &args.resume {
-        Some(run) if run.is_dir() => Some(RunLock::acquire(run)?),
+        Some(run) if root && run.is_dir() => Some(RunLock::acquire(run)?),
         _ => None,
     };
     let mut cfg = resolve_config(args)?;
+    let comm = crate::dist::init(cfg.collective_timeout_s)?;
+    if comm.size() > 1 && cfg.device == "cuda" {
+        // One rank per GPU: the rank's place on its host picks the GPU.
+        let local = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
+            .or_else(|_| std::env::var("SLURM_LOCALID"))
+            .unwrap_or_else(|_| "0".into());
+        cfg.device = format!("cuda:{}", local.trim());
+    }
     crate::device::set_threads(cfg.threads)?;
     let device = crate::device::parse_device(&cfg.device)?.device()?;
     let prepared = PreparedData::load(&cfg.data)?;
@@ -95,8 +105,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     cfg.validate()?;
     // Once the config is known to be good, before the run folder is read or written.
     let lock = match early_lock {
-        Some(lock) => lock,
-        None => RunLock::acquire(&cfg.run_dir)?,
+        Some(lock) => Some(lock),
+        None if root => Some(RunLock::acquire(&cfg.run_dir)?),
+        None => None,
     };
 
     let train_corpus = prepared.read_train()?;
@@ -132,7 +143,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         },
     };
 
+    if comm.size() > 1 {
+        let vocabulary = crate::train::checkpoint::data_fingerprint(&data.model_files)?;
+        let mut sets = vec![data.train.as_slice()];
+        sets.extend(data.valid.as_ref().map(|v| v.pairs.as_slice()));
+        crate::train::data_parallel::check_ranks_agree(&*comm, &cfg, &sets, &vocabulary)?;
+    }
+
     let run_dir = cfg.run_dir.clone();
+    if !root {
+        // Rank 0 reads the checkpoint (or starts fresh) and sends the others its weights,
+        // moments and state when training starts.
+        let mut trainer = Trainer::new(cfg, device)?;
+        trainer.set_collective(comm);
+        trainer.train(&data)?;
+        return Ok(());
+    }
     if args.resume.is_some() {
         warn_if_not_exact(&run_dir, &cfg);
     }
@@ -147,7 +173,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         Trainer::new(cfg.clone(), device)?
     };
-    trainer.hold_lock(lock);
+    if let Some(lock) = lock {
+        trainer.hold_lock(lock);
+    }
+    trainer.set_collective(comm);
     // Before the run's copies of the tokenizers are replaced.
     trainer.check_data(&data)?;
     write_atomic(

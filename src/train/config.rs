@@ -93,6 +93,11 @@ pub struct TrainConfig {
     /// by beam-5 BLEU on the dev set's first `valid_max_sentences` sentences over a small
     /// grid (`train::tune`). Translation models with a dev set only.
     pub tune_search: bool,
+    /// Data-parallel training (`mpirun -np N rnmt train`): how long one collective may
+    /// wait for the other ranks before this rank gives up with an error naming the
+    /// operation. It must cover rank 0's validation and checkpoint writing, which the
+    /// other ranks wait for at their next step.
+    pub collective_timeout_s: f64,
     pub model: ModelConfig,
 }
 
@@ -132,6 +137,7 @@ impl Default for TrainConfig {
             keep_last: 3,
             patience: 10,
             tune_search: true,
+            collective_timeout_s: 600.0,
             model: ModelConfig::default(),
         }
     }
@@ -200,6 +206,12 @@ impl TrainConfig {
         }
         if self.max_minutes.is_nan() || self.max_minutes < 0.0 {
             bail!("max_minutes = {}: must be >= 0", self.max_minutes);
+        }
+        if !(1.0..=86_400.0).contains(&self.collective_timeout_s) {
+            bail!(
+                "collective_timeout_s = {}: must be between 1 and 86400 seconds",
+                self.collective_timeout_s
+            );
         }
         if !(self.decay_factor > 0.0 && self.decay_factor <= 1.0) {
             bail!("decay_factor = {}: must be in (0, 1]", self.decay_factor);

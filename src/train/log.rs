@@ -201,6 +201,8 @@ pub struct Progress {
     /// When the last plain line was printed (None: print the next update at once).
     last_line: Option<Instant>,
     interval: Duration,
+    /// Shows nothing: the ranks other than 0 of a data-parallel run.
+    hidden: bool,
 }
 
 impl Progress {
@@ -224,10 +226,24 @@ impl Progress {
             bar,
             last_line: None,
             interval: Duration::from_secs(30),
+            hidden: false,
+        }
+    }
+
+    /// A display that shows nothing.
+    pub fn hidden() -> Self {
+        Self {
+            bar: None,
+            last_line: None,
+            interval: Duration::from_secs(30),
+            hidden: true,
         }
     }
 
     pub fn update(&mut self, step: u64, epoch: u64, loss: f64, ppl: f64, tok_s: f64, lr: f64) {
+        if self.hidden {
+            return;
+        }
         let msg = format!("epoch {epoch} loss {loss:.3} ppl {ppl:.2} {tok_s:.0} tok/s lr {lr:.2e}");
         match &self.bar {
             Some(bar) => {
@@ -244,6 +260,9 @@ impl Progress {
 
     /// A line that must not be overwritten by the bar (validations, checkpoints).
     pub fn println(&self, line: &str) {
+        if self.hidden {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod log;
 pub mod loss;
 pub mod optim;

@@ -7,17 +7,23 @@
 //! masks from a ChaCha8 stream whose position is saved. So an interrupted run resumed
 //! from a checkpoint performs bit-identical updates to an uninterrupted one (on the same
 //! device and thread count).
+//!
+//! Under a data-parallel launcher the trainer holds a [`Collective`] of several ranks
+//! and trains the same model as one process would ([`data_parallel`] states the
+//! contract); rank 0 alone writes the run folder.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
+use crate::dist::{Collective, SingleProcess};
 use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Model, Task};
@@ -27,6 +33,7 @@ use crate::train::checkpoint::{
     TrainState, CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
+use crate::train::data_parallel::{self, RootState};
 use crate::train::log::{MetricsLog, Progress, Record};
 use crate::train::loss::LabelSmoothedLoss;
 use crate::train::optim::{clip_scale, global_grad_norm, Adam};
@@ -82,6 +89,20 @@ pub struct Trainer {
     resumed: bool,
     /// Held while training writes into the run folder.
     lock: Option<RunLock>,
+    /// The ranks training together ([`SingleProcess`] unless launched by MPI).
+    comm: Box<dyn Collective>,
+    /// The flat gradient buffer of a data-parallel step, reused between steps.
+    bucket: Vec<f32>,
+}
+
+/// One step's gradients of the global batch's mean loss, with its loss figures.
+struct StepGradients {
+    grads: GradStore,
+    /// Training objective per target token (label-smoothed).
+    loss: f64,
+    /// Cross-entropy per target token (what perplexity is made of).
+    nll: f64,
+    tokens: usize,
 }
 
 impl Trainer {
@@ -117,6 +138,8 @@ impl Trainer {
             last_checkpoint: None,
             resumed: false,
             lock: None,
+            comm: Box::new(SingleProcess),
+            bucket: Vec::new(),
         })
     }
 
@@ -202,6 +225,158 @@ impl Trainer {
         Ok(())
     }
 
+    /// Trains together with the other ranks of `comm`. Every rank must then call
+    /// [`Self::train`] with the same config and data; rank 0's weights, moments and state
+    /// (fresh or resumed) become every rank's when training starts.
+    pub fn set_collective(&mut self, comm: Box<dyn Collective>) {
+        self.comm = comm;
+    }
+
+    /// Rank 0's weights, optimizer moments and training state on every rank.
+    fn sync_from_root(&mut self) -> Result<()> {
+        let shared = data_parallel::broadcast_root_state(
+            &*self.comm,
+            RootState {
+                state: self.state.clone(),
+                last_checkpoint: self.last_checkpoint,
+                stop: false,
+            },
+        )?;
+        data_parallel::broadcast_vars(&*self.comm, &self.vars)?;
+        let moments = data_parallel::broadcast_tensors(&*self.comm, &self.adam.state_tensors()?)?;
+        if !self.comm.is_root() {
+            self.adam.load_state_tensors(
+                &moments,
+                shared.state.step,
+                "rank 0's optimizer state",
+            )?;
+            self.apply_root_state(shared);
+        }
+        Ok(())
+    }
+
+    fn apply_root_state(&mut self, shared: RootState) {
+        self.schedule.plateau = shared.state.plateau.clone();
+        self.state = shared.state;
+        self.last_checkpoint = shared.last_checkpoint;
+    }
+
+    /// The gradients of the global batch `global`'s mean loss: from this process alone,
+    /// or from this rank's shard summed with the others' ([`data_parallel`]).
+    fn gradients(
+        &mut self,
+        pairs: &[EncodedPair],
+        global: &[usize],
+        loss_fn: &LabelSmoothedLoss,
+        nll_fn: &LabelSmoothedLoss,
+    ) -> Result<StepGradients> {
+        let scalar = |t: &candle_core::Tensor| -> Result<f64> {
+            Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        };
+        if self.comm.size() == 1 {
+            let t = Batch::new(pairs, global).to_tensors(&self.device)?;
+            let logits = self.model.forward(&t, Some(&mut self.rng))?;
+            let (sum, tokens) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
+            let objective = (sum / tokens.max(1) as f64)?;
+            let grads = objective.backward()?;
+            let loss = scalar(&objective)?;
+            let nll = if self.cfg.label_smoothing == 0.0 {
+                loss
+            } else {
+                let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
+                scalar(&s)? / tokens.max(1) as f64
+            };
+            return Ok(StepGradients {
+                grads,
+                loss,
+                nll,
+                tokens,
+            });
+        }
+        let tokens = data_parallel::target_tokens(pairs, global);
+        let mine = data_parallel::shard(pairs, global, &*self.comm);
+        // A rank whose shard is empty (a batch of fewer sentences than ranks) still
+        // takes part: it runs one sentence with weight 0, so it has a gradient store
+        // of zeros to add.
+        let (indices, weight) = match mine.is_empty() {
+            true => (&global[..1], 0.0),
+            false => (mine, 1.0),
+        };
+        let t = Batch::new(pairs, indices).to_tensors(&self.device)?;
+        let mut rng = data_parallel::dropout_rng(
+            self.cfg.seed ^ DROPOUT_SEED_MIX,
+            self.state.step,
+            self.comm.rank(),
+        );
+        let logits = self.model.forward(&t, Some(&mut rng))?;
+        let (sum, _) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
+        let objective = (&sum * (weight / tokens.max(1) as f64))?;
+        let mut grads = objective.backward()?;
+        let nll_sum = if self.cfg.label_smoothing == 0.0 {
+            0.0
+        } else {
+            let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
+            weight * scalar(&s)?
+        };
+        let mut totals = [weight * scalar(&sum)?, nll_sum];
+        data_parallel::flatten_grads(&grads, &self.vars, &mut self.bucket)?;
+        self.comm.all_reduce_sum_f32(&mut self.bucket)?;
+        self.comm.all_reduce_sum_f64(&mut totals)?;
+        data_parallel::replace_grads(&mut grads, &self.vars, &self.bucket)?;
+        let loss = totals[0] / tokens.max(1) as f64;
+        Ok(StepGradients {
+            grads,
+            loss,
+            nll: if self.cfg.label_smoothing == 0.0 {
+                loss
+            } else {
+                totals[1] / tokens.max(1) as f64
+            },
+            tokens,
+        })
+    }
+
+    /// Rank 0's value of `x` on every rank: decisions every rank must take alike (the
+    /// time limit) follow rank 0's clock.
+    fn root_value(&self, x: f64) -> Result<f64> {
+        if self.comm.size() == 1 {
+            return Ok(x);
+        }
+        let mut buf = [if self.comm.is_root() { x } else { 0.0 }];
+        self.comm.all_reduce_sum_f64(&mut buf)?;
+        Ok(buf[0])
+    }
+
+    /// Validation and a checkpoint on rank 0 (the only rank with a `log`), then rank 0's
+    /// state on every rank. Returns true when early stopping ends the run.
+    fn checkpoint_step(
+        &mut self,
+        data: &TrainData,
+        log: Option<&mut MetricsLog>,
+        progress: &Progress,
+    ) -> Result<bool> {
+        let stop = match log {
+            Some(log) => self.validate_and_checkpoint(data, log, progress)?,
+            None => false,
+        };
+        if self.comm.size() == 1 {
+            return Ok(stop);
+        }
+        let shared = data_parallel::broadcast_root_state(
+            &*self.comm,
+            RootState {
+                state: self.state.clone(),
+                last_checkpoint: self.last_checkpoint,
+                stop,
+            },
+        )?;
+        let stop = shared.stop;
+        if !self.comm.is_root() {
+            self.apply_root_state(shared);
+        }
+        Ok(stop)
+    }
+
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
@@ -213,12 +388,24 @@ impl Trainer {
             bail!("no training pairs");
         }
         let run_dir = self.cfg.run_dir.clone();
-        if self.lock.is_none() {
+        let root = self.comm.is_root();
+        if root && self.lock.is_none() {
             self.lock = Some(RunLock::acquire(&run_dir)?);
         }
+        if self.comm.size() > 1 {
+            self.sync_from_root()?;
+        }
         self.check_data(data)?;
-        checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
-        let mut log = MetricsLog::open(&run_dir, self.resumed.then_some(self.state.step))?;
+        let mut log = match root {
+            true => {
+                checkpoint::repair_run(&run_dir, self.state.best_step, &data.model_files)?;
+                Some(MetricsLog::open(
+                    &run_dir,
+                    self.resumed.then_some(self.state.step),
+                )?)
+            }
+            false => None,
+        };
         let limit = (self.cfg.max_steps > 0).then_some(self.cfg.max_steps);
         let batcher = TokenBatcher::new(self.cfg.max_tokens, self.cfg.seed);
         // For the bar's ETA: the step limit, or the epoch limit in steps (epochs differ
@@ -229,7 +416,16 @@ impl Trainer {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut progress = Progress::new(total, self.state.step);
+        let mut progress = match root {
+            true => Progress::new(total, self.state.step),
+            false => Progress::hidden(),
+        };
+        if self.comm.size() > 1 {
+            progress.println(&format!(
+                "data-parallel training over {}: each global batch split over the ranks",
+                self.comm.describe()
+            ));
+        }
         let loss_fn = LabelSmoothedLoss::new(self.cfg.label_smoothing);
         let nll_fn = LabelSmoothedLoss::new(0.0);
         let started = Instant::now();
@@ -245,18 +441,24 @@ impl Trainer {
                 if limit.is_some_and(|n| self.state.step >= n) {
                     break 'run StopReason::MaxSteps;
                 }
-                if self.cfg.max_minutes > 0.0 && elapsed(&started) >= self.cfg.max_minutes * 60.0 {
+                if self.cfg.max_minutes > 0.0
+                    && self.root_value(elapsed(&started))? >= self.cfg.max_minutes * 60.0
+                {
                     break 'run StopReason::MaxMinutes;
                 }
                 let step_started = Instant::now();
-                let batch = Batch::new(&data.train, &batches[self.state.batch_index]);
-                let t = batch.to_tensors(&self.device)?;
-                let logits = self.model.forward(&t, Some(&mut self.rng))?;
-                let (sum, tokens) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
-                let objective = (sum / tokens.max(1) as f64)?;
-                let grads = objective.backward()?;
+                let StepGradients {
+                    grads,
+                    loss,
+                    nll,
+                    tokens,
+                } = self.gradients(
+                    &data.train,
+                    &batches[self.state.batch_index],
+                    &loss_fn,
+                    &nll_fn,
+                )?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
-                let loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
                     // The update would ruin the weights: skip it (the batch is used up).
                     self.state.batch_index += 1;
@@ -293,12 +495,6 @@ impl Trainer {
                 self.state.batch_index += 1;
                 crate::io::crash_point("train.step");
                 self.state.target_tokens_seen += tokens as u64;
-                let nll = if self.cfg.label_smoothing == 0.0 {
-                    loss
-                } else {
-                    let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
-                    s.to_dtype(DType::F64)?.to_scalar::<f64>()? / tokens.max(1) as f64
-                };
                 let tokens_per_s = tokens as f64 / step_started.elapsed().as_secs_f64();
                 progress.update(
                     self.state.step,
@@ -308,7 +504,10 @@ impl Trainer {
                     tokens_per_s,
                     lr,
                 );
-                if self.state.step.is_multiple_of(self.cfg.log_every) {
+                if let Some(log) = log
+                    .as_mut()
+                    .filter(|_| self.state.step.is_multiple_of(self.cfg.log_every))
+                {
                     log.write(&Record::Train {
                         step: self.state.step,
                         epoch: self.state.epoch,
@@ -324,7 +523,7 @@ impl Trainer {
                 if self.cfg.valid_every > 0 && self.state.step.is_multiple_of(self.cfg.valid_every)
                 {
                     self.state.elapsed_s = elapsed(&started);
-                    if self.validate_and_checkpoint(data, &mut log, &progress)? {
+                    if self.checkpoint_step(data, log.as_mut(), &progress)? {
                         break 'run StopReason::EarlyStopping;
                     }
                 }
@@ -334,14 +533,14 @@ impl Trainer {
         };
         if self.last_checkpoint != Some(self.state.step) {
             self.state.elapsed_s = elapsed(&started);
-            self.validate_and_checkpoint(data, &mut log, &progress)?;
+            self.checkpoint_step(data, log.as_mut(), &progress)?;
         }
         progress.finish();
         progress.println(&format!(
             "training stopped ({reason:?}) after {} steps",
             self.state.step
         ));
-        if self.cfg.tune_search {
+        if root && self.cfg.tune_search {
             self.tune_best_search(data, &progress)?;
         }
         Ok(reason)

@@ -1,0 +1,122 @@
+//! The MPI backend (cargo feature `mpi`): rsmpi over the system's MPI library.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use mpi::collective::SystemOperation;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use super::{Collective, Watchdog};
+
+pub struct Mpi {
+    // Declared before `_universe`: the communicator must go before MPI is finalized.
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    watchdog: Watchdog,
+    /// The send side of an all-reduce (MPI reads one buffer and writes another); kept
+    /// between steps so a step allocates nothing.
+    scratch_f32: RefCell<Vec<f32>>,
+    _universe: mpi::environment::Universe,
+}
+
+impl Mpi {
+    /// Initializes MPI. Only the main thread calls MPI (the compute threads never do),
+    /// which is MPI_THREAD_FUNNELED.
+    pub fn init(timeout_s: f64) -> Result<Self> {
+        let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+            bail!("MPI was initialized twice in one process");
+        };
+        let world = universe.world();
+        let rank = world.rank() as usize;
+        let size = world.size() as usize;
+        let watchdog = Watchdog::start(
+            format!("rank {rank} of {size}"),
+            Duration::from_secs_f64(timeout_s),
+        );
+        Ok(Self {
+            world,
+            rank,
+            size,
+            watchdog,
+            scratch_f32: RefCell::new(Vec::new()),
+            _universe: universe,
+        })
+    }
+}
+
+/// MPI counts are C ints.
+fn check_len(n: usize, what: &str) -> Result<()> {
+    if n > i32::MAX as usize {
+        bail!(
+            "{what}: {n} elements exceed MPI's count limit of {}",
+            i32::MAX
+        );
+    }
+    Ok(())
+}
+
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        check_len(buf.len(), "all-reduce")?;
+        let mut send = self.scratch_f32.borrow_mut();
+        send.clear();
+        send.extend_from_slice(buf);
+        let _armed = self.watchdog.arm("the gradient all-reduce");
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        check_len(buf.len(), "all-reduce")?;
+        let send = buf.to_vec();
+        let _armed = self.watchdog.arm("an all-reduce of step totals");
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn broadcast_f32(&self, buf: &mut [f32]) -> Result<()> {
+        check_len(buf.len(), "broadcast")?;
+        let _armed = self.watchdog.arm("a broadcast of the weights from rank 0");
+        self.world.process_at_rank(0).broadcast_into(buf);
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
+        let _armed = self
+            .watchdog
+            .arm("a broadcast of the training state from rank 0");
+        let root = self.world.process_at_rank(0);
+        let mut len = bytes.len() as u64;
+        root.broadcast_into(&mut len);
+        let len = usize::try_from(len)?;
+        check_len(len, "broadcast")?;
+        bytes.resize(len, 0);
+        root.broadcast_into(&mut bytes[..]);
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let _armed = self.watchdog.arm("a barrier");
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let version = mpi::environment::library_version()
+            .map(|v| v.lines().next().unwrap_or_default().trim().to_string())
+            .unwrap_or_else(|_| "unknown version".to_string());
+        format!("MPI, {} ranks ({version})", self.size)
+    }
+}
