@@ -158,18 +158,29 @@ pub fn repair_published(dir: &Path, complete: impl Fn(&Path) -> bool) -> Result<
 
 /// A test hook for crash-consistency tests: with `RNMT_ABORT_AT=NAME:N` in the
 /// environment, the process kills itself with SIGKILL (no unwinding, no clean-up, as a
-/// power cut or the OOM killer would) the Nth time it reaches the point `NAME`. Without
-/// the variable this is one load of a cached `None`.
+/// power cut or the OOM killer would) the Nth time it reaches the point `NAME`; with
+/// `RNMT_STALL_AT=NAME:N` it stops there for good instead (a hung process, for the
+/// tests of timeouts). Without the variables this is two loads of a cached `None`.
 pub fn crash_point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static STALL: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
-    let at = AT.get_or_init(|| {
-        let spec = std::env::var("RNMT_ABORT_AT").ok()?;
+    static STALL_HITS: AtomicU64 = AtomicU64::new(0);
+    fn spec(var: &str) -> Option<(String, u64)> {
+        let spec = std::env::var(var).ok()?;
         let (point, n) = spec.rsplit_once(':')?;
         Some((point.to_string(), n.parse().ok()?))
-    });
+    }
+    if let Some((point, n)) = STALL.get_or_init(|| spec("RNMT_STALL_AT")) {
+        if point == name && STALL_HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+    let at = AT.get_or_init(|| spec("RNMT_ABORT_AT"));
     if let Some((point, n)) = at {
         if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.

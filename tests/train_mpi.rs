@@ -1,0 +1,467 @@
+//! Data-parallel `rnmt train` under `mpirun` (the `mpi` feature) on a real Multi30k
+//! slice: two ranks train the same model as one process, a dead or hung rank ends the
+//! run with an error instead of a hang, a run resumes with another rank count, and ranks
+//! that disagree on the config refuse to start. The default build is checked to refuse
+//! a launcher's ranks.
+//!
+//! Tolerance of the equivalence, from float summation order only: each rank sums its own
+//! sentences' losses and gradients and the all-reduce adds the two sums, where one process
+//! adds all sentences in one pass. Both are correct f32 sums of the same terms, so they
+//! differ by a few ulps per element (relative 1e-7 to 1e-6). Adam divides by the root of
+//! the second moment, so a weight moves by at most `lr` per step whatever the gradient's
+//! rounding; over a few steps the weights agree to ~1e-6 (measured: 3e-7 after 8 steps).
+//! The test allows 1e-5 relative on losses and gradient norms and 1e-5 absolute on
+//! weights: ten times the measured gap, far below what one different batch would cause
+//! (the losses of consecutive steps differ by 1e-3).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rnmt::train::log::{read_metrics, Record};
+
+/// A Multi30k slice prepared once per test binary: 2,000 training pairs, 100 dev pairs,
+/// 1,000 subwords.
+fn prepared(corpora: &Path) -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        multi30k_slice(corpora, dir.path(), "train", "train", 2000);
+        multi30k_slice(corpora, dir.path(), "val", "val", 100);
+        let data = dir.path().join("data");
+        let out = prepare(
+            &dir.path().join("train"),
+            Some(&dir.path().join("val")),
+            1000,
+            &data,
+        );
+        assert!(out.status.success(), "prepare: {}", stderr(&out));
+        dir
+    })
+    .path()
+}
+
+/// A small 2+2-layer model, no dropout (dropout masks are drawn per rank), a checkpoint
+/// every 4 steps.
+fn config(dir: &Path, data: &Path) -> PathBuf {
+    write(
+        dir,
+        "dp.toml",
+        format!(
+            "data = {:?}\n{}",
+            data.join("data").to_str().unwrap(),
+            r#"
+seed = 5
+max_tokens = 800
+max_steps = 8
+max_epochs = 0
+lr = 0.003
+schedule = "inverse_sqrt"
+warmup_steps = 2
+valid_every = 4
+valid_max_sentences = 16
+keep_last = 4
+threads = 1
+tune_search = false
+
+[model]
+embedding_size = 32
+hidden_size = 32
+encoder_layers = 2
+decoder_layers = 2
+dropout = 0.0
+"#
+        )
+        .as_bytes(),
+    )
+}
+
+/// `rnmt train` arguments for the run folder `run`, then `extra`.
+fn train_args(cfg: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "train".to_string(),
+        "--config".into(),
+        cfg.to_str().unwrap().into(),
+        "--set".into(),
+        format!("run_dir={:?}", run.to_str().unwrap()),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Runs `cmd`, killing it (and failing the test) after `limit`: a hang is a failure,
+/// never a stuck CI job.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > limit {
+            // SIGTERM first: mpirun passes it on to its ranks.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?} (a hang): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(feature = "mpi")]
+mod under_mpirun {
+    use super::*;
+
+    /// `mpirun` with one app context per entry of `ranks` (MPMD: each its own
+    /// arguments and environment), as root if need be, any core count.
+    fn mpirun(ranks: &[(Vec<(&str, &str)>, Vec<String>)]) -> Command {
+        let mut cmd = Command::new("mpirun");
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .args(["--oversubscribe", "--bind-to", "none"]);
+        for (i, (env, args)) in ranks.iter().enumerate() {
+            if i > 0 {
+                cmd.arg(":");
+            }
+            cmd.args(["-np", "1"]);
+            for (k, v) in env {
+                cmd.arg("-x").arg(format!("{k}={v}"));
+            }
+            cmd.arg(env!("CARGO_BIN_EXE_rnmt")).args(args);
+        }
+        cmd
+    }
+
+    fn two_ranks(args: Vec<String>) -> Command {
+        mpirun(&[(vec![], args.clone()), (vec![], args)])
+    }
+
+    fn ok(out: &Output, what: &str) {
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            stderr(out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    struct Step {
+        step: u64,
+        loss: f64,
+        grad_norm: f64,
+        tokens: usize,
+    }
+
+    fn train_steps(run: &Path) -> Vec<Step> {
+        read_metrics(&run.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Train {
+                    step,
+                    loss,
+                    grad_norm,
+                    target_tokens,
+                    ..
+                } => Some(Step {
+                    step,
+                    loss,
+                    grad_norm,
+                    tokens: target_tokens,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, rel: f64) -> bool {
+        (a - b).abs() <= rel * a.abs().max(b.abs())
+    }
+
+    /// Same steps, same batches (token counts), losses and norms within the tolerance.
+    fn assert_same_steps(a: &[Step], b: &[Step]) {
+        assert_eq!(
+            a.iter().map(|s| s.step).collect::<Vec<_>>(),
+            b.iter().map(|s| s.step).collect::<Vec<_>>()
+        );
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.tokens, y.tokens, "step {}: another batch", x.step);
+            assert!(
+                close(x.loss, y.loss, 1e-5),
+                "step {}: loss {} vs {}",
+                x.step,
+                x.loss,
+                y.loss
+            );
+            assert!(
+                close(x.grad_norm, y.grad_norm, 1e-5),
+                "step {}: gradient norm {} vs {}",
+                x.step,
+                x.grad_norm,
+                y.grad_norm
+            );
+        }
+    }
+
+    /// The largest absolute difference between two checkpoints' weights (same names).
+    fn weight_gap(a: &Path, b: &Path) -> f64 {
+        let dev = candle_core::Device::Cpu;
+        let wa = candle_core::safetensors::load(a.join("model.safetensors"), &dev).unwrap();
+        let wb = candle_core::safetensors::load(b.join("model.safetensors"), &dev).unwrap();
+        assert_eq!(wa.len(), wb.len());
+        let mut gap = 0f64;
+        for (name, ta) in &wa {
+            let tb = &wb[name];
+            let d = (ta.to_dtype(candle_core::DType::F64).unwrap()
+                - tb.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+            gap = gap.max(d);
+        }
+        gap
+    }
+
+    fn checkpoint(run: &Path, step: u64) -> PathBuf {
+        run.join("checkpoints").join(format!("step-{step}"))
+    }
+
+    /// One process's run of the config: the reference.
+    fn reference(cfg: &Path, run: &Path) {
+        let out = run_bounded(
+            rnmt().args(train_args(cfg, run, &[])),
+            Duration::from_secs(120),
+        );
+        ok(&out, "one process");
+    }
+
+    #[test]
+    fn two_ranks_train_the_same_model_as_one_process() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let one = tmp.path().join("one");
+        let two = tmp.path().join("two");
+        reference(&cfg, &one);
+        let out = run_bounded(
+            &mut two_ranks(train_args(&cfg, &two, &[])),
+            Duration::from_secs(120),
+        );
+        ok(&out, "two ranks");
+        let e = stderr(&out);
+        assert!(
+            e.contains("data-parallel training over MPI, 2 ranks"),
+            "{e}"
+        );
+        // Rank 0 alone reports: each step's line once.
+        assert_eq!(e.matches("training stopped (MaxSteps)").count(), 1, "{e}");
+
+        let (a, b) = (train_steps(&one), train_steps(&two));
+        assert_eq!(a.len(), 8);
+        assert_same_steps(&a, &b);
+        // The losses move: identical numbers would also come from a broken update.
+        assert!(a[7].loss < a[0].loss);
+        for step in [4, 8] {
+            let gap = weight_gap(&checkpoint(&one, step), &checkpoint(&two, step));
+            assert!(gap <= 1e-5, "step {step}: weights differ by {gap}");
+        }
+        // The same checkpoints, validations and best model, written once.
+        for run in [&one, &two] {
+            assert!(run.join("best/model.safetensors").is_file());
+            assert!(checkpoint(run, 4).join("train_state.json").is_file());
+        }
+        let valid = |run: &Path| -> Vec<f64> {
+            read_metrics(&run.join("metrics.jsonl"))
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| match r {
+                    Record::Valid { valid_loss, .. } => Some(valid_loss),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (va, vb) = (valid(&one), valid(&two));
+        assert_eq!(va.len(), 2);
+        for (x, y) in va.iter().zip(&vb) {
+            assert!(close(*x, *y, 1e-5), "valid loss {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn a_run_resumes_with_another_rank_count() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let one = tmp.path().join("one");
+        reference(&cfg, &one);
+        let reference_steps = train_steps(&one);
+
+        // Two ranks for 4 steps, then one process to step 8.
+        let mixed = tmp.path().join("two-then-one");
+        let out = run_bounded(
+            &mut two_ranks(train_args(&cfg, &mixed, &["--set", "max_steps=4"])),
+            Duration::from_secs(120),
+        );
+        ok(&out, "two ranks, 4 steps");
+        // The run's own config says max_steps=4: continue to 8.
+        let out = run_bounded(
+            rnmt().args([
+                "train",
+                "--resume",
+                mixed.to_str().unwrap(),
+                "--set",
+                "max_steps=8",
+            ]),
+            Duration::from_secs(120),
+        );
+        ok(&out, "one process, resumed to step 8");
+        assert_same_steps(&reference_steps, &train_steps(&mixed));
+        let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&mixed, 8));
+        assert!(gap <= 1e-5, "two then one: weights differ by {gap}");
+
+        // One process for 4 steps, then two ranks to step 8.
+        let other = tmp.path().join("one-then-two");
+        let out = run_bounded(
+            rnmt().args(train_args(&cfg, &other, &["--set", "max_steps=4"])),
+            Duration::from_secs(120),
+        );
+        ok(&out, "one process, 4 steps");
+        let resume: Vec<String> = ["train", "--resume", other.to_str().unwrap()]
+            .into_iter()
+            .chain(["--set", "max_steps=8"])
+            .map(str::to_string)
+            .collect();
+        let out = run_bounded(&mut two_ranks(resume), Duration::from_secs(120));
+        ok(&out, "two ranks, resumed to step 8");
+        assert_same_steps(&reference_steps, &train_steps(&other));
+        let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&other, 8));
+        assert!(gap <= 1e-5, "one then two: weights differ by {gap}");
+    }
+
+    #[test]
+    fn a_dead_rank_ends_the_others_with_an_error_naming_it() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let run = tmp.path().join("run");
+        let args = train_args(&cfg, &run, &["--set", "max_steps=1000"]);
+        // Rank 1 is killed (SIGKILL) at its third update.
+        let out = run_bounded(
+            &mut mpirun(&[
+                (vec![], args.clone()),
+                (vec![("RNMT_ABORT_AT", "train.step:3")], args),
+            ]),
+            Duration::from_secs(120),
+        );
+        assert!(!out.status.success());
+        let text = stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("rank 1"), "{text}");
+        // Nothing half-written: the run never reached a checkpoint and has none.
+        assert!(!checkpoint(&run, 4).exists());
+    }
+
+    #[test]
+    fn a_hung_rank_times_the_others_out() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let run = tmp.path().join("run");
+        let args = train_args(
+            &cfg,
+            &run,
+            &["--set", "max_steps=1000", "--set", "collective_timeout_s=3"],
+        );
+        // Rank 1 stops for good after its second update; rank 0 waits in the all-reduce.
+        let started = Instant::now();
+        let out = run_bounded(
+            &mut mpirun(&[
+                (vec![], args.clone()),
+                (vec![("RNMT_STALL_AT", "train.step:2")], args),
+            ]),
+            Duration::from_secs(120),
+        );
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(
+            e.contains("rank 0 of 2: the gradient all-reduce did not complete within 3 s"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn ranks_with_different_configs_refuse_to_start() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let run = tmp.path().join("run");
+        let out = run_bounded(
+            &mut mpirun(&[
+                (vec![], train_args(&cfg, &run, &[])),
+                (vec![], train_args(&cfg, &run, &["--set", "lr=0.002"])),
+            ]),
+            Duration::from_secs(120),
+        );
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(
+            e.contains("rank 1's config (apart from device and threads) differ from rank 0's"),
+            "{e}"
+        );
+        assert!(!checkpoint(&run, 4).exists());
+    }
+}
+
+/// Without the `mpi` feature, a launcher's ranks would each train a whole model of
+/// their own: the binary refuses, naming the feature.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn the_default_build_refuses_a_launchers_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "c.toml", b"data = \"nowhere\"\nmax_steps = 1\n");
+    let out = run_bounded(
+        rnmt()
+            .args(train_args(&cfg, &tmp.path().join("run"), &[]))
+            .env("OMPI_COMM_WORLD_RANK", "1")
+            .env("OMPI_COMM_WORLD_SIZE", "2"),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("rank 1 of 2") && e.contains("--features mpi"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("run").exists(), "rank 1 wrote nothing");
+}
