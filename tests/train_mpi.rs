@@ -16,68 +16,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rnmt::train::log::{read_metrics, Record};
-
-/// A Multi30k slice prepared once per test binary: 2,000 training pairs, 100 dev pairs,
-/// 1,000 subwords.
-fn prepared(corpora: &Path) -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        multi30k_slice(corpora, dir.path(), "train", "train", 2000);
-        multi30k_slice(corpora, dir.path(), "val", "val", 100);
-        let data = dir.path().join("data");
-        let out = prepare(
-            &dir.path().join("train"),
-            Some(&dir.path().join("val")),
-            1000,
-            &data,
-        );
-        assert!(out.status.success(), "prepare: {}", stderr(&out));
-        dir
-    })
-    .path()
-}
-
-/// A small 2+2-layer model, no dropout (dropout masks are drawn per rank), a checkpoint
-/// every 4 steps.
-fn config(dir: &Path, data: &Path) -> PathBuf {
-    write(
-        dir,
-        "dp.toml",
-        format!(
-            "data = {:?}\n{}",
-            data.join("data").to_str().unwrap(),
-            r#"
-seed = 5
-max_tokens = 800
-max_steps = 8
-max_epochs = 0
-lr = 0.003
-schedule = "inverse_sqrt"
-warmup_steps = 2
-valid_every = 4
-valid_max_sentences = 16
-keep_last = 4
-threads = 1
-tune_search = false
-
-[model]
-embedding_size = 32
-hidden_size = 32
-encoder_layers = 2
-decoder_layers = 2
-dropout = 0.0
-"#
-        )
-        .as_bytes(),
-    )
-}
 
 /// `rnmt train` arguments for the run folder `run`, then `extra`.
 fn train_args(cfg: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
@@ -123,6 +66,64 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
 #[cfg(feature = "mpi")]
 mod under_mpirun {
     use super::*;
+    use rnmt::train::log::{read_metrics, Record};
+    use std::path::PathBuf;
+
+    /// A Multi30k slice prepared once per test binary: 2,000 training pairs, 100 dev pairs,
+    /// 1,000 subwords.
+    fn prepared(corpora: &Path) -> &'static Path {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            multi30k_slice(corpora, dir.path(), "train", "train", 2000);
+            multi30k_slice(corpora, dir.path(), "val", "val", 100);
+            let data = dir.path().join("data");
+            let out = prepare(
+                &dir.path().join("train"),
+                Some(&dir.path().join("val")),
+                1000,
+                &data,
+            );
+            assert!(out.status.success(), "prepare: {}", stderr(&out));
+            dir
+        })
+        .path()
+    }
+
+    /// A small 2+2-layer model, no dropout (dropout masks are drawn per rank), a checkpoint
+    /// every 4 steps.
+    fn config(dir: &Path, data: &Path) -> PathBuf {
+        write(
+            dir,
+            "dp.toml",
+            format!(
+                "data = {:?}\n{}",
+                data.join("data").to_str().unwrap(),
+                r#"
+    seed = 5
+    max_tokens = 800
+    max_steps = 8
+    max_epochs = 0
+    lr = 0.003
+    schedule = "inverse_sqrt"
+    warmup_steps = 2
+    valid_every = 4
+    valid_max_sentences = 16
+    keep_last = 4
+    threads = 1
+    tune_search = false
+
+    [model]
+    embedding_size = 32
+    hidden_size = 32
+    encoder_layers = 2
+    decoder_layers = 2
+    dropout = 0.0
+    "#
+            )
+            .as_bytes(),
+        )
+    }
 
     /// `mpirun` with one app context per entry of `ranks` (MPMD: each its own
     /// arguments and environment), as root if need be, any core count.
@@ -412,6 +413,34 @@ mod under_mpirun {
         let e = stderr(&out);
         assert!(
             e.contains("rank 0 of 2: the gradient all-reduce did not complete within 3 s"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_error_on_one_rank_ends_every_rank_at_once() {
+        let Some(corpora) = corpora_dir_for_tests() else {
+            return;
+        };
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        let run = tmp.path().join("run");
+        reference(&cfg, &run);
+        // A new run in a folder with checkpoints is an error on rank 0 only (rank 0 alone
+        // reads the run folder); rank 1 is by then waiting for rank 0's weights. The
+        // default collective timeout (600 s) is far beyond the test's bound: the job
+        // ends because rank 0 aborts it, not by a timeout.
+        let started = Instant::now();
+        let out = run_bounded(
+            &mut two_ranks(train_args(&cfg, &run, &[])),
+            Duration::from_secs(120),
+        );
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(
+            e.contains("error: rank 0 of 2:") && e.contains("already holds checkpoints"),
             "{e}"
         );
         assert!(started.elapsed() < Duration::from_secs(60));

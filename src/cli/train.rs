@@ -1,10 +1,12 @@
 //! `rnmt train`: a config file with overrides, a fresh or resumed run.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::dist::Collective;
 use crate::io::write_atomic;
 use crate::model::Task;
 use crate::prepare::PreparedData;
@@ -71,8 +73,29 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(run) if root && run.is_dir() => Some(RunLock::acquire(run)?),
         _ => None,
     };
-    let mut cfg = resolve_config(args)?;
-    let comm = crate::dist::init(cfg.collective_timeout_s)?;
+    let cfg = resolve_config(args)?;
+    let comm: Rc<dyn Collective> = Rc::from(crate::dist::init(cfg.collective_timeout_s)?);
+    let result = train_rank(args, cfg, early_lock, root, Rc::clone(&comm));
+    if comm.size() > 1 {
+        match &result {
+            Ok(()) => comm.finish(),
+            // Said here, with the rank: dropping the collective unfinished then ends
+            // every rank of the job at once.
+            Err(e) => eprintln!("error: rank {} of {}: {e:#}", comm.rank(), comm.size()),
+        }
+    }
+    drop(comm);
+    result
+}
+
+/// `rnmt train` on one rank (the only one, or one of a data-parallel job).
+fn train_rank(
+    args: &TrainArgs,
+    mut cfg: TrainConfig,
+    early_lock: Option<RunLock>,
+    root: bool,
+    comm: Rc<dyn Collective>,
+) -> Result<()> {
     if comm.size() > 1 && cfg.device == "cuda" {
         // One rank per GPU: the rank's place on its host picks the GPU.
         let local = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")

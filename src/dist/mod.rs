@@ -8,7 +8,9 @@
 //!   `mpirun -np N rnmt train …` on the cores of one machine or on a cluster.
 //!
 //! Every collective runs under a [`Watchdog`] deadline: a rank that died or hangs would
-//! otherwise leave the others blocked in MPI forever.
+//! otherwise leave the others blocked in MPI forever. A rank that fails with an error
+//! aborts the whole job (see [`Collective::finish`]) instead of waiting in MPI's
+//! shutdown for ranks that wait for it.
 
 #[cfg(feature = "mpi")]
 mod mpi_backend;
@@ -41,6 +43,10 @@ pub trait Collective {
     fn barrier(&self) -> Result<()>;
     /// The transport's name for logs: "single process", "MPI (Open MPI v4.1.4 …)".
     fn describe(&self) -> String;
+    /// Marks this rank's work as done: dropping the collective then shuts the transport
+    /// down cleanly. Dropped without it (an error, a panic), a multi-rank transport
+    /// aborts every rank at once, so none is left waiting for a rank that gave up.
+    fn finish(&self) {}
 
     fn is_root(&self) -> bool {
         self.rank() == 0

@@ -1,6 +1,7 @@
 //! The MPI backend (cargo feature `mpi`): rsmpi over the system's MPI library.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -11,7 +12,6 @@ use mpi::traits::*;
 use super::{Collective, Watchdog};
 
 pub struct Mpi {
-    // Declared before `_universe`: the communicator must go before MPI is finalized.
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
@@ -19,7 +19,21 @@ pub struct Mpi {
     /// The send side of an all-reduce (MPI reads one buffer and writes another); kept
     /// between steps so a step allocates nothing.
     scratch_f32: RefCell<Vec<f32>>,
-    _universe: mpi::environment::Universe,
+    /// Set by [`Collective::finish`]: shut down with MPI_Finalize, not MPI_Abort.
+    finished: Cell<bool>,
+    universe: ManuallyDrop<mpi::environment::Universe>,
+}
+
+impl Drop for Mpi {
+    fn drop(&mut self) {
+        if !self.finished.get() {
+            // MPI_Finalize would wait for the other ranks, which wait in a collective
+            // for this one: end them all (Open MPI's mpirun then reports this rank).
+            self.world.abort(1);
+        }
+        // SAFETY: dropped once, here; nothing uses the universe after this.
+        unsafe { ManuallyDrop::drop(&mut self.universe) }
+    }
 }
 
 impl Mpi {
@@ -42,7 +56,8 @@ impl Mpi {
             size,
             watchdog,
             scratch_f32: RefCell::new(Vec::new()),
-            _universe: universe,
+            finished: Cell::new(false),
+            universe: ManuallyDrop::new(universe),
         })
     }
 }
@@ -118,5 +133,9 @@ impl Collective for Mpi {
             .map(|v| v.lines().next().unwrap_or_default().trim().to_string())
             .unwrap_or_else(|_| "unknown version".to_string());
         format!("MPI, {} ranks ({version})", self.size)
+    }
+
+    fn finish(&self) {
+        self.finished.set(true);
     }
 }

@@ -13,6 +13,7 @@
 //! contract); rank 0 alone writes the run folder.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -90,9 +91,13 @@ pub struct Trainer {
     /// Held while training writes into the run folder.
     lock: Option<RunLock>,
     /// The ranks training together ([`SingleProcess`] unless launched by MPI).
-    comm: Box<dyn Collective>,
+    comm: Rc<dyn Collective>,
     /// The flat gradient buffer of a data-parallel step, reused between steps.
     bucket: Vec<f32>,
+    /// Seconds spent in this run's data-parallel steps, and in their gradient exchange
+    /// (flattening, all-reduce, unflattening), for the summary at the end.
+    step_seconds: f64,
+    exchange_seconds: f64,
 }
 
 /// One step's gradients of the global batch's mean loss, with its loss figures.
@@ -138,8 +143,10 @@ impl Trainer {
             last_checkpoint: None,
             resumed: false,
             lock: None,
-            comm: Box::new(SingleProcess),
+            comm: Rc::new(SingleProcess),
             bucket: Vec::new(),
+            step_seconds: 0.0,
+            exchange_seconds: 0.0,
         })
     }
 
@@ -228,7 +235,7 @@ impl Trainer {
     /// Trains together with the other ranks of `comm`. Every rank must then call
     /// [`Self::train`] with the same config and data; rank 0's weights, moments and state
     /// (fresh or resumed) become every rank's when training starts.
-    pub fn set_collective(&mut self, comm: Box<dyn Collective>) {
+    pub fn set_collective(&mut self, comm: Rc<dyn Collective>) {
         self.comm = comm;
     }
 
@@ -319,10 +326,12 @@ impl Trainer {
             weight * scalar(&s)?
         };
         let mut totals = [weight * scalar(&sum)?, nll_sum];
+        let exchange = Instant::now();
         data_parallel::flatten_grads(&grads, &self.vars, &mut self.bucket)?;
         self.comm.all_reduce_sum_f32(&mut self.bucket)?;
         self.comm.all_reduce_sum_f64(&mut totals)?;
         data_parallel::replace_grads(&mut grads, &self.vars, &self.bucket)?;
+        self.exchange_seconds += exchange.elapsed().as_secs_f64();
         let loss = totals[0] / tokens.max(1) as f64;
         Ok(StepGradients {
             grads,
@@ -495,7 +504,9 @@ impl Trainer {
                 self.state.batch_index += 1;
                 crate::io::crash_point("train.step");
                 self.state.target_tokens_seen += tokens as u64;
-                let tokens_per_s = tokens as f64 / step_started.elapsed().as_secs_f64();
+                let step_seconds = step_started.elapsed().as_secs_f64();
+                self.step_seconds += step_seconds;
+                let tokens_per_s = tokens as f64 / step_seconds;
                 progress.update(
                     self.state.step,
                     self.state.epoch,
@@ -540,6 +551,14 @@ impl Trainer {
             "training stopped ({reason:?}) after {} steps",
             self.state.step
         ));
+        if self.comm.size() > 1 && self.step_seconds > 0.0 {
+            progress.println(&format!(
+                "gradient exchange: {:.1} MB per step, {:.1}% of rank 0's step time                  (flatten, all-reduce over {} ranks, unflatten)",
+                self.bucket.len() as f64 * 4.0 / 1e6,
+                100.0 * self.exchange_seconds / self.step_seconds,
+                self.comm.size()
+            ));
+        }
         if root && self.cfg.tune_search {
             self.tune_best_search(data, &progress)?;
         }
