@@ -11,7 +11,9 @@
 # --bind-to core). tok/s = global target tokens / rank 0's step time over the steps after
 # WARMUP (from metrics.jsonl; a data-parallel step's time includes its all-reduce),
 # median over the rounds; the factor is over 1x1. The two ranks train the same model as
-# the one process (tests/train_mpi.rs checks it), so the losses at the last step agree.
+# the one process on the same batches (tests/train_mpi.rs checks it without dropout);
+# config A has dropout, whose masks each rank draws for its own shard, so the 2x1 loss
+# differs from the others by dropout's noise only.
 # ttb: the Multi30k recipe (configs/multi30k-de-en.toml) for MINUTES minutes of wall
 # clock each, 1x2 and then 2x1, validating every VALID_EVERY steps; prints validation
 # BLEU against wall-clock seconds for both.
@@ -91,7 +93,7 @@ for line in open(sys.argv[1]):
 print(f"{tokens / seconds:.1f} {loss:.5f}")
 EOF
       )
-      exchange=$(grep -o 'gradient exchange: .*' "$work/scale-$l.log" | sed 's/ (flatten.*//' || true)
+      exchange=$(grep -ao 'gradient exchange: .*' "$work/scale-$l.log" | sed 's/ (flatten.*//' || true)
       printf "%-6s %-7s %10s %10s %s\n" "$r" "$l" "$t" "$loss" "${exchange#gradient exchange: }"
       tps[$l]="${tps[$l]:-} $t"
     done

@@ -31,8 +31,10 @@ pub trait Collective {
     fn rank(&self) -> usize;
     /// The number of ranks.
     fn size(&self) -> usize;
-    /// Element-wise sum over the ranks, in place; every rank gets the same result.
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum of every rank's `send` into `recv` (of the same length); every
+    /// rank gets the same result. Two buffers, not one in place: MPI's in-place marker
+    /// differs between MPI libraries, and the caller fills `send` anyway.
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
     /// [`Self::all_reduce_sum_f32`] for f64 (loss sums, token counts, flags).
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Overwrites `buf` on every rank with rank 0's.
@@ -63,7 +65,8 @@ impl Collective for SingleProcess {
     fn size(&self) -> usize {
         1
     }
-    fn all_reduce_sum_f32(&self, _: &mut [f32]) -> Result<()> {
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
         Ok(())
     }
     fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {

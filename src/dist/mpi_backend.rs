@@ -1,6 +1,6 @@
 //! The MPI backend (cargo feature `mpi`): rsmpi over the system's MPI library.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::mem::ManuallyDrop;
 use std::time::Duration;
 
@@ -16,9 +16,6 @@ pub struct Mpi {
     rank: usize,
     size: usize,
     watchdog: Watchdog,
-    /// The send side of an all-reduce (MPI reads one buffer and writes another); kept
-    /// between steps so a step allocates nothing.
-    scratch_f32: RefCell<Vec<f32>>,
     /// Set by [`Collective::finish`]: shut down with MPI_Finalize, not MPI_Abort.
     finished: Cell<bool>,
     universe: ManuallyDrop<mpi::environment::Universe>,
@@ -55,7 +52,6 @@ impl Mpi {
             rank,
             size,
             watchdog,
-            scratch_f32: RefCell::new(Vec::new()),
             finished: Cell::new(false),
             universe: ManuallyDrop::new(universe),
         })
@@ -81,14 +77,18 @@ impl Collective for Mpi {
         self.size
     }
 
-    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        check_len(buf.len(), "all-reduce")?;
-        let mut send = self.scratch_f32.borrow_mut();
-        send.clear();
-        send.extend_from_slice(buf);
+    fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        check_len(send.len(), "all-reduce")?;
+        if send.len() != recv.len() {
+            bail!(
+                "all-reduce: {} elements sent, room for {}",
+                send.len(),
+                recv.len()
+            );
+        }
         let _armed = self.watchdog.arm("the gradient all-reduce");
         self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            .all_reduce_into(send, recv, SystemOperation::sum());
         Ok(())
     }
 

@@ -92,8 +92,9 @@ pub struct Trainer {
     lock: Option<RunLock>,
     /// The ranks training together ([`SingleProcess`] unless launched by MPI).
     comm: Rc<dyn Collective>,
-    /// The flat gradient buffer of a data-parallel step, reused between steps.
-    bucket: Vec<f32>,
+    /// The flat gradient buffers of a data-parallel step (this rank's, the ranks' sum),
+    /// reused between steps.
+    bucket: (Vec<f32>, Vec<f32>),
     /// Seconds spent in this run's data-parallel steps, and in their gradient exchange
     /// (flattening, all-reduce, unflattening), for the summary at the end.
     step_seconds: f64,
@@ -144,7 +145,7 @@ impl Trainer {
             resumed: false,
             lock: None,
             comm: Rc::new(SingleProcess),
-            bucket: Vec::new(),
+            bucket: (Vec::new(), Vec::new()),
             step_seconds: 0.0,
             exchange_seconds: 0.0,
         })
@@ -327,10 +328,12 @@ impl Trainer {
         };
         let mut totals = [weight * scalar(&sum)?, nll_sum];
         let exchange = Instant::now();
-        data_parallel::flatten_grads(&grads, &self.vars, &mut self.bucket)?;
-        self.comm.all_reduce_sum_f32(&mut self.bucket)?;
+        let (send, sum) = &mut self.bucket;
+        data_parallel::flatten_grads(&grads, &self.vars, send)?;
+        sum.resize(send.len(), 0.0);
+        self.comm.all_reduce_sum_f32(send, sum)?;
         self.comm.all_reduce_sum_f64(&mut totals)?;
-        data_parallel::replace_grads(&mut grads, &self.vars, &self.bucket)?;
+        data_parallel::replace_grads(&mut grads, &self.vars, sum)?;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
         let loss = totals[0] / tokens.max(1) as f64;
         Ok(StepGradients {
@@ -554,7 +557,7 @@ impl Trainer {
         if self.comm.size() > 1 && self.step_seconds > 0.0 {
             progress.println(&format!(
                 "gradient exchange: {:.1} MB per step, {:.1}% of rank 0's step time                  (flatten, all-reduce over {} ranks, unflatten)",
-                self.bucket.len() as f64 * 4.0 / 1e6,
+                self.bucket.0.len() as f64 * 4.0 / 1e6,
                 100.0 * self.exchange_seconds / self.step_seconds,
                 self.comm.size()
             ));
