@@ -79,20 +79,7 @@ if [ "$mode" = throughput ]; then
       run=$work/scale-$l
       layout "$l" "$run" "${sets[@]}" > /dev/null 2> "$work/scale-$l.log" ||
         { tail "$work/scale-$l.log" >&2; exit 1; }
-      read -r t loss < <(python3 - "$run/metrics.jsonl" "$warmup" << 'EOF'
-import json, sys
-tokens = seconds = 0.0
-loss = float("nan")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r.get("kind") == "train":
-        loss = r["loss"]
-        if r["step"] > int(sys.argv[2]):
-            tokens += r["target_tokens"]
-            seconds += r["target_tokens"] / r["tokens_per_s"]
-print(f"{tokens / seconds:.1f} {loss:.5f}")
-EOF
-      )
+      read -r t loss < <(python3 benches/train_tok_s.py "$run/metrics.jsonl" "$warmup" 5)
       exchange=$(grep -ao 'gradient exchange: .*' "$work/scale-$l.log" | sed 's/ (flatten.*//' || true)
       printf "%-6s %-7s %10s %10s %s\n" "$r" "$l" "$t" "$loss" "${exchange#gradient exchange: }"
       tps[$l]="${tps[$l]:-} $t"
@@ -129,6 +116,6 @@ for line in open(sys.argv[1]):
         elapsed = r["elapsed_s"]
     elif r.get("kind") == "valid":
         points.append(f"{elapsed:.0f}s:{r['bleu']:.2f}")
-print(f"{sys.argv[2]} step:BLEU at wall-clock seconds: {' '.join(points)}")
+print(f"{sys.argv[2]} validation BLEU at wall-clock seconds (seconds:BLEU): {' '.join(points)}")
 EOF
 done

@@ -137,20 +137,7 @@ if [ "$mode" = train ]; then
     /usr/bin/time -v -o "$work/time-rnmt" "$rnmt" train --config "$config" "${sets[@]}" \
       --set "run_dir=\"$run\"" --set "max_steps=$steps" > /dev/null 2> "$work/rnmt.log" ||
       { tail "$work/rnmt.log" >&2; exit 1; }
-    read -r tps loss < <(python3 - "$run/metrics.jsonl" "$warmup" << 'EOF'
-import json, sys
-tokens = seconds = 0.0
-loss = float("nan")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r.get("kind") == "train":
-        loss = r["loss"]
-        if r["step"] > int(sys.argv[2]):
-            tokens += r["target_tokens"]
-            seconds += r["target_tokens"] / r["tokens_per_s"]
-print(f"{tokens / seconds:.1f} {loss:.4f}")
-EOF
-    )
+    read -r tps loss < <(python3 benches/train_tok_s.py "$run/metrics.jsonl" "$warmup")
     /usr/bin/time -v -o "$work/time-torch" "$py" benches/torch_ref/train.py --model "$init" \
       --batches "$batches" --steps "$steps" --warmup "$warmup" --threads "$threads" \
       > "$work/torch.log"

@@ -172,6 +172,34 @@ fn train_resume_average_plot() {
     assert!(avg.join("tokenizer-tgt.json").is_file());
     rnmt::model::load_model(&avg, &candle_core::Device::Cpu).unwrap();
 
+    // --tune chooses the averaged model's α and β on the run's dev set, as training's end
+    // does for best/: the printed choice is in its config.json, the grid in its card.
+    let tuned = t.join("avg-tuned");
+    let out = run(rnmt()
+        .arg("average")
+        .arg(&run_dir)
+        .args(["--last", "2", "--tune", "-o"])
+        .arg(&tuned));
+    assert!(out.status.success(), "average --tune: {}", stderr(&out));
+    let e = stderr(&out);
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("search settings of"))
+        .unwrap_or_else(|| panic!("no tuning line in {e}"));
+    let (_, tcfg) = rnmt::model::load_model(&tuned, &candle_core::Device::Cpu).unwrap();
+    assert!(
+        line.contains(&format!(
+            "alpha {} beta {} ",
+            tcfg.decode_alpha, tcfg.decode_beta
+        )),
+        "{line}"
+    );
+    let card = std::fs::read_to_string(tuned.join("README.md")).unwrap();
+    assert!(
+        card.contains("| β \\ α |") && card.contains("over 8 dev sentences"),
+        "{card}"
+    );
+
     std::fs::remove_file(run_dir.join("curve.svg")).unwrap();
     let out = run(rnmt().arg("plot").arg(&run_dir));
     assert!(out.status.success(), "plot: {}", stderr(&out));

@@ -145,6 +145,24 @@ mod under_mpirun {
         cmd
     }
 
+    /// A temporary folder holding the test's config (`None`: no corpora here).
+    fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
+        let corpora = corpora_dir_for_tests()?;
+        let data = prepared(&corpora);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), data);
+        Some((tmp, cfg))
+    }
+
+    /// The job failed, its stderr says `needle`, and it ended in well under the
+    /// test's bound (by an abort, not a kill).
+    fn failed_saying(out: &Output, needle: &str, started: Instant) {
+        assert!(!out.status.success());
+        let e = stderr(out);
+        assert!(e.contains(needle), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
     fn two_ranks(args: Vec<String>) -> Command {
         mpirun(&[(vec![], args.clone()), (vec![], args)])
     }
@@ -254,12 +272,9 @@ mod under_mpirun {
 
     #[test]
     fn two_ranks_train_the_same_model_as_one_process() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let one = tmp.path().join("one");
         let two = tmp.path().join("two");
         reference(&cfg, &one);
@@ -309,12 +324,9 @@ mod under_mpirun {
 
     #[test]
     fn a_run_resumes_with_another_rank_count() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let one = tmp.path().join("one");
         reference(&cfg, &one);
         let reference_steps = train_steps(&one);
@@ -363,12 +375,9 @@ mod under_mpirun {
 
     #[test]
     fn a_dead_rank_ends_the_others_with_an_error_naming_it() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let run = tmp.path().join("run");
         let args = train_args(&cfg, &run, &["--set", "max_steps=1000"]);
         // Rank 1 is killed (SIGKILL) at its third update.
@@ -388,12 +397,9 @@ mod under_mpirun {
 
     #[test]
     fn a_hung_rank_times_the_others_out() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let run = tmp.path().join("run");
         let args = train_args(
             &cfg,
@@ -409,23 +415,18 @@ mod under_mpirun {
             ]),
             Duration::from_secs(120),
         );
-        assert!(!out.status.success());
-        let e = stderr(&out);
-        assert!(
-            e.contains("rank 0 of 2: the gradient all-reduce did not complete within 3 s"),
-            "{e}"
+        failed_saying(
+            &out,
+            "rank 0 of 2: the gradient all-reduce did not complete within 3 s",
+            started,
         );
-        assert!(started.elapsed() < Duration::from_secs(60));
     }
 
     #[test]
     fn an_error_on_one_rank_ends_every_rank_at_once() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let run = tmp.path().join("run");
         reference(&cfg, &run);
         // A new run in a folder with checkpoints is an error on rank 0 only (rank 0 alone
@@ -437,24 +438,17 @@ mod under_mpirun {
             &mut two_ranks(train_args(&cfg, &run, &[])),
             Duration::from_secs(120),
         );
-        assert!(!out.status.success());
-        let e = stderr(&out);
-        assert!(
-            e.contains("error: rank 0 of 2:") && e.contains("already holds checkpoints"),
-            "{e}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(60));
+        failed_saying(&out, "error: rank 0 of 2:", started);
+        failed_saying(&out, "already holds checkpoints", started);
     }
 
     #[test]
     fn ranks_with_different_configs_refuse_to_start() {
-        let Some(corpora) = corpora_dir_for_tests() else {
+        let Some((tmp, cfg)) = setup() else {
             return;
         };
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
         let run = tmp.path().join("run");
+        let started = Instant::now();
         let out = run_bounded(
             &mut mpirun(&[
                 (vec![], train_args(&cfg, &run, &[])),
@@ -462,11 +456,10 @@ mod under_mpirun {
             ]),
             Duration::from_secs(120),
         );
-        assert!(!out.status.success());
-        let e = stderr(&out);
-        assert!(
-            e.contains("rank 1's config (apart from device and threads) differ from rank 0's"),
-            "{e}"
+        failed_saying(
+            &out,
+            "rank 1's config (apart from device and threads) differ from rank 0's",
+            started,
         );
         assert!(!checkpoint(&run, 4).exists());
     }

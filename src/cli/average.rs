@@ -26,6 +26,12 @@ pub struct AverageArgs {
     /// either way); a single checkpoint with --dtype f16 is a conversion.
     #[arg(long, value_enum, default_value_t = WeightsDtype::F32)]
     pub dtype: WeightsDtype,
+    /// Choose the averaged model's search settings (α, β in its config.json) by beam-5
+    /// BLEU on the run's dev set, as the end of `rnmt train` does for best/: the first
+    /// `valid_max_sentences` dev sentences of the prepared data that the run's
+    /// config.toml names. Translation models only.
+    #[arg(long)]
+    pub tune: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +120,52 @@ pub fn run(args: &AverageArgs) -> Result<()> {
     eprintln!("averaged {} checkpoints into {}", dirs.len(), out.display());
     for d in &dirs {
         eprintln!("  {}", d.display());
+    }
+    if args.tune {
+        tune_averaged(out, run.as_deref())?;
+    }
+    Ok(())
+}
+
+/// `--tune`: the α/β grid of `rnmt train`'s end on the run's dev set, for `out`.
+fn tune_averaged(out: &Path, run: Option<&Path>) -> Result<()> {
+    if crate::model::load_config(out)?.task == Task::Lm {
+        bail!("--tune: a language model has no search settings to choose");
+    }
+    let config = run
+        .map(|r| r.join(crate::cli::train::RUN_CONFIG_FILE))
+        .filter(|c| c.is_file())
+        .with_context(|| {
+            "--tune needs the run folder's config.toml (it names the prepared data and its \
+             dev set): give the run folder, or checkpoints inside it"
+        })?;
+    let cfg = crate::train::config::TrainConfig::load(&config, &[])?;
+    let prepared = crate::prepare::PreparedData::load(&cfg.data)
+        .with_context(|| format!("--tune: the data of {}", config.display()))?;
+    let Some(valid) = prepared.read_valid()? else {
+        bail!(
+            "--tune: {} has no dev set (rnmt prepare --valid) to choose the settings on",
+            cfg.data.display()
+        );
+    };
+    let pairs = prepared.encode_pairs(&valid)?;
+    let references: Vec<String> = valid.targets().map(str::to_string).collect();
+    let n = match cfg.valid_max_sentences {
+        0 => pairs.len(),
+        n => n.min(pairs.len()),
+    };
+    let target = prepared.target_tokenizer();
+    crate::device::set_threads(cfg.threads)?;
+    let chosen = crate::train::tune::tune_model_folder(
+        out,
+        &pairs[..n],
+        &references[..n],
+        &|ids: &[u32]| target.decode(ids),
+        cfg.valid_max_tokens,
+        &candle_core::Device::Cpu,
+    )?;
+    if let Some(chosen) = chosen {
+        eprintln!("{}", crate::train::tune::report(out, chosen));
     }
     Ok(())
 }

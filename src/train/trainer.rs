@@ -642,46 +642,18 @@ impl Trainer {
         if !best.join(WEIGHTS_FILE).is_file() {
             return Ok(());
         }
-        let (model, mut cfg) = crate::model::load_model(&best, &self.device)?;
         let n = self.valid_subset_len(valid);
-        let grid = tune::search_grid(
-            &Ensemble::single(&model),
-            &SearchConfig::for_model(&cfg),
+        let chosen = tune::tune_model_folder(
+            &best,
             &valid.pairs[..n],
             &valid.references[..n],
             &*data.detokenize,
             self.cfg.valid_max_tokens,
             &self.device,
         )?;
-        let Some(chosen) = tune::best_point(&grid) else {
-            return Ok(());
-        };
-        cfg.decode_alpha = chosen.alpha;
-        cfg.decode_beta = chosen.beta;
-        write_atomic(
-            &best.join(CONFIG_FILE),
-            (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
-        )?;
-        let card_path = best.join(MODEL_CARD_FILE);
-        let card = std::fs::read_to_string(&card_path)
-            .with_context(|| format!("reading {}", card_path.display()))?;
-        let card = format!(
-            "{card}\nSearch settings in config.json, chosen by dev BLEU with beam {} over {n} \
-             dev sentences: α (decode_alpha) {}, β (decode_beta) {}.\n\n{}",
-            tune::TUNING_BEAM,
-            chosen.alpha,
-            chosen.beta,
-            tune::grid_table(&grid, chosen)
-        );
-        write_atomic(&card_path, card.as_bytes())?;
-        progress.println(&format!(
-            "search settings of {}: alpha {} beta {} (dev BLEU {:.2} at beam {})",
-            best.display(),
-            chosen.alpha,
-            chosen.beta,
-            chosen.bleu,
-            tune::TUNING_BEAM
-        ));
+        if let Some(chosen) = chosen {
+            progress.println(&tune::report(&best, chosen));
+        }
         Ok(())
     }
 
