@@ -127,7 +127,10 @@ mod under_mpirun {
 
     /// `mpirun` with one app context per entry of `ranks` (MPMD: each its own
     /// arguments and environment), as root if need be, any core count.
-    fn mpirun(ranks: &[(Vec<(&str, &str)>, Vec<String>)]) -> Command {
+    /// One MPMD app context: its environment (`-x K=V`) and its `rnmt` arguments.
+    type AppContext<'a> = (Vec<(&'a str, &'a str)>, Vec<String>);
+
+    fn mpirun(ranks: &[AppContext]) -> Command {
         let mut cmd = Command::new("mpirun");
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
