@@ -156,6 +156,11 @@ pub fn repair_published(dir: &Path, complete: impl Fn(&Path) -> bool) -> Result<
     Ok(())
 }
 
+/// Lowercase hex of a digest: the form file fingerprints (sha256) are written in.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A test hook for crash-consistency tests: with `RNMT_ABORT_AT=NAME:N` in the
 /// environment, the process kills itself with SIGKILL (no unwinding, no clean-up, as a
 /// power cut or the OOM killer would) the Nth time it reaches the point `NAME`; with

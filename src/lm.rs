@@ -99,7 +99,7 @@ pub fn signature(model_dir: &Path, vocab_size: usize) -> Result<String> {
     let path = model_dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let digest = Sha256::digest(&bytes);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::io::hex(&digest[..8]);
     Ok(format!(
         "ppl|model:sha256.{hex}|vocab:{vocab_size}|unit:subword+eos|version:{}",
         env!("CARGO_PKG_VERSION")

@@ -140,6 +140,19 @@ class Dropout(nn.Module):
         return F.dropout(x, self.p, self.training) if self.p > 0 else x
 
 
+def run_padded(rnn, x, lengths):
+    """A batch-first torch RNN over padded sequences x [B, T, I] with lengths (cpu int64
+    [B]) → [B, T, H(*2)]."""
+    if not rnn.bidirectional:
+        # Trailing padding cannot reach the real positions of a forward RNN: the plain
+        # padded call is exact there, and cheaper than packing.
+        return rnn(x)[0]
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out
+
+
 class LstmLayer(nn.Module):
     """One (optionally bidirectional) LSTM layer over padded sequences."""
 
@@ -154,14 +167,7 @@ class LstmLayer(nn.Module):
     def forward(self, x, lengths):
         """x: [B, T, I], lengths: cpu int64 [B] → [B, T, H(*2)] (zero at padding when
         bidirectional; a unidirectional layer's outputs at padding are never used)."""
-        if not self.lstm.bidirectional:
-            # Trailing padding cannot reach the real positions of a forward LSTM: the
-            # plain padded call is exact there, and cheaper than packing.
-            return self.lstm(x)[0]
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return out
+        return run_padded(self.lstm, x, lengths)
 
     def step(self, x, state):
         """One unidirectional step: x [B, I], state (h, c) → (h, c)."""
@@ -179,12 +185,7 @@ class GruLayer(nn.Module):
 
     def forward(self, x, lengths):
         """As LstmLayer.forward."""
-        if not self.gru.bidirectional:
-            return self.gru(x)[0]
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return out
+        return run_padded(self.gru, x, lengths)
 
     def step(self, x, state):
         """One unidirectional step: x [B, I], state (h, h) → (h', h') (a GRU has no cell

@@ -65,7 +65,8 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    // Under an MPI launcher, only rank 0 touches the run folder.
+    // Under an MPI launcher, only rank 0 touches the run folder (the launcher's rank is
+    // needed before MPI starts: the lock comes before the config is read).
     let root = crate::dist::launcher_ranks().is_none_or(|(rank, _)| rank == 0);
     // A resumed run is locked before its config.toml is read: another trainer may be
     // about to rewrite it.
@@ -75,7 +76,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let cfg = resolve_config(args)?;
     let comm: Rc<dyn Collective> = Rc::from(crate::dist::init(cfg.collective_timeout_s)?);
-    let result = train_rank(args, cfg, early_lock, root, Rc::clone(&comm));
+    let result = train_rank(args, cfg, early_lock, Rc::clone(&comm));
     if comm.size() > 1 {
         match &result {
             Ok(()) => comm.finish(),
@@ -93,7 +94,6 @@ fn train_rank(
     args: &TrainArgs,
     mut cfg: TrainConfig,
     early_lock: Option<RunLock>,
-    root: bool,
     comm: Rc<dyn Collective>,
 ) -> Result<()> {
     if comm.size() > 1 && cfg.device == "cuda" {
@@ -129,7 +129,7 @@ fn train_rank(
     // Once the config is known to be good, before the run folder is read or written.
     let lock = match early_lock {
         Some(lock) => Some(lock),
-        None if root => Some(RunLock::acquire(&cfg.run_dir)?),
+        None if comm.is_root() => Some(RunLock::acquire(&cfg.run_dir)?),
         None => None,
     };
 
@@ -174,7 +174,7 @@ fn train_rank(
     }
 
     let run_dir = cfg.run_dir.clone();
-    if !root {
+    if !comm.is_root() {
         // Rank 0 reads the checkpoint (or starts fresh) and sends the others its weights,
         // moments and state when training starts.
         let mut trainer = Trainer::new(cfg, device)?;

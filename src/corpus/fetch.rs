@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::io::hex;
+
 /// The manifest shipped with rnmt; `--manifest` reads another.
 pub const BUILTIN_MANIFEST: &str = include_str!("../../corpora/manifest.toml");
 
@@ -278,10 +280,6 @@ pub fn anki_split(text: &str, split: &str, lang: &str) -> anyhow::Result<Vec<u8>
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex(&Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ pub fn data_fingerprint(files: &[PathBuf]) -> Result<String> {
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(&bytes);
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::io::hex(&hash.finalize()))
 }
 
 /// `RUN/.lock`: held (an advisory file lock) by the trainer writing into the run folder.

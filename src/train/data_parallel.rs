@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::batch::EncodedPair;
 use crate::dist::{balanced_shards, Collective};
+use crate::io::hex;
 use crate::train::checkpoint::TrainState;
 use crate::train::config::TrainConfig;
 
@@ -217,10 +218,6 @@ pub fn check_ranks_agree(
         );
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
