@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::model::{load_model_with_vocab_sizes, Seq2Seq};
+use crate::model::{check_vocab_sizes, load_model_without_tokenizers, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
 use crate::search::shortlist::SHORTLIST_FILE;
 use crate::search::{
@@ -168,27 +168,27 @@ impl Translator {
         let Some(first) = dirs.first() else {
             bail!("no model to load");
         };
-        let source = SubwordModel::load(&first.join(SOURCE_TOKENIZER))?;
-        let target = SubwordModel::load(&first.join(TARGET_TOKENIZER))?;
-        let mut models = Vec::with_capacity(dirs.len());
-        for dir in dirs {
-            for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
-                let read = |d: &Path| {
-                    std::fs::read(d.join(file))
-                        .with_context(|| format!("reading {}", d.join(file).display()))
-                };
-                if dir != first && read(dir)? != read(first)? {
-                    bail!(
-                        "ensemble: {} differs from {}; the members of an ensemble must share their tokenizers",
-                        dir.join(file).display(),
-                        first.join(file).display()
-                    );
-                }
-            }
-            // Every member's tokenizers are the first's (checked above): loaded once.
-            let sizes = [source.vocab_size(), target.vocab_size()];
-            let (model, _) = load_model_with_vocab_sizes(dir, sizes, device)?;
-            models.push(model);
+        // The tokenizers load on a thread of their own while the models load: each is
+        // about a third of a one-sentence `rnmt translate`.
+        let (tokenizers, models) = std::thread::scope(|scope| {
+            let tokenizers = scope.spawn(|| -> Result<_> {
+                Ok((
+                    SubwordModel::load(&first.join(SOURCE_TOKENIZER))?,
+                    SubwordModel::load(&first.join(TARGET_TOKENIZER))?,
+                ))
+            });
+            let models = Self::load_models(dirs, device);
+            let tokenizers = tokenizers
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tokenizers, models)
+        });
+        let (source, target) = tokenizers?;
+        let models = models?;
+        // Every member's tokenizers are the first's (checked in `load_models`).
+        let sizes = [source.vocab_size(), target.vocab_size()];
+        for (dir, model) in dirs.iter().zip(&models) {
+            check_vocab_sizes(dir, model.config(), sizes)?;
         }
         let search = options.search_config(models[0].config());
         search.validate()?;
@@ -227,6 +227,30 @@ impl Translator {
                 split: options.split,
             },
         })
+    }
+
+    /// The models of `dirs` (an ensemble when several), whose tokenizer files must all be
+    /// the first's.
+    fn load_models(dirs: &[PathBuf], device: &Device) -> Result<Vec<Seq2Seq>> {
+        let first = &dirs[0];
+        let mut models = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
+                let read = |d: &Path| {
+                    std::fs::read(d.join(file))
+                        .with_context(|| format!("reading {}", d.join(file).display()))
+                };
+                if dir != first && read(dir)? != read(first)? {
+                    bail!(
+                        "ensemble: {} differs from {}; the members of an ensemble must share their tokenizers",
+                        dir.join(file).display(),
+                        first.join(file).display()
+                    );
+                }
+            }
+            models.push(load_model_without_tokenizers(dir, device)?.0);
+        }
+        Ok(models)
     }
 
     /// The source and target language codes of the (first) model, where its config.json

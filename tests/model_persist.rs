@@ -60,6 +60,16 @@ fn save_then_load_gives_bit_identical_outputs() {
     save_then_load_is_bit_identical(cfg());
 }
 
+/// Loaded for search, a model with tied target embeddings holds one `[hidden, vocab]`
+/// copy of them: teacher-forced outputs and greedy search are still the saved model's.
+#[test]
+fn a_tied_model_saves_and_loads_bit_identically() {
+    save_then_load_is_bit_identical(ModelConfig {
+        tie_target_embeddings: true,
+        ..cfg()
+    });
+}
+
 #[test]
 fn a_gru_model_saves_and_loads_bit_identically() {
     let cfg = ModelConfig {

@@ -16,9 +16,11 @@ pub mod log_softmax;
 pub mod lstm;
 pub mod persist;
 pub mod recurrent;
+pub mod row_cache;
 pub mod seq2seq;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod weights_file;
 
 pub use attention::{Attention, AttentionMemory};
 pub use config::{AttentionKind, Bidirectional, Cell, ModelConfig, Task};
@@ -27,8 +29,8 @@ pub use encoder::Encoder;
 pub use init::init_weights;
 pub use language_model::{LanguageModel, LmState};
 pub use persist::{
-    load_config, load_language_model, load_model, load_model_with_vars,
-    load_model_with_vocab_sizes, load_weights_into, save_model, CONFIG_FILE, WEIGHTS_FILE,
+    check_vocab_sizes, load_config, load_language_model, load_model, load_model_with_vars,
+    load_model_without_tokenizers, load_weights_into, save_model, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use seq2seq::{EncoderOutput, Seq2Seq};
 

@@ -5,7 +5,7 @@
 //! too, with the same names and the same loader. Loading checks every tensor against the model the
 //! config describes and names the file and tensor of any mismatch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use super::config::{ModelConfig, Task};
 use super::language_model::LanguageModel;
 use super::seq2seq::Seq2Seq;
+use super::weights_file::WeightsFile;
 use crate::io::{write_atomic, write_atomic_with};
 use crate::subword::{SubwordModel, LM_TOKENIZER};
 
@@ -49,23 +50,28 @@ pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<(Seq2Seq, Mo
     build_model(dir, cfg, device)
 }
 
-/// [`load_model`] for a caller that has loaded the folder's tokenizers already (their
-/// vocabulary sizes, source then target, are checked instead of loading them again).
-pub fn load_model_with_vocab_sizes(
+/// [`load_model`] without looking at the folder's tokenizers, for a caller that loads them
+/// itself (at the same time, on another thread) and then checks their vocabulary sizes
+/// with [`check_vocab_sizes`].
+pub fn load_model_without_tokenizers(
     dir: impl AsRef<Path>,
-    vocab_sizes: [usize; 2],
     device: &Device,
 ) -> Result<(Seq2Seq, ModelConfig)> {
     let dir = dir.as_ref();
-    let cfg = load_config(dir)?;
+    build_model(dir, load_config(dir)?, device)
+}
+
+/// The vocabulary sizes of `dir`'s tokenizers, source then target, must be its config's.
+pub fn check_vocab_sizes(
+    dir: impl AsRef<Path>,
+    cfg: &ModelConfig,
+    sizes: [usize; 2],
+) -> Result<()> {
     use crate::subword::{SOURCE_TOKENIZER, TARGET_TOKENIZER};
-    for (file, n) in [SOURCE_TOKENIZER, TARGET_TOKENIZER]
-        .into_iter()
-        .zip(vocab_sizes)
-    {
-        check_vocab_size(dir, &cfg, file, n)?;
+    for (file, n) in [SOURCE_TOKENIZER, TARGET_TOKENIZER].into_iter().zip(sizes) {
+        check_vocab_size(dir.as_ref(), cfg, file, n)?;
     }
-    build_model(dir, cfg, device)
+    Ok(())
 }
 
 fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
@@ -116,13 +122,9 @@ fn build_from_file<M>(
 ) -> Result<M> {
     // Built once, straight from the file: no variables, and no random initialisation
     // to overwrite (building through a `VarMap` first and then copying was about a
-    // third of a cold `rnmt translate`).
-    let path = dir.join(WEIGHTS_FILE);
-    let tensors = candle_core::safetensors::load(&path, device)
-        .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+    // third of a cold `rnmt translate`); each tensor is read when the model asks for it.
     let file = Arc::new(CheckedTensors {
-        path,
-        tensors,
+        file: WeightsFile::open(&dir.join(WEIGHTS_FILE))?,
         used: Mutex::new(HashSet::new()),
     });
     let vb = VarBuilder::from_backend(
@@ -140,25 +142,31 @@ fn build_from_file<M>(
 /// that a tensor left over (another model's) is an error too. The messages are
 /// [`load_weights_into`]'s.
 struct CheckedTensors {
-    path: std::path::PathBuf,
-    tensors: HashMap<String, Tensor>,
+    file: WeightsFile,
     used: Mutex<HashSet<String>>,
 }
 
 impl CheckedTensors {
-    fn tensor(&self, shape: &Shape, name: &str, dtype: DType) -> Result<Tensor> {
-        let t = check_tensor(&self.path, name, self.tensors.get(name), shape.dims())?;
+    fn tensor(&self, shape: &Shape, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let entry = self.file.entry(name);
+        check_entry(
+            self.file.path(),
+            name,
+            entry.map(|e| (e.shape.as_slice(), e.dtype)),
+            shape.dims(),
+        )?;
+        let t = self.file.read(name, dtype, device)?;
         self.used
             .lock()
             .expect("not poisoned")
             .insert(name.to_string());
-        Ok(t.to_dtype(dtype)?)
+        Ok(t)
     }
 
     fn check_all_used(&self) -> Result<()> {
         let used = self.used.lock().expect("not poisoned");
-        let extra: Vec<&String> = self.tensors.keys().filter(|k| !used.contains(*k)).collect();
-        check_no_extra(&self.path, &extra)
+        let extra: Vec<&String> = self.file.names().filter(|k| !used.contains(*k)).collect();
+        check_no_extra(self.file.path(), &extra)
     }
 }
 
@@ -173,27 +181,33 @@ impl SimpleBackend for SharedTensors {
         name: &str,
         _: Init,
         dtype: DType,
-        _: &Device,
+        device: &Device,
     ) -> candle_core::Result<Tensor> {
         self.0
-            .tensor(&s, name, dtype)
+            .tensor(&s, name, dtype, device)
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
-        let Some(t) = self.0.tensors.get(name) else {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(entry) = self.0.file.entry(name) else {
             return Err(candle_core::Error::Msg(format!(
                 "{}: tensor `{name}` is missing",
-                self.0.path.display()
+                self.0.file.path().display()
             )));
         };
+        let shape = Shape::from(entry.shape.clone());
         self.0
-            .tensor(t.shape(), name, dtype)
+            .tensor(&shape, name, dtype, device)
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.contains_key(name)
+        self.0.file.entry(name).is_some()
     }
 }
 
@@ -278,40 +292,39 @@ pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
     names.sort();
     for name in names {
         let var = &vars[name];
-        let t = tensors.remove(name.as_str());
-        let t = check_tensor(path, name, t.as_ref(), var.dims())?;
+        let Some(t) = tensors.remove(name.as_str()) else {
+            check_entry(path, name, None, var.dims())?;
+            unreachable!("a missing tensor is an error");
+        };
+        check_entry(path, name, Some((t.dims(), t.dtype())), var.dims())?;
         var.set(&t.to_dtype(var.dtype())?)?;
     }
     check_no_extra(path, &tensors.keys().collect::<Vec<_>>())
 }
 
-/// Tensor `name` of the weights file `path`, which the model needs with shape `dims`:
-/// it must be there, of that shape, and a float.
-fn check_tensor<'t>(
+/// Tensor `name` of the weights file `path` (its shape and dtype, if there), which the
+/// model needs with shape `dims`: it must be there, of that shape, and a float.
+fn check_entry(
     path: &Path,
     name: &str,
-    tensor: Option<&'t Tensor>,
+    entry: Option<(&[usize], DType)>,
     dims: &[usize],
-) -> Result<&'t Tensor> {
+) -> Result<()> {
     let path = path.display();
-    let Some(t) = tensor else {
+    let Some((shape, dtype)) = entry else {
         bail!(
             "{path}: tensor `{name}` is missing (the model of {CONFIG_FILE} needs shape {dims:?})"
         );
     };
-    if t.dims() != dims {
+    if shape != dims {
         bail!(
-            "{path}: tensor `{name}` has shape {:?}, but the model of {CONFIG_FILE} needs {dims:?}",
-            t.dims()
+            "{path}: tensor `{name}` has shape {shape:?}, but the model of {CONFIG_FILE} needs {dims:?}"
         );
     }
-    if !t.dtype().is_float() {
-        bail!(
-            "{path}: tensor `{name}` has dtype {:?}, expected a float type",
-            t.dtype()
-        );
+    if !dtype.is_float() {
+        bail!("{path}: tensor `{name}` has dtype {dtype:?}, expected a float type");
     }
-    Ok(t)
+    Ok(())
 }
 
 /// The tensors of `path` the model did not use: none is allowed (another model's file).

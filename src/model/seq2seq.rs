@@ -127,9 +127,9 @@ impl Seq2Seq {
     }
 
     /// Precomputes what search can look up instead of computing each step (see
-    /// [`Decoder::precompute_bottom_projection`]); the weights must not change afterwards.
+    /// [`Decoder::prepare_for_search`]); the weights must not change afterwards.
     pub fn prepare_for_search(&mut self) -> Result<()> {
-        self.decoder.precompute_bottom_projection()
+        self.decoder.prepare_for_search()
     }
 
     /// The output layer onto the whole target vocabulary.
