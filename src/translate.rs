@@ -233,14 +233,26 @@ impl Translator {
     /// the first's.
     fn load_models(dirs: &[PathBuf], device: &Device) -> Result<Vec<Seq2Seq>> {
         let first = &dirs[0];
+        let read = |d: &Path, file: &str| {
+            std::fs::read(d.join(file))
+                .with_context(|| format!("reading {}", d.join(file).display()))
+        };
+        // The first member's tokenizer files, read once to compare the others with.
+        let first_files = if dirs.len() > 1 {
+            vec![
+                read(first, SOURCE_TOKENIZER)?,
+                read(first, TARGET_TOKENIZER)?,
+            ]
+        } else {
+            Vec::new()
+        };
         let mut models = Vec::with_capacity(dirs.len());
         for dir in dirs {
-            for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
-                let read = |d: &Path| {
-                    std::fs::read(d.join(file))
-                        .with_context(|| format!("reading {}", d.join(file).display()))
-                };
-                if dir != first && read(dir)? != read(first)? {
+            for (file, first_bytes) in [SOURCE_TOKENIZER, TARGET_TOKENIZER]
+                .iter()
+                .zip(&first_files)
+            {
+                if dir != first && read(dir, file)? != *first_bytes {
                     bail!(
                         "ensemble: {} differs from {}; the members of an ensemble must share their tokenizers",
                         dir.join(file).display(),

@@ -292,11 +292,14 @@ pub fn load_weights_into(varmap: &VarMap, path: &Path) -> Result<()> {
     names.sort();
     for name in names {
         let var = &vars[name];
-        let Some(t) = tensors.remove(name.as_str()) else {
-            check_entry(path, name, None, var.dims())?;
-            unreachable!("a missing tensor is an error");
-        };
-        check_entry(path, name, Some((t.dims(), t.dtype())), var.dims())?;
+        let t = tensors.remove(name.as_str());
+        check_entry(
+            path,
+            name,
+            t.as_ref().map(|t| (t.dims(), t.dtype())),
+            var.dims(),
+        )?;
+        let t = t.expect("check_entry rejects a missing tensor");
         var.set(&t.to_dtype(var.dtype())?)?;
     }
     check_no_extra(path, &tensors.keys().collect::<Vec<_>>())

@@ -23,8 +23,6 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 pub struct WeightsFile {
     path: PathBuf,
     file: Mutex<File>,
-    /// Where the data section starts: after the 8-byte length and the header.
-    data_start: u64,
     entries: HashMap<String, Entry>,
 }
 
@@ -119,7 +117,6 @@ impl WeightsFile {
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(file),
-            data_start,
             entries,
         })
     }
@@ -144,7 +141,6 @@ impl WeightsFile {
         let mut bytes = vec![0u8; entry.len];
         {
             let mut file = self.file.lock().expect("not poisoned");
-            debug_assert!(entry.start >= self.data_start);
             file.seek(SeekFrom::Start(entry.start))
                 .and_then(|_| file.read_exact(&mut bytes))
                 .with_context(|| format!("reading tensor `{name}` of {}", self.path.display()))?;
