@@ -17,12 +17,15 @@
 //! All end in the attentional vector `tanh(W [h_top; context])` and the output
 //! projection. One decoder step ([`Decoder::step`]) is shared by greedy and beam search.
 
-use candle_core::{Result, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, Module, VarBuilder};
 
 use super::attention::{Attention, AttentionMemory};
 use super::config::ModelConfig;
 use super::dropout::Dropout;
+use super::half_logits;
 use super::log_softmax::biased_log_softmax;
 use super::lstm::LstmState;
 use super::recurrent::RecurrentLayer;
@@ -67,7 +70,6 @@ pub struct Decoder {
     /// (see [`Decoder::prepare_for_search`]).
     bottom_projection: Option<BottomProjection>,
     input_feeding: bool,
-    tied: bool,
     hidden_size: usize,
 }
 
@@ -110,7 +112,6 @@ impl Decoder {
             output,
             bottom_projection: None,
             input_feeding: cfg.input_feeding,
-            tied: cfg.tie_target_embeddings,
             hidden_size: h,
         })
     }
@@ -123,9 +124,8 @@ impl Decoder {
     /// Prepares the decoder for search; the weights must not change afterwards (inference
     /// only).
     ///
-    /// * The output layer's weight is stored transposed
-    ///   ([`OutputLayer::transpose_for_search`]); tied to it, the embeddings become a
-    ///   view of it, so that the model holds one copy.
+    /// * The output layer may keep an f16 copy of its weight for steps of a few rows and a
+    ///   transposed one for the others ([`OutputLayer::prepare_for_search`]).
     /// * With the GNMT wiring the bottom layer's input is the embedding of the previous
     ///   subword alone, so its product with `W_ih` (a quarter of the FLOPs of a step) can
     ///   be computed once per subword and looked up. On the CPU in f32 the rows are
@@ -134,12 +134,7 @@ impl Decoder {
     ///   computed here. Not with input feeding, where the bottom input also holds the
     ///   previous attentional vector.
     pub fn prepare_for_search(&mut self) -> Result<()> {
-        self.output.transpose_for_search()?;
-        if self.tied {
-            let embeddings = self.output.weight.t()?;
-            let dim = embeddings.dim(1)?;
-            self.embedding = Embedding::new(embeddings, dim);
-        }
+        self.output.prepare_for_search();
         if self.input_feeding {
             return Ok(());
         }
@@ -154,24 +149,6 @@ impl Decoder {
         Ok(())
     }
 
-    /// The target embeddings of `ids` (any shape), where they may be a transposed view of
-    /// the output layer (see [`Decoder::prepare_for_search`]): candle's `index_select`
-    /// reads contiguous tensors only.
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let table = self.embedding.embeddings();
-        if table.is_contiguous() {
-            return self.embedding.forward(ids);
-        }
-        let mut dims = ids.dims().to_vec();
-        dims.push(table.dim(1)?);
-        table
-            .t()?
-            .index_select(&ids.flatten_all()?, 1)?
-            .t()?
-            .contiguous()?
-            .reshape(dims)
-    }
-
     /// Rows `prev` of the bottom layer's `E·W_ihᵀ` (see [`Decoder::prepare_for_search`]).
     fn bottom_projection_rows(&self, table: &BottomProjection, prev: &Tensor) -> Result<Tensor> {
         match table {
@@ -179,7 +156,7 @@ impl Decoder {
             BottomProjection::Lazy(cache) => {
                 let ids = prev.to_vec1::<u32>()?;
                 if ids.is_empty() {
-                    return self.layers[0].input_projection(&self.embed(prev)?);
+                    return self.layers[0].input_projection(&self.embedding.forward(prev)?);
                 }
                 let device = prev.device();
                 let rows = cache.gather(&ids, |start, len| {
@@ -224,7 +201,7 @@ impl Decoder {
         tgt_mask: &Tensor,
         dropout: &mut Dropout,
     ) -> Result<(Tensor, Tensor)> {
-        let emb = dropout.apply(&self.embed(tgt_in)?)?;
+        let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
         let (attentional, weights) = if self.input_feeding || self.conditional.is_some() {
             let (batch, steps, _) = emb.dims3()?;
             let mut state = self.init(batch, mem)?;
@@ -267,7 +244,7 @@ impl Decoder {
     ) -> Result<(Tensor, DecoderState, Tensor)> {
         let input = match &self.bottom_projection {
             Some(table) => StepInput::Projected(self.bottom_projection_rows(table, prev)?),
-            None => StepInput::Embedded(self.embed(prev)?),
+            None => StepInput::Embedded(self.embedding.forward(prev)?),
         };
         let (o, next, weights) = self.advance(mem, state, input, &mut Dropout::inactive())?;
         let log_probs = output.unwrap_or(&self.output).log_probs(&o)?;
@@ -363,11 +340,21 @@ enum StepInput {
 /// The output projection `hidden → vocab`, or onto a subset of the vocabulary.
 #[derive(Clone, Debug)]
 pub struct OutputLayer {
-    /// `[vocab, hidden]`; the target embeddings themselves when tied. `[hidden, vocab]`
-    /// once [`OutputLayer::transpose_for_search`] ran.
+    /// `[vocab, hidden]`; the target embeddings themselves when tied.
     weight: Tensor,
     bias: Tensor,
-    transposed: bool,
+    /// Set by [`OutputLayer::prepare_for_search`]: the weights no longer change.
+    for_search: bool,
+    /// Search: an f16 copy of the weight `[vocab, hidden]` for a few rows at a time
+    /// ([`half_logits`]), made on first use where it is exact; `None` where it is not.
+    /// Shared by clones (search clones the layer per batch).
+    half: Arc<OnceLock<Option<Tensor>>>,
+    /// Search: the weight stored `[hidden, vocab]`, row-major, for the steps the f16 kernel
+    /// does not take, made on the first such step (a one-sentence run may never need it).
+    /// The gemm of `x·Wᵀ` with `W` stored `[vocab, hidden]` repacks all of `W` at every
+    /// call: measured with 2 threads on the AVX2 machine, 8,000 × 256, 5 rows, 1.27 ms
+    /// against 0.51 ms stored transposed; equal from 160 rows (a batch of 32 at beam 5).
+    transposed: Arc<OnceLock<Tensor>>,
 }
 
 impl OutputLayer {
@@ -381,32 +368,50 @@ impl OutputLayer {
                 vb.get((cfg.tgt_vocab_size, cfg.hidden_size), "weight")?
             },
             bias: vb.get(cfg.tgt_vocab_size, "bias")?,
-            transposed: false,
+            for_search: false,
+            half: Arc::new(OnceLock::new()),
+            transposed: Arc::new(OnceLock::new()),
         })
     }
 
-    /// Stores the weight as `[hidden, vocab]`, row-major. Search multiplies a few rows (a
-    /// beam of one sentence: 5) by the weight at every step, and the gemm of `x·Wᵀ` with
-    /// `W` stored `[vocab, hidden]` repacks all of `W` each time: measured with 2 threads
-    /// on the AVX2 machine, 8,000 × 256, 5 rows, 1.27 ms against 0.51 ms stored
-    /// transposed; equal at 160 rows (a batch of 32 at beam 5).
-    pub(crate) fn transpose_for_search(&mut self) -> Result<()> {
-        if !self.transposed {
-            self.weight = self.weight.t()?.contiguous()?;
-            self.transposed = true;
-        }
-        Ok(())
+    /// Marks the layer as used by search only, so that an f16 copy of the weight may be made
+    /// for steps of a few rows ([`half_logits`]) and a transposed one for the others: the
+    /// weights must not change afterwards.
+    pub(crate) fn prepare_for_search(&mut self) {
+        self.for_search = true;
     }
 
-    /// The weight as `[vocab, hidden]`, contiguous: a copy when stored transposed, so that
-    /// teacher-forced scores stay bit-identical to the model's before search was prepared
-    /// (gemm sums in another order over another layout).
-    fn vocab_major(&self) -> Result<Tensor> {
-        if self.transposed {
-            self.weight.t()?.contiguous()
-        } else {
-            Ok(self.weight.clone())
+    /// The f16 weight for search's `x·Wᵀ` when `x` has few rows ([`half_logits::MAX_ROWS`]),
+    /// on the CPU, once the layer is prepared for search, and where the f16 copy is exact.
+    fn half_weight_for(&self, x: &Tensor) -> Result<Option<&Tensor>> {
+        let rows = x.dim(0)?;
+        if !self.for_search
+            || rows == 0
+            || rows > half_logits::MAX_ROWS
+            || !x.device().is_cpu()
+            || x.dtype() != DType::F32
+            || self.weight.dtype() != DType::F32
+        {
+            return Ok(None);
         }
+        if self.half.get().is_none() {
+            let copy = {
+                let (storage, layout) = self.weight.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else {
+                    return Ok(None);
+                };
+                let Some((start, end)) = layout.contiguous_offsets() else {
+                    return Ok(None);
+                };
+                half_logits::exact_f16(&cpu.as_slice::<f32>()?[start..end])
+            };
+            let copy = match copy {
+                Some(h) => Some(Tensor::from_vec(h, self.weight.shape(), x.device())?),
+                None => None,
+            };
+            let _ = self.half.set(copy);
+        }
+        Ok(self.half.get().and_then(Option::as_ref))
     }
 
     /// `[..., hidden]` → `[..., vocab]`.
@@ -425,21 +430,19 @@ impl OutputLayer {
         // gradient edge as zeros + add.
         let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
         let x1 = Tensor::cat(&[&x, &ones], 1)?;
-        let wb = Tensor::cat(&[&self.vocab_major()?, &self.bias.unsqueeze(1)?], 1)?;
+        let wb = Tensor::cat(&[&self.weight, &self.bias.unsqueeze(1)?], 1)?;
         x1.matmul(&wb.t()?)?.reshape(out_dims)
     }
 
     /// The layer onto the target ids `ids` (u32 `[k]`): column j scores `ids[j]`.
     pub fn restrict(&self, ids: &Tensor) -> Result<Self> {
-        let weight = if self.transposed {
-            self.weight.index_select(ids, 1)?
-        } else {
-            self.weight.index_select(ids, 0)?
-        };
         Ok(Self {
-            weight: weight.contiguous()?,
+            weight: self.weight.index_select(ids, 0)?.contiguous()?,
             bias: self.bias.index_select(ids, 0)?,
-            transposed: self.transposed,
+            for_search: self.for_search,
+            // A shortlist's columns are few: reading them is cheap in f32.
+            half: Arc::new(OnceLock::from(None)),
+            transposed: Arc::new(OnceLock::new()),
         })
     }
 
@@ -447,8 +450,33 @@ impl OutputLayer {
     /// product (it exists for the training gradient): the bias is added inside the fused
     /// log-softmax.
     pub(crate) fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
-        let logits = if self.transposed {
-            o.matmul(&self.weight)?
+        if let Some(half) = self.half_weight_for(o)? {
+            let rows = o.dim(0)?;
+            let vocab = self.bias.dim(0)?;
+            let x = o.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut out = vec![0f32; rows * vocab];
+            let (storage, layout) = half.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("the f16 output weight is on the CPU");
+            };
+            let (start, end) = layout
+                .contiguous_offsets()
+                .expect("made contiguous in half_weight_for");
+            let weight = &cpu.as_slice::<half::f16>()?[start..end];
+            half_logits::logits(&x, rows, weight, vocab, &mut out);
+            drop(storage);
+            let logits = Tensor::from_vec(out, (rows, vocab), o.device())?;
+            return biased_log_softmax(logits, &self.bias);
+        }
+        let logits = if self.for_search {
+            let transposed = match self.transposed.get() {
+                Some(t) => t,
+                None => {
+                    let t = self.weight.t()?.contiguous()?;
+                    self.transposed.get_or_init(|| t)
+                }
+            };
+            o.matmul(transposed)?
         } else {
             o.matmul(&self.weight.t()?)?
         };
@@ -499,6 +527,59 @@ mod tests {
             let empty = Tensor::new(&[] as &[u32], &Device::Cpu).unwrap();
             let rows = decoder.bottom_projection_rows(lazy, &empty).unwrap();
             assert_eq!(rows.dims(), [0, table.dim(1).unwrap()]);
+        }
+    }
+
+    /// Search's log-probabilities equal the unprepared layer's at every step size: from the
+    /// f16 copy for a few rows (made only when the weight is exactly f16), from the
+    /// transposed copy for more (made on the first such step only).
+    #[test]
+    fn search_log_probs_equal_the_plain_layer_at_every_step_size() {
+        let cfg = ModelConfig {
+            tgt_vocab_size: 301,
+            embedding_size: 16,
+            hidden_size: 16,
+            tie_target_embeddings: false,
+            ..ModelConfig::default()
+        };
+        for f16_exact in [true, false] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let embedding =
+                embedding(cfg.tgt_vocab_size, cfg.embedding_size, vb.pp("emb")).unwrap();
+            let mut layer = OutputLayer::new(&cfg, &embedding, vb.pp("output")).unwrap();
+            let shape = (cfg.tgt_vocab_size, cfg.hidden_size);
+            let mut weight = Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap();
+            if f16_exact {
+                weight = weight
+                    .to_dtype(DType::F16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+            }
+            varmap.data().lock().unwrap()["output.weight"]
+                .set(&weight)
+                .unwrap();
+            let plain = layer.clone();
+            layer.prepare_for_search();
+            for rows in [1, 5, half_logits::MAX_ROWS, half_logits::MAX_ROWS + 1, 40] {
+                let x = Tensor::randn(0f32, 1.0, (rows, cfg.hidden_size), &Device::Cpu).unwrap();
+                let want = plain.log_probs(&x).unwrap();
+                let got = layer.log_probs(&x).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(
+                    diff.to_scalar::<f32>().unwrap() < 1e-5,
+                    "{rows} rows, f16 exact: {f16_exact}"
+                );
+                let half_made = layer.half.get().is_some_and(Option::is_some);
+                assert_eq!(half_made, f16_exact, "{rows} rows");
+                let transposed_made = layer.transposed.get().is_some();
+                assert_eq!(
+                    transposed_made,
+                    rows > half_logits::MAX_ROWS || !f16_exact,
+                    "{rows} rows, f16 exact: {f16_exact}"
+                );
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod fastmath;
 pub(crate) mod fused;
 pub mod gru;
+pub mod half_logits;
 pub mod init;
 pub mod language_model;
 pub mod log_softmax;
