@@ -65,6 +65,9 @@ pub struct TranslateOptions {
     /// Split lines and texts into sentences before translating them (`false`: a line is
     /// one segment, as given).
     pub split: bool,
+    /// Compute the output layer in int8 (see [`crate::model::int8_logits`]): faster, and
+    /// results may differ from f32 search. The CPU only.
+    pub int8: bool,
 }
 
 impl TranslateOptions {
@@ -81,6 +84,7 @@ impl TranslateOptions {
         alignments: None,
         keep_attention: false,
         split: true,
+        int8: false,
     };
 
     /// The search of these options over a model with config `cfg`.
@@ -184,7 +188,15 @@ impl Translator {
             (tokenizers, models)
         });
         let (source, target) = tokenizers?;
-        let models = models?;
+        let mut models = models?;
+        if options.int8 {
+            if !device.is_cpu() {
+                bail!("--int8 runs on the CPU only (not with --device {device:?})");
+            }
+            for model in &mut models {
+                model.quantize_output_int8()?;
+            }
+        }
         // Every member's tokenizers are the first's (checked in `load_models`).
         let sizes = [source.vocab_size(), target.vocab_size()];
         for (dir, model) in dirs.iter().zip(&models) {

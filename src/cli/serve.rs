@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Beam size (1..=64).
     #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub beam: u64,
+    /// Compute the output layer in int8, as `rnmt translate --int8` (CPU only).
+    #[arg(long)]
+    pub int8: bool,
     /// Threads for the search (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -121,6 +124,7 @@ impl ServeArgs {
         let api_keys = self.api_keys.as_deref().map(ApiKeys::load).transpose()?;
         let mut translate = TranslateOptions::DEFAULT;
         translate.beam = self.beam as usize;
+        translate.int8 = self.int8;
         Ok(ServeOptions {
             models,
             char_limit: self.char_limit as usize,

@@ -121,6 +121,10 @@ pub struct TranslateArgs {
     /// Sentences decoded together in one batch.
     #[arg(long, default_value_t = TranslateOptions::DEFAULT.batch_size, value_name = "S")]
     pub batch_size: usize,
+    /// Compute the output layer in int8 (weights per target word, activations per step,
+    /// i32 sums): faster on the CPU, and results may differ from f32 search.
+    #[arg(long)]
+    pub int8: bool,
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Print hard alignments from attention in Pharaoh format (`i-j`: 0-based source
@@ -266,6 +270,7 @@ impl TranslateArgs {
             alignments: self.alignments.then_some(self.align_unit.into()),
             keep_attention: self.attention_plot.is_some(),
             split: !self.no_split,
+            int8: self.int8,
         }
     }
 }

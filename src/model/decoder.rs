@@ -26,6 +26,7 @@ use super::attention::{Attention, AttentionMemory};
 use super::config::ModelConfig;
 use super::dropout::Dropout;
 use super::half_logits;
+use super::int8_logits::{self, Int8Weight};
 use super::log_softmax::biased_log_softmax;
 use super::lstm::LstmState;
 use super::recurrent::RecurrentLayer;
@@ -147,6 +148,11 @@ impl Decoder {
             },
         );
         Ok(())
+    }
+
+    /// Search computes the output layer in int8 from now on ([`OutputLayer::quantize_int8`]).
+    pub fn quantize_output_int8(&mut self) -> Result<()> {
+        self.output.quantize_int8()
     }
 
     /// Rows `prev` of the bottom layer's `E·W_ihᵀ` (see [`Decoder::prepare_for_search`]).
@@ -355,6 +361,8 @@ pub struct OutputLayer {
     /// call: measured with 2 threads on the AVX2 machine, 8,000 × 256, 5 rows, 1.27 ms
     /// against 0.51 ms stored transposed; equal from 160 rows (a batch of 32 at beam 5).
     transposed: Arc<OnceLock<Tensor>>,
+    /// Search with `--int8`: the weight quantized ([`int8_logits`]), used for every step.
+    int8: Option<Arc<Int8Weight>>,
 }
 
 impl OutputLayer {
@@ -371,7 +379,31 @@ impl OutputLayer {
             for_search: false,
             half: Arc::new(OnceLock::new()),
             transposed: Arc::new(OnceLock::new()),
+            int8: None,
         })
+    }
+
+    /// Quantizes the weight to int8 for search ([`int8_logits`]); every search step then
+    /// uses it. The CPU only; the weights must not change afterwards.
+    pub(crate) fn quantize_int8(&mut self) -> Result<()> {
+        if !self.weight.device().is_cpu() {
+            candle_core::bail!("int8 search runs on the CPU only");
+        }
+        let (words, hidden) = self.weight.dims2()?;
+        if hidden > int8_logits::MAX_HIDDEN {
+            candle_core::bail!(
+                "int8 search: hidden size {hidden} exceeds {}",
+                int8_logits::MAX_HIDDEN
+            );
+        }
+        let weight = self
+            .weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        self.int8 = Some(Arc::new(Int8Weight::quantize(&weight, words, hidden)));
+        self.for_search = true;
+        Ok(())
     }
 
     /// Marks the layer as used by search only, so that an f16 copy of the weight may be made
@@ -443,6 +475,10 @@ impl OutputLayer {
             // A shortlist's columns are few: reading them is cheap in f32.
             half: Arc::new(OnceLock::from(None)),
             transposed: Arc::new(OnceLock::new()),
+            int8: match &self.int8 {
+                Some(q) => Some(Arc::new(q.select(&ids.to_vec1::<u32>()?))),
+                None => None,
+            },
         })
     }
 
@@ -450,6 +486,14 @@ impl OutputLayer {
     /// product (it exists for the training gradient): the bias is added inside the fused
     /// log-softmax.
     pub(crate) fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.int8 {
+            let rows = o.dim(0)?;
+            let x = o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut out = vec![0f32; rows * q.words()];
+            q.logits(&x, rows, &mut out);
+            let logits = Tensor::from_vec(out, (rows, q.words()), o.device())?;
+            return biased_log_softmax(logits, &self.bias);
+        }
         if let Some(half) = self.half_weight_for(o)? {
             let rows = o.dim(0)?;
             let vocab = self.bias.dim(0)?;

@@ -132,6 +132,12 @@ impl Seq2Seq {
         self.decoder.prepare_for_search()
     }
 
+    /// Search computes the output layer in int8 from now on (see
+    /// [`crate::model::int8_logits`]); the CPU only.
+    pub fn quantize_output_int8(&mut self) -> Result<()> {
+        self.decoder.quantize_output_int8()
+    }
+
     /// The output layer onto the whole target vocabulary.
     pub fn output_layer(&self) -> &OutputLayer {
         self.decoder.output_layer()
