@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
 use clap::Args;
 
 use crate::io::write_atomic;
+use crate::model::weights_file::int8_matrix;
 use crate::model::{load_language_model, load_model, Task};
 use crate::train::checkpoint::{
     self, average_checkpoints, list_checkpoints, save_tensors, CONFIG_FILE, WEIGHTS_FILE,
@@ -23,7 +25,8 @@ pub struct AverageArgs {
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
     /// The weights' storage type: f16 or bf16 halve the folder (search computes in f32
-    /// either way); a single checkpoint with --dtype f16 is a conversion.
+    /// either way); int8 quarters it and is searched with the output layer in int8. A
+    /// single checkpoint (or model folder) with --dtype f16 or int8 is a conversion.
     #[arg(long, value_enum, default_value_t = WeightsDtype::F32)]
     pub dtype: WeightsDtype,
     /// Choose the averaged model's search settings (α, β in its config.json) by beam-5
@@ -39,15 +42,24 @@ pub enum WeightsDtype {
     F32,
     F16,
     Bf16,
+    /// Matrices in int8 with a scale per row, the rest (biases, norms) in f32; a model stored
+    /// so is searched with the output layer in int8 (as `rnmt translate --int8`).
+    Int8,
 }
 
-impl From<WeightsDtype> for candle_core::DType {
-    fn from(d: WeightsDtype) -> Self {
-        match d {
-            WeightsDtype::F32 => Self::F32,
-            WeightsDtype::F16 => Self::F16,
-            WeightsDtype::Bf16 => Self::BF16,
-        }
+impl WeightsDtype {
+    /// The tensors that store `tensor` as `name` in this dtype.
+    fn store(self, name: String, tensor: Tensor) -> Result<Vec<(String, Tensor)>> {
+        let dtype = match self {
+            WeightsDtype::F32 => DType::F32,
+            WeightsDtype::F16 => DType::F16,
+            WeightsDtype::Bf16 => DType::BF16,
+            WeightsDtype::Int8 if tensor.rank() == 2 => {
+                return Ok(int8_matrix(&name, &tensor)?.into());
+            }
+            WeightsDtype::Int8 => DType::F32,
+        };
+        Ok(vec![(name, tensor.to_dtype(dtype)?)])
     }
 }
 
@@ -89,10 +101,11 @@ pub fn run(args: &AverageArgs) -> Result<()> {
     }
     let (dirs, run) = average_inputs(args)?;
     let (tensors, config) = average_checkpoints(&dirs)?;
-    let tensors = tensors
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(args.dtype.into())?)))
-        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    let mut stored = std::collections::HashMap::new();
+    for (name, t) in tensors {
+        stored.extend(args.dtype.store(name, t)?);
+    }
+    let tensors = stored;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     save_tensors(&out.join(WEIGHTS_FILE), &tensors)?;

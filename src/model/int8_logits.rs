@@ -66,14 +66,8 @@ impl Int8Weight {
         let mut scales = vec![0f32; words];
         let mut shift_sums = vec![0i32; words];
         for (j, row) in weight.chunks_exact(hidden).enumerate() {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = max / WEIGHT_MAX;
-            let inv = if max > 0.0 { WEIGHT_MAX / max } else { 0.0 };
             let out = &mut q[j * stride..j * stride + hidden];
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = (v * inv).round().clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
-            }
-            scales[j] = scale;
+            scales[j] = quantize_row(row, out);
             shift_sums[j] = ACT_SHIFT * out.iter().map(|&v| v as i32).sum::<i32>();
         }
         Self {
@@ -214,6 +208,20 @@ impl SharedOut {
     unsafe fn at(self, i: usize) -> *mut f32 {
         unsafe { self.0.add(i) }
     }
+}
+
+/// `row ≈ scale · out` with `out` in [-127, 127], rounded to nearest; returns the scale (0
+/// for a row of zeros). The one weight quantizer: search's and the int8 weights file's
+/// (`rnmt average --dtype int8`), so that a model stored in int8 is searched with exactly
+/// its stored integers.
+pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
+    assert_eq!(row.len(), out.len());
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inv = if max > 0.0 { WEIGHT_MAX / max } else { 0.0 };
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v * inv).round().clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8;
+    }
+    max / WEIGHT_MAX
 }
 
 /// Each row of `x` (`[rows, hidden]`) as unsigned bytes `p + 64` with `p` in [-63, 63],

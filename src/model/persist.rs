@@ -76,8 +76,12 @@ pub fn check_vocab_sizes(
 
 fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq, ModelConfig)> {
     check_task(dir, &cfg, Task::Translation)?;
-    let mut model = build_from_file(dir, device, |vb| Seq2Seq::new(&cfg, vb))?;
+    let (mut model, int8) = build_from_file(dir, device, |vb| Seq2Seq::new(&cfg, vb))?;
     model.prepare_for_search()?;
+    // Stored in int8 (`rnmt average --dtype int8`): searched so, with the stored integers.
+    if int8 && device.is_cpu() {
+        model.quantize_output_int8()?;
+    }
     Ok((model, cfg))
 }
 
@@ -92,7 +96,7 @@ pub fn load_language_model(
     check_task(dir, &cfg, Task::Lm)?;
     let tokenizer = SubwordModel::load(&dir.join(LM_TOKENIZER))?;
     check_vocab_size(dir, &cfg, LM_TOKENIZER, tokenizer.vocab_size())?;
-    let model = build_from_file(dir, device, |vb| LanguageModel::new(&cfg, vb))?;
+    let (model, _) = build_from_file(dir, device, |vb| LanguageModel::new(&cfg, vb))?;
     Ok((model, tokenizer))
 }
 
@@ -114,12 +118,13 @@ fn check_task(dir: &Path, cfg: &ModelConfig, expected: Task) -> Result<()> {
 }
 
 /// The model `build` makes, its weights read straight from `dir`'s weights file: every
-/// tensor it asks for is checked, and one left over is an error.
+/// tensor it asks for is checked, and one left over is an error. With it, whether the file
+/// stores matrices in int8.
 fn build_from_file<M>(
     dir: &Path,
     device: &Device,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
-) -> Result<M> {
+) -> Result<(M, bool)> {
     // Built once, straight from the file: no variables, and no random initialisation
     // to overwrite (building through a `VarMap` first and then copying was about a
     // third of a cold `rnmt translate`); each tensor is read when the model asks for it.
@@ -134,7 +139,7 @@ fn build_from_file<M>(
     );
     let model = build(vb).map_err(|e| anyhow::anyhow!("{e}"))?;
     file.check_all_used()?;
-    Ok(model)
+    Ok((model, file.file.has_int8()))
 }
 
 /// The tensors of a weights file as a `VarBuilder` backend that checks each tensor the

@@ -6,6 +6,12 @@
 //! default model, most of the peak memory of a one-sentence `rnmt translate`). Here only
 //! the header is read up front, and each tensor's bytes when the model asks for it, so
 //! the peak is the f32 model plus one tensor.
+//!
+//! An int8 matrix (`rnmt average --dtype int8`) is stored as a U8 tensor `NAME`, each value
+//! `q + 128` with `q` in [-127, 127], beside an F32 tensor `NAME.int8_scale` of one scale
+//! per row: row i is `scale[i] · q[i]`. safetensors has an I8 dtype, but candle has none to
+//! read it into; as two plain tensors the file stays readable by any safetensors reader.
+//! It reads as the dequantized f32 matrix.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,11 +34,20 @@ pub struct WeightsFile {
 
 /// A tensor's place in the file, checked against the file's size when the header is read.
 pub struct Entry {
+    /// The dtype it reads as: F32 for an int8 matrix.
     pub dtype: DType,
     pub shape: Vec<usize>,
     start: u64,
     len: usize,
+    /// An int8 matrix: where its row scales are (F32, one per row).
+    int8_scales: Option<(u64, usize)>,
 }
+
+/// The suffix of an int8 matrix's row scales (see the module notes).
+pub const INT8_SCALE_SUFFIX: &str = ".int8_scale";
+
+/// The offset of the stored bytes of an int8 matrix: `u8 = q + 128`.
+const INT8_OFFSET: i32 = 128;
 
 /// A header entry as the safetensors format writes it.
 #[derive(Deserialize)]
@@ -51,6 +66,73 @@ fn dtype_of(name: &str) -> Option<DType> {
         return None;
     }
     name.to_ascii_lowercase().parse().ok()
+}
+
+/// The two tensors that store matrix `name` (`[rows, cols]`, any float dtype) in int8:
+/// `NAME` (U8, `q + 128`) and `NAME.int8_scale` (F32, one per row), quantized row by row
+/// with search's quantizer ([`super::int8_logits::quantize_row`]).
+pub fn int8_matrix(name: &str, matrix: &Tensor) -> Result<[(String, Tensor); 2]> {
+    let (rows, cols) = matrix.dims2()?;
+    let values = matrix
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut q = vec![0i8; cols];
+    let mut bytes = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(cols.max(1)).take(rows) {
+        scales.push(super::int8_logits::quantize_row(row, &mut q));
+        bytes.extend(q.iter().map(|&v| (v as i32 + INT8_OFFSET) as u8));
+    }
+    let device = matrix.device();
+    Ok([
+        (
+            name.to_string(),
+            Tensor::from_vec(bytes, (rows, cols), device)?,
+        ),
+        (
+            format!("{name}{INT8_SCALE_SUFFIX}"),
+            Tensor::from_vec(scales, rows, device)?,
+        ),
+    ])
+}
+
+/// Joins every `NAME.int8_scale` to its matrix `NAME` (see the module notes), checking
+/// both: a U8 matrix of rows, F32 scales one per row, every stored byte a `q + 128` with `q`
+/// in [-127, 127] (checked when read: no byte 0).
+fn pair_int8_scales(entries: &mut HashMap<String, Entry>) -> std::result::Result<(), String> {
+    let scale_names: Vec<String> = entries
+        .keys()
+        .filter(|n| n.ends_with(INT8_SCALE_SUFFIX))
+        .cloned()
+        .collect();
+    for scale_name in scale_names {
+        let name = &scale_name[..scale_name.len() - INT8_SCALE_SUFFIX.len()];
+        let scales = entries.remove(&scale_name).expect("listed above");
+        let Some(matrix) = entries.get_mut(name) else {
+            return Err(format!(
+                "int8 scales `{scale_name}` without a matrix `{name}`"
+            ));
+        };
+        let rows = match matrix.shape.as_slice() {
+            [rows, _] if matrix.dtype == DType::U8 => *rows,
+            _ => {
+                return Err(format!(
+                    "int8 matrix `{name}` is {:?} {:?}, not a U8 matrix",
+                    matrix.dtype, matrix.shape
+                ))
+            }
+        };
+        if scales.dtype != DType::F32 || scales.shape != [rows] {
+            return Err(format!(
+                "int8 scales `{scale_name}` are {:?} {:?}, not F32 [{rows}]",
+                scales.dtype, scales.shape
+            ));
+        }
+        matrix.dtype = DType::F32;
+        matrix.int8_scales = Some((scales.start, scales.len));
+    }
+    Ok(())
 }
 
 impl WeightsFile {
@@ -111,9 +193,11 @@ impl WeightsFile {
                     shape: info.shape,
                     start: data_start + start as u64,
                     len: end - start,
+                    int8_scales: None,
                 },
             );
         }
+        pair_int8_scales(&mut entries).map_err(fail)?;
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(file),
@@ -133,17 +217,45 @@ impl WeightsFile {
         self.entries.keys()
     }
 
+    /// Whether any matrix is stored in int8.
+    pub fn has_int8(&self) -> bool {
+        self.entries.values().any(|e| e.int8_scales.is_some())
+    }
+
+    fn read_bytes(&self, name: &str, start: u64, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        let mut file = self.file.lock().expect("not poisoned");
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .with_context(|| format!("reading tensor `{name}` of {}", self.path.display()))?;
+        Ok(bytes)
+    }
+
     /// Tensor `name`, read from the file now, in `dtype` on `device`.
     pub fn read(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let Some(entry) = self.entries.get(name) else {
             bail!("{}: tensor `{name}` is missing", self.path.display());
         };
-        let mut bytes = vec![0u8; entry.len];
-        {
-            let mut file = self.file.lock().expect("not poisoned");
-            file.seek(SeekFrom::Start(entry.start))
-                .and_then(|_| file.read_exact(&mut bytes))
-                .with_context(|| format!("reading tensor `{name}` of {}", self.path.display()))?;
+        let bytes = self.read_bytes(name, entry.start, entry.len)?;
+        if let Some((start, len)) = entry.int8_scales {
+            let scales = self.read_bytes(name, start, len)?;
+            let scales: Vec<f32> = scales
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if bytes.contains(&0) {
+                bail!(
+                    "{}: int8 matrix `{name}` holds the byte 0 (-128), outside [-127, 127]",
+                    self.path.display()
+                );
+            }
+            let cols = entry.shape[1];
+            let values: Vec<f32> = bytes
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b as i32 - INT8_OFFSET) as f32 * scales[i / cols])
+                .collect();
+            return Ok(Tensor::from_vec(values, entry.shape.as_slice(), device)?.to_dtype(dtype)?);
         }
         let tensor = Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, device)?;
         drop(bytes);
@@ -211,5 +323,83 @@ mod tests {
             );
             assert!(text.contains(message), "{text}");
         }
+    }
+
+    /// An int8 matrix reads as its rows' scales times their integers, within half a step
+    /// of the original; its scales are no tensor of their own; a broken pair is an error.
+    #[test]
+    fn int8_matrices_read_dequantized() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let values = [
+            [0.5f32, -1.0, 0.25, 0.0],
+            [0.0, 0.0, 0.0, 0.0],
+            [3.0, 2.9, -0.01, 1.5],
+        ];
+        let matrix = Tensor::new(&values, &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let mut tensors: HashMap<String, Tensor> = int8_matrix("w", &matrix).unwrap().into();
+        tensors.insert("b".to_string(), bias);
+        save(&tensors, &path).unwrap();
+        let file = WeightsFile::open(&path).unwrap();
+        assert!(file.has_int8());
+        let mut names: Vec<&String> = file.names().collect();
+        names.sort();
+        assert_eq!(names, ["b", "w"]);
+        assert_eq!(file.entry("w").unwrap().dtype, DType::F32);
+        let got = file.read("w", DType::F32, &Device::Cpu).unwrap();
+        let got = got.to_vec2::<f32>().unwrap();
+        for (row, want) in got.iter().zip(&values) {
+            let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, w) in row.iter().zip(want) {
+                assert!((g - w).abs() <= max / 254.0 + 1e-7, "{g} vs {w}");
+            }
+        }
+        // The largest value of each row is exact: it is 127 steps.
+        assert_eq!((got[0][1], got[2][0]), (-1.0, 3.0));
+        assert_eq!(got[1], [0.0; 4]);
+
+        let u8_matrix = |bytes: Vec<u8>| Tensor::from_vec(bytes, (1, 2), &Device::Cpu).unwrap();
+        let one_scale = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+        let cases: [(Vec<(&str, Tensor)>, &str); 3] = [
+            (
+                vec![("w.int8_scale", one_scale.clone())],
+                "int8 scales `w.int8_scale` without a matrix `w`",
+            ),
+            (
+                vec![
+                    ("w", u8_matrix(vec![1, 255])),
+                    (
+                        "w.int8_scale",
+                        Tensor::new(&[0.5f32, 1.0], &Device::Cpu).unwrap(),
+                    ),
+                ],
+                "are F32 [2], not F32 [1]",
+            ),
+            (
+                vec![
+                    ("w", one_scale.clone()),
+                    ("w.int8_scale", one_scale.clone()),
+                ],
+                "not a U8 matrix",
+            ),
+        ];
+        for (tensors, message) in cases {
+            let tensors: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t))
+                .collect();
+            save(&tensors, &path).unwrap();
+            let err = WeightsFile::open(&path).err().expect("an error");
+            assert!(format!("{err:#}").contains(message), "{err:#}");
+        }
+        let tensors = HashMap::from([
+            ("w".to_string(), u8_matrix(vec![0, 128])),
+            ("w.int8_scale".to_string(), one_scale),
+        ]);
+        save(&tensors, &path).unwrap();
+        let file = WeightsFile::open(&path).unwrap();
+        let err = file.read("w", DType::F32, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("holds the byte 0"), "{err}");
     }
 }

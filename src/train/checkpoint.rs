@@ -414,6 +414,15 @@ pub fn average_checkpoints(dirs: &[PathBuf]) -> Result<(HashMap<String, Tensor>,
         }
         let path = dir.join(WEIGHTS_FILE);
         let tensors = load_tensors(&path)?;
+        if let Some(name) = tensors
+            .keys()
+            .find(|n| n.ends_with(crate::model::weights_file::INT8_SCALE_SUFFIX))
+        {
+            bail!(
+                "{}: stored in int8 (`{name}`): average the f32 or f16 checkpoints it was made from",
+                path.display()
+            );
+        }
         if i == 0 {
             for (name, t) in tensors {
                 sum.insert(name, t.to_dtype(DType::F64)?);
