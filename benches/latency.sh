@@ -8,6 +8,9 @@
 #
 #   benches/latency.sh OLD_BINARY NEW_BINARY      (or one binary)
 #   ROUNDS=10 N=200 THREADS=0 benches/latency.sh target/release/rnmt
+#   benches/latency.sh target/release/rnmt "target/release/rnmt --int8"
+#
+# An argument of several words is a binary and flags for `rnmt translate`.
 #
 # Needs RNMT_CORPORA (Tatoeba's test.de) for the warm figure. Prints the CPU model and
 # flags first, then the median and range of each figure.
@@ -31,13 +34,14 @@ sentence="Der Hund jagt die Katze."
 
 for round in $(seq "$rounds"); do
   for i in $(seq $#); do
-    bin=${!i}
-    /usr/bin/time -f "%e %M" -o "$tmp/t" "$bin" translate --threads "$threads" "$sentence" >/dev/null
+    read -r -a cmd <<<"${!i}"
+    bin=${cmd[0]} flags=("${cmd[@]:1}")
+    /usr/bin/time -f "%e %M" -o "$tmp/t" "$bin" translate "${flags[@]}" --threads "$threads" "$sentence" >/dev/null
     echo "$(cat "$tmp/t")" >>"$tmp/cold.$i"
     s1=$(date +%s.%N)
-    "$bin" translate --threads "$threads" --batch-size 1 -i "$tmp/one.de" >/dev/null
+    "$bin" translate "${flags[@]}" --threads "$threads" --batch-size 1 -i "$tmp/one.de" >/dev/null
     s2=$(date +%s.%N)
-    "$bin" translate --threads "$threads" --batch-size 1 -i "$tmp/many.de" >/dev/null
+    "$bin" translate "${flags[@]}" --threads "$threads" --batch-size 1 -i "$tmp/many.de" >/dev/null
     s3=$(date +%s.%N)
     python3 -c "print(((($s3)-($s2))-(($s2)-($s1)))/$n*1000)" >>"$tmp/warm.$i"
   done

@@ -65,8 +65,9 @@ pub struct TranslateOptions {
     /// Split lines and texts into sentences before translating them (`false`: a line is
     /// one segment, as given).
     pub split: bool,
-    /// Compute the output layer in int8 (see [`crate::model::int8_logits`]): faster, and
-    /// results may differ from f32 search. The CPU only.
+    /// Compute the output layer and the LSTM layers' products in int8 (see
+    /// [`crate::model::int8_matmul`]): faster, and results may differ from f32 search. The
+    /// CPU only; GRU layers stay in f32.
     pub int8: bool,
 }
 
@@ -194,7 +195,7 @@ impl Translator {
                 bail!("--int8 runs on the CPU only (not with --device {device:?})");
             }
             for model in &mut models {
-                model.quantize_output_int8()?;
+                model.quantize_int8()?;
             }
         }
         // Every member's tokenizers are the first's (checked in `load_models`).

@@ -25,7 +25,7 @@ pub struct AverageArgs {
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
     /// The weights' storage type: f16 or bf16 halve the folder (search computes in f32
-    /// either way); int8 quarters it and is searched with the output layer in int8. A
+    /// either way); int8 quarters it and is searched in int8 (as `rnmt translate --int8`). A
     /// single checkpoint (or model folder) with --dtype f16 or int8 is a conversion.
     #[arg(long, value_enum, default_value_t = WeightsDtype::F32)]
     pub dtype: WeightsDtype,
@@ -43,7 +43,7 @@ pub enum WeightsDtype {
     F16,
     Bf16,
     /// Matrices in int8 with a scale per row, the rest (biases, norms) in f32; a model stored
-    /// so is searched with the output layer in int8 (as `rnmt translate --int8`).
+    /// so is searched in int8 (as `rnmt translate --int8`).
     Int8,
 }
 

@@ -42,6 +42,18 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Search computes the recurrent layers' products in int8 from now on
+    /// ([`RecurrentLayer::quantize_int8`]).
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.forward.quantize_int8()?;
+            if let Some(backward) = &mut layer.backward {
+                backward.quantize_int8()?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let embedding = embedding(cfg.src_vocab_size, cfg.embedding_size, vb.pp("embedding"))?;
         let h = cfg.hidden_size;

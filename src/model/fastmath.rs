@@ -32,12 +32,21 @@ pub trait Real:
     fn sigmoid(self) -> Self;
     fn tanh_(self) -> Self;
     fn sqrt_(self) -> Self;
+    /// The slice as f32 where `Self` is f32 (the int8 products take f32 only).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
     #[inline(always)]
     fn sigmoid(self) -> Self {
         sigmoid(self)
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
     }
     #[inline(always)]
     fn tanh_(self) -> Self {
@@ -53,6 +62,12 @@ impl Real for f64 {
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
     #[inline(always)]
     fn tanh_(self) -> Self {

@@ -11,13 +11,14 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::model::fastmath::Real;
+use crate::model::int8_matmul::Int8Matrix;
 use crate::model::lstm::Recurrence;
 
 /// One layer's recurrence over one batch, on flat slices.
@@ -63,6 +64,9 @@ pub(crate) struct Recurrent<K> {
     /// Forward keeps its intermediates only when a gradient may be asked for.
     pub(crate) keep_saved: bool,
     pub(crate) saved: SavedState,
+    /// Search with `--int8`: `W_hh` quantized; each step's `h·W_hhᵀ` is then an int8
+    /// product ([`crate::model::int8_matmul`]).
+    pub(crate) int8_hh: Option<Arc<Int8Matrix>>,
     cell: PhantomData<K>,
 }
 
@@ -84,8 +88,16 @@ impl<K> Recurrent<K> {
             mask,
             keep_saved,
             saved: SavedState::default(),
+            int8_hh: None,
             cell: PhantomData,
         }
+    }
+
+    /// The recurrent product in int8 from `w_hh` (search only: there is no backward).
+    pub(crate) fn with_int8_hh(mut self, w_hh: Option<Arc<Int8Matrix>>) -> Self {
+        debug_assert!(w_hh.is_none() || !self.keep_saved);
+        self.int8_hh = w_hh;
+        self
     }
 
     /// Time positions the saved buffers hold per sequence: all of them when backward will

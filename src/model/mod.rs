@@ -12,7 +12,7 @@ pub(crate) mod fused;
 pub mod gru;
 pub mod half_logits;
 pub mod init;
-pub mod int8_logits;
+pub mod int8_matmul;
 pub mod language_model;
 pub mod log_softmax;
 pub mod lstm;

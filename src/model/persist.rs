@@ -80,7 +80,7 @@ fn build_model(dir: &Path, cfg: ModelConfig, device: &Device) -> Result<(Seq2Seq
     model.prepare_for_search()?;
     // Stored in int8 (`rnmt average --dtype int8`): searched so, with the stored integers.
     if int8 && device.is_cpu() {
-        model.quantize_output_int8()?;
+        model.quantize_int8()?;
     }
     Ok((model, cfg))
 }

@@ -74,6 +74,15 @@ impl RecurrentLayer {
         }
     }
 
+    /// Search computes this layer's products in int8 from now on ([`Lstm::quantize_int8`]).
+    /// A GRU layer stays in f32: its int8 path is not written.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        match self {
+            Self::Lstm(l) => l.quantize_int8(),
+            Self::Gru(_) => Ok(()),
+        }
+    }
+
     /// One decoding step, `x: [batch, input]`.
     pub fn step(&self, x: &Tensor, state: &LstmState) -> Result<LstmState> {
         match self {

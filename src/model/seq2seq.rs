@@ -132,10 +132,12 @@ impl Seq2Seq {
         self.decoder.prepare_for_search()
     }
 
-    /// Search computes the output layer in int8 from now on (see
-    /// [`crate::model::int8_logits`]); the CPU only.
-    pub fn quantize_output_int8(&mut self) -> Result<()> {
-        self.decoder.quantize_output_int8()
+    /// Search computes the output layer and the LSTM layers' products (`x·W_ihᵀ`,
+    /// `h·W_hhᵀ`, encoder and decoder) in int8 from now on (see
+    /// [`crate::model::int8_matmul`]); the CPU only.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        self.encoder.quantize_int8()?;
+        self.decoder.quantize_int8()
     }
 
     /// The output layer onto the whole target vocabulary.

@@ -70,7 +70,7 @@ fn dtype_of(name: &str) -> Option<DType> {
 
 /// The two tensors that store matrix `name` (`[rows, cols]`, any float dtype) in int8:
 /// `NAME` (U8, `q + 128`) and `NAME.int8_scale` (F32, one per row), quantized row by row
-/// with search's quantizer ([`super::int8_logits::quantize_row`]).
+/// with search's quantizer ([`super::int8_matmul::quantize_row`]).
 pub fn int8_matrix(name: &str, matrix: &Tensor) -> Result<[(String, Tensor); 2]> {
     let (rows, cols) = matrix.dims2()?;
     let values = matrix
@@ -81,7 +81,7 @@ pub fn int8_matrix(name: &str, matrix: &Tensor) -> Result<[(String, Tensor); 2]>
     let mut bytes = Vec::with_capacity(rows * cols);
     let mut scales = Vec::with_capacity(rows);
     for row in values.chunks_exact(cols.max(1)).take(rows) {
-        scales.push(super::int8_logits::quantize_row(row, &mut q));
+        scales.push(super::int8_matmul::quantize_row(row, &mut q));
         bytes.extend(q.iter().map(|&v| (v as i32 + INT8_OFFSET) as u8));
     }
     let device = matrix.device();

@@ -35,10 +35,13 @@ mod recurrence;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::fused;
+use super::int8_matmul::{self, Int8Matrix};
 use kernel::{LstmRecurrence, LN_EPS};
 
 /// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
@@ -92,6 +95,15 @@ pub struct Lstm {
     layer_norm: Option<LayerNormParams>,
     input_size: usize,
     hidden_size: usize,
+    /// Search with `--int8`: `W_ih` and `W_hh` quantized ([`Lstm::quantize_int8`]).
+    int8: Option<Arc<Int8Matrices>>,
+}
+
+/// An LSTM layer's two matrices quantized for int8 products.
+#[derive(Debug)]
+struct Int8Matrices {
+    ih: Int8Matrix,
+    hh: Arc<Int8Matrix>,
 }
 
 /// Which implementation of the recurrence [`Lstm::forward_with`] runs.
@@ -136,7 +148,50 @@ impl Lstm {
             layer_norm,
             input_size,
             hidden_size,
+            int8: None,
         })
+    }
+
+    /// Search computes `x·W_ihᵀ` and `h·W_hhᵀ` in int8 from now on, as the output layer
+    /// with `--int8` ([`crate::model::int8_matmul`]: per-row int8 weights, 7-bit per-row
+    /// activations, i32 sums). For search on the CPU only: nothing computed so has a
+    /// gradient, and the weights must not change afterwards.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        let quantize = |w: &Tensor| -> Result<Int8Matrix> {
+            if !w.device().is_cpu() {
+                candle_core::bail!("int8 search runs on the CPU only");
+            }
+            let (rows, cols) = w.dims2()?;
+            if cols > int8_matmul::MAX_INPUTS {
+                candle_core::bail!(
+                    "int8 search: {cols} inputs exceed {}",
+                    int8_matmul::MAX_INPUTS
+                );
+            }
+            let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Int8Matrix::quantize(&w, rows, cols))
+        };
+        self.int8 = Some(Arc::new(Int8Matrices {
+            ih: quantize(&self.weight_ih)?,
+            hh: Arc::new(quantize(&self.weight_hh)?),
+        }));
+        Ok(())
+    }
+
+    /// `x·W_ihᵀ` for every position of `x: [.., input]`, in int8 after
+    /// [`Lstm::quantize_int8`].
+    fn input_product(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(q) = &self.int8 else {
+            return xs_times_w_ih(x, &self.weight_ih);
+        };
+        let mut dims = x.dims().to_vec();
+        let input = dims.pop().unwrap_or(0);
+        let rows = x.elem_count() / input.max(1);
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; rows * q.ih.outputs()];
+        q.ih.product(&xs, rows, &mut out);
+        dims.push(q.ih.outputs());
+        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -203,7 +258,7 @@ impl Lstm {
                 );
             }
         }
-        let xproj = xs_times_w_ih(xs, &self.weight_ih)?;
+        let xproj = self.input_product(xs)?;
         self.forward_projected(&xproj, mask, reverse, &init, recurrence)
     }
 
@@ -295,7 +350,11 @@ impl Lstm {
         let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
             let sizes = (batch, time, self.hidden_size);
             let ln = self.layer_norm.is_some();
-            LstmRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+            let int8_hh = match &self.int8 {
+                Some(q) if !needs_grad => Some(q.hh.clone()),
+                _ => None,
+            };
+            LstmRecurrence::new(sizes, reverse, ln, mask, needs_grad).with_int8_hh(int8_hh)
         })?;
         let state = LstmState {
             h: fused::output_row(&out, time)?,
