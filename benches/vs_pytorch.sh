@@ -25,7 +25,8 @@
 # (model loading and, for PyTorch, `import torch` included), median over rounds; BLEU of
 # both outputs on the same lines. SHORTLIST=1 decodes with `rnmt translate --shortlist`
 # (learning MODEL/shortlist.safetensors from Multi30k train first if it is missing;
-# SHORTLIST_SIZE sets --shortlist-size), PyTorch with the full vocabulary.
+# SHORTLIST_SIZE sets --shortlist-size), PyTorch with the full vocabulary. INT8=1 decodes
+# with `rnmt translate --int8` (PyTorch stays f32: the reference the goal is set against).
 # roofline: matmul FLOPs per target token on the first STEPS batches
 # (benches/torch_ref/roofline.py), this machine's sgemm peak on 1 and 2 threads through
 # the gemm crate (examples/lstm_bench.rs), and, given TOKS="1=X,2=Y" (rnmt train tok/s
@@ -36,7 +37,7 @@
 # "--index-url https://download.pytorch.org/whl/cpu"), RNMT_CORPORA, WORK (default
 # target/vs_pytorch), CELL (lstm | gru), ROUNDS (3), STEPS (60), WARMUP (10),
 # MAX_TOKENS (1024), DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL, SHORTLIST,
-# SHORTLIST_SIZE.
+# SHORTLIST_SIZE, INT8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -175,6 +176,7 @@ if [ "${SHORTLIST:-0}" = 1 ]; then
   fi
   decode_args=(--shortlist --shortlist-size "${SHORTLIST_SIZE:-500,50}")
 fi
+[ "${INT8:-0}" = 1 ] && decode_args+=(--int8)
 head -n "${LIMIT:-1000}" "$corpora/multi30k/test_2016_flickr.de" > "$work/test.de"
 head -n "${LIMIT:-1000}" "$corpora/multi30k/test_2016_flickr.en" > "$work/test.en"
 n=$(wc -l < "$work/test.de")
