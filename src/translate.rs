@@ -65,9 +65,9 @@ pub struct TranslateOptions {
     /// Split lines and texts into sentences before translating them (`false`: a line is
     /// one segment, as given).
     pub split: bool,
-    /// Compute the output layer and the LSTM layers' products in int8 (see
+    /// Compute the output layer and the recurrent (LSTM, GRU) layers' products in int8 (see
     /// [`crate::model::int8_matmul`]): faster, and results may differ from f32 search. The
-    /// CPU only; GRU layers stay in f32.
+    /// CPU only.
     pub int8: bool,
 }
 

@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// Beam size (1..=64).
     #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub beam: u64,
-    /// Compute the output layer and the LSTM layers in int8, as `rnmt translate --int8` (CPU
+    /// Compute the output layer and the recurrent layers in int8, as `rnmt translate --int8` (CPU
     /// only).
     #[arg(long)]
     pub int8: bool,

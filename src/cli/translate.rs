@@ -121,9 +121,9 @@ pub struct TranslateArgs {
     /// Sentences decoded together in one batch.
     #[arg(long, default_value_t = TranslateOptions::DEFAULT.batch_size, value_name = "S")]
     pub batch_size: usize,
-    /// Compute the output layer and the LSTM layers' products in int8 (weights per row,
-    /// activations per row and step, i32 sums): 1.7-3x faster on the CPU, and results may
-    /// differ from f32 search.
+    /// Compute the output layer and the recurrent layers' products in int8 (weights per
+    /// row, activations per row and step, i32 sums): 1.7-3x faster on the CPU, and results
+    /// may differ from f32 search.
     #[arg(long)]
     pub int8: bool,
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Text)]

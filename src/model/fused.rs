@@ -18,8 +18,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use rayon::prelude::*;
 
 use crate::model::fastmath::Real;
-use crate::model::int8_matmul::Int8Matrix;
-use crate::model::lstm::Recurrence;
+use crate::model::int8_matmul::{self, Int8Matrix};
+use crate::model::lstm::shared::matmul;
+use crate::model::lstm::{xs_times_w_ih, Recurrence};
 
 /// One layer's recurrence over one batch, on flat slices.
 pub(crate) trait FusedRecurrence: Send + Sync {
@@ -98,6 +99,31 @@ impl<K> Recurrent<K> {
         debug_assert!(w_hh.is_none() || !self.keep_saved);
         self.int8_hh = w_hh;
         self
+    }
+
+    /// `rec = hs · W_hhᵀ` for the `rows` rows of a batch block (`gates` = G·H columns): in
+    /// int8 where search asked for it ([`Self::with_int8_hh`]), else with gemm from `w_hh`.
+    #[inline(always)]
+    pub(crate) fn recurrent_product<T: Real>(
+        &self,
+        (rows, gates, hidden): (usize, usize, usize),
+        rec: &mut [T],
+        hs: &[T],
+        w_hh: &[T],
+    ) {
+        if let Some(q) = &self.int8_hh {
+            if let (Some(hs), Some(rec)) = (T::as_f32(hs), T::as_f32_mut(rec)) {
+                q.product(hs, rows, rec);
+                return;
+            }
+        }
+        matmul(
+            (rows, gates, hidden),
+            rec,
+            gates,
+            (hs, hidden, 1),
+            (w_hh, 1, hidden),
+        );
     }
 
     /// Time positions the saved buffers hold per sequence: all of them when backward will
@@ -323,6 +349,64 @@ pub(crate) fn mask_flags(mask: &Tensor) -> Result<Vec<bool>> {
         .into_iter()
         .map(|m| m > 0.5)
         .collect())
+}
+
+/// A recurrent layer's `W_ih` and `W_hh` quantized for search with `--int8`
+/// ([`crate::model::int8_matmul`]: int8 rows with a scale each, 7-bit activations per row,
+/// i32 sums), for the LSTM and the GRU alike.
+#[derive(Debug)]
+pub(crate) struct Int8Products {
+    ih: Int8Matrix,
+    hh: Arc<Int8Matrix>,
+}
+
+impl Int8Products {
+    /// Quantizes the two matrices (`[G·H, input]`, `[G·H, H]`, on the CPU).
+    pub(crate) fn quantize(weight_ih: &Tensor, weight_hh: &Tensor) -> Result<Self> {
+        let quantize = |w: &Tensor| -> Result<Int8Matrix> {
+            if !w.device().is_cpu() {
+                candle_core::bail!("int8 search runs on the CPU only");
+            }
+            let (rows, cols) = w.dims2()?;
+            if cols > int8_matmul::MAX_INPUTS {
+                candle_core::bail!(
+                    "int8 search: {cols} inputs exceed {}",
+                    int8_matmul::MAX_INPUTS
+                );
+            }
+            let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Int8Matrix::quantize(&w, rows, cols))
+        };
+        Ok(Self {
+            ih: quantize(weight_ih)?,
+            hh: Arc::new(quantize(weight_hh)?),
+        })
+    }
+
+    /// The recurrent matrix for a fused op that `needs_grad` or not: int8 has no backward,
+    /// so an op that may be differentiated computes in f32.
+    pub(crate) fn recurrent(int8: Option<&Self>, needs_grad: bool) -> Option<Arc<Int8Matrix>> {
+        int8.filter(|_| !needs_grad).map(|q| q.hh.clone())
+    }
+}
+
+/// `x·W_ihᵀ` for every position of `x: [.., input]`: in int8 with `int8`, else in f32.
+pub(crate) fn input_product(
+    int8: Option<&Int8Products>,
+    x: &Tensor,
+    weight_ih: &Tensor,
+) -> Result<Tensor> {
+    let Some(q) = int8 else {
+        return xs_times_w_ih(x, weight_ih);
+    };
+    let mut dims = x.dims().to_vec();
+    let input = dims.pop().unwrap_or(0);
+    let rows = x.elem_count() / input.max(1);
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; rows * q.ih.outputs()];
+    q.ih.product(&xs, rows, &mut out);
+    dims.push(q.ih.outputs());
+    Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
 }
 
 /// Runs the op that `make_op(needs_grad)` builds on `xproj`, `w_hh` and the concatenation of

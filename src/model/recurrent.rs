@@ -74,12 +74,12 @@ impl RecurrentLayer {
         }
     }
 
-    /// Search computes this layer's products in int8 from now on ([`Lstm::quantize_int8`]).
-    /// A GRU layer stays in f32: its int8 path is not written.
+    /// Search computes this layer's products in int8 from now on ([`Lstm::quantize_int8`],
+    /// [`Gru::quantize_int8`]).
     pub fn quantize_int8(&mut self) -> Result<()> {
         match self {
             Self::Lstm(l) => l.quantize_int8(),
-            Self::Gru(_) => Ok(()),
+            Self::Gru(g) => g.quantize_int8(),
         }
     }
 

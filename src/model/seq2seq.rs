@@ -132,7 +132,7 @@ impl Seq2Seq {
         self.decoder.prepare_for_search()
     }
 
-    /// Search computes the output layer and the LSTM layers' products (`x·W_ihᵀ`,
+    /// Search computes the output layer and the recurrent layers' products (`x·W_ihᵀ`,
     /// `h·W_hhᵀ`, encoder and decoder) in int8 from now on (see
     /// [`crate::model::int8_matmul`]); the CPU only.
     pub fn quantize_int8(&mut self) -> Result<()> {

@@ -48,6 +48,8 @@ mod recurrence;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -76,6 +78,8 @@ pub struct Gru {
     layer_norm: Option<LayerNormParams>,
     input_size: usize,
     hidden_size: usize,
+    /// Search with `--int8`: `W_ih` and `W_hh` quantized ([`Gru::quantize_int8`]).
+    int8: Option<Arc<fused::Int8Products>>,
 }
 
 impl Gru {
@@ -112,7 +116,16 @@ impl Gru {
             layer_norm,
             input_size,
             hidden_size,
+            int8: None,
         })
+    }
+
+    /// Search computes `x·W_ihᵀ` and `h·W_hhᵀ` in int8 from now on
+    /// ([`fused::Int8Products`]); the CPU only, and the weights must not change afterwards.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        let products = fused::Int8Products::quantize(&self.weight_ih, &self.weight_hh)?;
+        self.int8 = Some(Arc::new(products));
+        Ok(())
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -172,7 +185,7 @@ impl Gru {
                 self.hidden_size
             );
         }
-        let xproj = xs_times_w_ih(xs, &self.weight_ih)?;
+        let xproj = fused::input_product(self.int8.as_deref(), xs, &self.weight_ih)?;
         self.forward_projected(&xproj, mask, reverse, &init, recurrence)
     }
 
@@ -253,7 +266,8 @@ impl Gru {
         let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
             let sizes = (batch, time, self.hidden_size);
             let ln = self.layer_norm.is_some();
-            GruRecurrence::new(sizes, reverse, ln, mask, needs_grad)
+            let int8_hh = fused::Int8Products::recurrent(self.int8.as_deref(), needs_grad);
+            GruRecurrence::new(sizes, reverse, ln, mask, needs_grad).with_int8_hh(int8_hh)
         })?;
         let last = fused::output_row(&out, time)?;
         Ok((out.narrow(1, 0, time)?.contiguous()?, last))

@@ -8,7 +8,7 @@ use multiversion::multiversion;
 
 use super::kernel::{FwdBlock, GruRecurrence};
 use crate::model::fastmath::Real;
-use crate::model::lstm::shared::{matmul, normalise_row};
+use crate::model::lstm::shared::normalise_row;
 
 /// Runs the block `job` through all time steps of `op`, writing its outputs (hidden states
 /// and the final `h`) into `job.out` and, when `op` keeps them, what backward needs into the
@@ -34,8 +34,8 @@ pub(super) fn forward_block<T: Real>(
     let slots = op.saved_slots();
     for step in 0..tl {
         let t = op.time_at(step);
-        // rec = h · W_hhᵀ for the whole block.
-        matmul((nb, g3, h), &mut rec, g3, (&hs, h, 1), (w_hh, 1, h));
+        // rec = h · W_hhᵀ for the whole block (in int8 where search asked for it).
+        op.recurrent_product((nb, g3, h), &mut rec, &hs, w_hh);
         for i in 0..nb {
             let b = rows.start + i;
             let bt = i * slots + if op.keep_saved { t } else { 0 }; // row in saved buffers

@@ -41,7 +41,6 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::fused;
-use super::int8_matmul::{self, Int8Matrix};
 use kernel::{LstmRecurrence, LN_EPS};
 
 /// Pieces of the fused op that the GRU layer ([`crate::model::gru`]) shares: the `gemm`
@@ -96,14 +95,7 @@ pub struct Lstm {
     input_size: usize,
     hidden_size: usize,
     /// Search with `--int8`: `W_ih` and `W_hh` quantized ([`Lstm::quantize_int8`]).
-    int8: Option<Arc<Int8Matrices>>,
-}
-
-/// An LSTM layer's two matrices quantized for int8 products.
-#[derive(Debug)]
-struct Int8Matrices {
-    ih: Int8Matrix,
-    hh: Arc<Int8Matrix>,
+    int8: Option<Arc<fused::Int8Products>>,
 }
 
 /// Which implementation of the recurrence [`Lstm::forward_with`] runs.
@@ -152,46 +144,12 @@ impl Lstm {
         })
     }
 
-    /// Search computes `x·W_ihᵀ` and `h·W_hhᵀ` in int8 from now on, as the output layer
-    /// with `--int8` ([`crate::model::int8_matmul`]: per-row int8 weights, 7-bit per-row
-    /// activations, i32 sums). For search on the CPU only: nothing computed so has a
-    /// gradient, and the weights must not change afterwards.
+    /// Search computes `x·W_ihᵀ` and `h·W_hhᵀ` in int8 from now on
+    /// ([`fused::Int8Products`]); the CPU only, and the weights must not change afterwards.
     pub fn quantize_int8(&mut self) -> Result<()> {
-        let quantize = |w: &Tensor| -> Result<Int8Matrix> {
-            if !w.device().is_cpu() {
-                candle_core::bail!("int8 search runs on the CPU only");
-            }
-            let (rows, cols) = w.dims2()?;
-            if cols > int8_matmul::MAX_INPUTS {
-                candle_core::bail!(
-                    "int8 search: {cols} inputs exceed {}",
-                    int8_matmul::MAX_INPUTS
-                );
-            }
-            let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            Ok(Int8Matrix::quantize(&w, rows, cols))
-        };
-        self.int8 = Some(Arc::new(Int8Matrices {
-            ih: quantize(&self.weight_ih)?,
-            hh: Arc::new(quantize(&self.weight_hh)?),
-        }));
+        let products = fused::Int8Products::quantize(&self.weight_ih, &self.weight_hh)?;
+        self.int8 = Some(Arc::new(products));
         Ok(())
-    }
-
-    /// `x·W_ihᵀ` for every position of `x: [.., input]`, in int8 after
-    /// [`Lstm::quantize_int8`].
-    fn input_product(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(q) = &self.int8 else {
-            return xs_times_w_ih(x, &self.weight_ih);
-        };
-        let mut dims = x.dims().to_vec();
-        let input = dims.pop().unwrap_or(0);
-        let rows = x.elem_count() / input.max(1);
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; rows * q.ih.outputs()];
-        q.ih.product(&xs, rows, &mut out);
-        dims.push(q.ih.outputs());
-        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -258,7 +216,7 @@ impl Lstm {
                 );
             }
         }
-        let xproj = self.input_product(xs)?;
+        let xproj = fused::input_product(self.int8.as_deref(), xs, &self.weight_ih)?;
         self.forward_projected(&xproj, mask, reverse, &init, recurrence)
     }
 
@@ -350,10 +308,7 @@ impl Lstm {
         let out = fused::apply(xproj, &self.weight_hh, &aux, |needs_grad| {
             let sizes = (batch, time, self.hidden_size);
             let ln = self.layer_norm.is_some();
-            let int8_hh = match &self.int8 {
-                Some(q) if !needs_grad => Some(q.hh.clone()),
-                _ => None,
-            };
+            let int8_hh = fused::Int8Products::recurrent(self.int8.as_deref(), needs_grad);
             LstmRecurrence::new(sizes, reverse, ln, mask, needs_grad).with_int8_hh(int8_hh)
         })?;
         let state = LstmState {

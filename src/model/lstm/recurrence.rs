@@ -7,7 +7,6 @@
 use multiversion::multiversion;
 
 use super::kernel::{FwdBlock, LstmRecurrence, LN_EPS};
-use super::matmul::matmul;
 use crate::model::fastmath::Real;
 
 /// Runs the block `job` through all time steps of `op`, writing its outputs (hidden states,
@@ -36,11 +35,8 @@ pub(super) fn forward_block<T: Real>(
     let slots = op.saved_slots();
     for step in 0..tl {
         let t = op.time_at(step);
-        // rec = h · W_hhᵀ for the whole block, in int8 where search asked for it.
-        match (&op.int8_hh, T::as_f32(&hs), T::as_f32_mut(&mut rec)) {
-            (Some(q), Some(hs), Some(rec)) => q.product(hs, nb, rec),
-            _ => matmul((nb, g4, h), &mut rec, g4, (&hs, h, 1), (w_hh, 1, h)),
-        }
+        // rec = h · W_hhᵀ for the whole block (in int8 where search asked for it).
+        op.recurrent_product((nb, g4, h), &mut rec, &hs, w_hh);
         for i in 0..nb {
             let b = rows.start + i;
             let bt = i * slots + if op.keep_saved { t } else { 0 }; // row in saved buffers
