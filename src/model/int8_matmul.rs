@@ -43,6 +43,10 @@ const BLOCK_BYTES: usize = LANES * GROUP;
 /// stays in L1 while every row of `x` meets it.
 const TASK_BLOCKS: usize = 4;
 
+/// Products below this many multiply-adds run on the calling thread: a few microseconds
+/// of work (a step's `h·W_hhᵀ` for one sentence), less than handing it to rayon costs.
+const PARALLEL_MIN_PRODUCTS: usize = 1 << 22;
+
 /// Rows of `x` a kernel call takes at most.
 const MAX_ROWS: usize = 4;
 
@@ -174,35 +178,41 @@ impl Int8Matrix {
         let outputs = self.outputs;
         let task_bytes = TASK_BLOCKS * self.groups * BLOCK_BYTES;
         let row_bytes = self.groups * GROUP;
-        self.packed
-            .par_chunks_exact(task_bytes)
-            .enumerate()
-            .for_each(|(task, weight)| {
-                let first = task * TASK_BLOCKS * LANES;
-                let last = (first + TASK_BLOCKS * LANES).min(outputs);
-                let mut sums = [[0i32; TASK_BLOCKS * LANES]; MAX_ROWS];
-                let mut r = 0;
-                while r < rows {
-                    let n = (rows - r).min(MAX_ROWS);
-                    let x = &u[r * row_bytes..(r + n) * row_bytes];
-                    kernel.tile(x, n, self.groups, weight, &mut sums);
-                    let shift_sums = &self.shift_sums[first..last];
-                    let scales = &self.scales[first..last];
-                    for (q, sums) in sums.iter().enumerate().take(n) {
-                        let a = act_scales[r + q];
-                        // SAFETY: each task writes the columns of its own outputs only, so
-                        // the slices of different tasks are disjoint, and `out` holds
-                        // `rows · outputs` values (asserted).
-                        let out = unsafe { out_ptr.slice((r + q) * outputs + first, last - first) };
-                        for (((o, &sum), &shift), &s) in
-                            out.iter_mut().zip(sums).zip(shift_sums).zip(scales)
-                        {
-                            *o = (sum - shift) as f32 * (a * s);
-                        }
+        let task = |(task, weight): (usize, &[i8])| {
+            let first = task * TASK_BLOCKS * LANES;
+            let last = (first + TASK_BLOCKS * LANES).min(outputs);
+            let mut sums = [[0i32; TASK_BLOCKS * LANES]; MAX_ROWS];
+            let mut r = 0;
+            while r < rows {
+                let n = (rows - r).min(MAX_ROWS);
+                let x = &u[r * row_bytes..(r + n) * row_bytes];
+                kernel.tile(x, n, self.groups, weight, &mut sums);
+                let shift_sums = &self.shift_sums[first..last];
+                let scales = &self.scales[first..last];
+                for (q, sums) in sums.iter().enumerate().take(n) {
+                    let a = act_scales[r + q];
+                    // SAFETY: each task writes the columns of its own outputs only, so the
+                    // slices of different tasks are disjoint, and `out` holds
+                    // `rows · outputs` values (asserted).
+                    let out = unsafe { out_ptr.slice((r + q) * outputs + first, last - first) };
+                    for (((o, &sum), &shift), &s) in
+                        out.iter_mut().zip(sums).zip(shift_sums).zip(scales)
+                    {
+                        *o = (sum - shift) as f32 * (a * s);
                     }
-                    r += n;
                 }
-            });
+                r += n;
+            }
+        };
+        if rows * self.outputs * self.inputs < PARALLEL_MIN_PRODUCTS {
+            self.packed
+                .chunks_exact(task_bytes)
+                .enumerate()
+                .for_each(task);
+        } else {
+            let tasks = self.packed.par_chunks_exact(task_bytes).enumerate();
+            tasks.for_each(task);
+        }
     }
 }
 
@@ -519,15 +529,19 @@ mod tests {
     #[test]
     fn the_simd_kernel_equals_the_scalar_one_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        // Ragged task and pair ends (an odd output count over several tasks), inputs sizes
-        // with padding and without, strides of one, two and five blocks of 32 (VNNI's
-        // masked half step), row counts around the kernels' blocks of four.
-        for (outputs, inputs) in [(601, 29), (517, 64), (203, 160)] {
+        // Ragged task ends (output counts that are not whole tasks), input sizes with
+        // padding and without, row counts around the kernels' blocks of four; the largest
+        // products (2,100 × 64 at 41 rows) run on rayon's threads, the others on the caller's.
+        for (outputs, inputs) in [(601, 29), (517, 64), (203, 160), (2100, 64)] {
             let w = Int8Matrix::quantize(&random(&mut rng, outputs * inputs, 0.5), outputs, inputs);
             for rows in [1, 3, 5, 16, 41] {
                 let x = random(&mut rng, rows * inputs, 3.0);
                 let mut scalar = vec![0f32; rows * outputs];
                 w.product_with(&x, rows, &mut scalar, Kernel::Scalar);
+                assert_eq!(
+                    rows * outputs * inputs >= PARALLEL_MIN_PRODUCTS,
+                    (outputs, rows) == (2100, 41)
+                );
                 for kernel in Kernel::available() {
                     let mut simd = vec![0f32; rows * outputs];
                     w.product_with(&x, rows, &mut simd, kernel);
