@@ -21,6 +21,7 @@ pub mod shortlist;
 
 use anyhow::ensure;
 use candle_core::{DType, Device, Storage, Tensor};
+use multiversion::multiversion;
 
 use ensemble::{EnsembleEncoding, EnsembleState};
 
@@ -248,15 +249,33 @@ fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Res
 
 /// The `k` largest entries of `row` as (index, value), largest first; ties keep the
 /// lower index first, NaN never enters.
+///
+/// Once `k` entries are held, a value enters only if it beats the k-th, which over a
+/// vocabulary row is rare: so the row is read in chunks, and a chunk none of whose values
+/// beats the k-th (a comparison the compiler vectorises) is skipped whole. The entries
+/// that are looked at go through exactly the test of the plain loop, so the result is the
+/// same (tested against it). With int8 search the plain loop's one compare-and-branch per
+/// value was 14 % of beam-5 decoding.
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    const CHUNK: usize = 32;
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &v) in row.iter().enumerate() {
-        if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
-            continue;
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        if best.len() == k && k > 0 {
+            let kth = best[k - 1].1;
+            // NaN compares false, as it must: it never enters.
+            if !chunk.iter().fold(false, |any, &v| any | (v > kth)) {
+                continue;
+            }
         }
-        let pos = best.partition_point(|&(_, b)| b >= v);
-        best.insert(pos, (i as u32, v));
-        best.truncate(k);
+        for (j, &v) in chunk.iter().enumerate() {
+            if v.is_nan() || (best.len() == k && (k == 0 || v <= best[k - 1].1)) {
+                continue;
+            }
+            let pos = best.partition_point(|&(_, b)| b >= v);
+            best.insert(pos, ((c * CHUNK + j) as u32, v));
+            best.truncate(k);
+        }
     }
     best
 }
@@ -279,6 +298,44 @@ fn rows_tensor(rows: &[u32], device: &Device) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunked `top_k` against the plain loop it replaced, on rows with ties, NaN,
+    /// infinities and lengths around the chunk size.
+    #[test]
+    fn top_k_equals_the_plain_loop() {
+        fn plain(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+            let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+            for (i, &v) in row.iter().enumerate() {
+                if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
+                    continue;
+                }
+                let pos = best.partition_point(|&(_, b)| b >= v);
+                best.insert(pos, (i as u32, v));
+                best.truncate(k);
+            }
+            best
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for len in [0, 1, 31, 32, 33, 100, 8000] {
+            for k in [1, 2, 10, 64] {
+                let row: Vec<f32> = (0..len)
+                    .map(|i| match rng.random_range(0..20) {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        2 => f32::INFINITY,
+                        // Few distinct values: many ties.
+                        3..=9 => -(rng.random_range(0..6) as f32),
+                        _ => -(i as f32 % 97.0) - rng.random_range(0.0..1.0f32),
+                    })
+                    .collect();
+                let (a, b) = (top_k(&row, k), plain(&row, k));
+                let bits =
+                    |v: &[(u32, f32)]| v.iter().map(|&(i, x)| (i, x.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "len {len}, k {k}");
+            }
+        }
+    }
 
     #[test]
     fn top_k_is_sorted_stable_and_skips_nan() {
