@@ -55,6 +55,9 @@ const MAX_ROWS: usize = 4;
 const ACT_MAX: f32 = 63.0;
 const ACT_SHIFT: i32 = 64;
 
+/// 1.5 · 2²³: adding and subtracting it rounds an f32 below 2²² to the nearest integer.
+const ROUND: f32 = 12_582_912.0;
+
 /// Quantized weights are in [-WEIGHT_MAX, WEIGHT_MAX].
 const WEIGHT_MAX: f32 = 127.0;
 
@@ -336,7 +339,11 @@ fn quantize_activations(
         let inv = if max > 0.0 { ACT_MAX / max } else { 0.0 };
         scales[r] = max / ACT_MAX;
         for (o, &v) in u[r * stride..r * stride + inputs].iter_mut().zip(row) {
-            *o = ((v * inv).round().clamp(-ACT_MAX, ACT_MAX) as i32 + ACT_SHIFT) as u8;
+            // Round to nearest (ties to even) with two plain adds, which vectorise: `round`
+            // is a libm call per value on baseline x86-64 (3 % of int8 search). Exact for
+            // |v · inv| ≤ 63 < 2²².
+            let q = (v * inv + ROUND) - ROUND;
+            *o = (q.clamp(-ACT_MAX, ACT_MAX) as i32 + ACT_SHIFT) as u8;
         }
     }
     (u, scales)
