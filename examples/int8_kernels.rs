@@ -106,7 +106,7 @@ fn main() -> Result<()> {
     let kernels = Kernel::available();
 
     print!("| rows | f32 µs");
-    for k in &kernels {
+    for k in kernels {
         print!(" | {} µs | f32 / {}", k.name(), k.name());
     }
     println!(" |");

@@ -26,7 +26,7 @@ use super::attention::{Attention, AttentionMemory};
 use super::config::ModelConfig;
 use super::dropout::Dropout;
 use super::half_logits;
-use super::int8_matmul::{self, Int8Matrix};
+use super::int8_matmul::Int8Matrix;
 use super::log_softmax::biased_log_softmax;
 use super::lstm::LstmState;
 use super::recurrent::RecurrentLayer;
@@ -390,22 +390,7 @@ impl OutputLayer {
     /// Quantizes the weight to int8 for search ([`int8_matmul`]); every search step then
     /// uses it. The CPU only; the weights must not change afterwards.
     pub(crate) fn quantize_int8(&mut self) -> Result<()> {
-        if !self.weight.device().is_cpu() {
-            candle_core::bail!("int8 search runs on the CPU only");
-        }
-        let (words, hidden) = self.weight.dims2()?;
-        if hidden > int8_matmul::MAX_INPUTS {
-            candle_core::bail!(
-                "int8 search: hidden size {hidden} exceeds {}",
-                int8_matmul::MAX_INPUTS
-            );
-        }
-        let weight = self
-            .weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        self.int8 = Some(Arc::new(Int8Matrix::quantize(&weight, words, hidden)));
+        self.int8 = Some(Arc::new(Int8Matrix::from_tensor(&self.weight)?));
         self.for_search = true;
         Ok(())
     }
@@ -491,12 +476,7 @@ impl OutputLayer {
     /// log-softmax.
     pub(crate) fn log_probs(&self, o: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.int8 {
-            let rows = o.dim(0)?;
-            let x = o.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut out = vec![0f32; rows * q.outputs()];
-            q.product(&x, rows, &mut out);
-            let logits = Tensor::from_vec(out, (rows, q.outputs()), o.device())?;
-            return biased_log_softmax(logits, &self.bias);
+            return biased_log_softmax(q.product_tensor(o)?, &self.bias);
         }
         if let Some(half) = self.half_weight_for(o)? {
             let rows = o.dim(0)?;

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use rayon::prelude::*;
 
 use crate::model::fastmath::Real;
-use crate::model::int8_matmul::{self, Int8Matrix};
+use crate::model::int8_matmul::Int8Matrix;
 use crate::model::lstm::shared::matmul;
 use crate::model::lstm::{xs_times_w_ih, Recurrence};
 
@@ -363,23 +363,9 @@ pub(crate) struct Int8Products {
 impl Int8Products {
     /// Quantizes the two matrices (`[G·H, input]`, `[G·H, H]`, on the CPU).
     pub(crate) fn quantize(weight_ih: &Tensor, weight_hh: &Tensor) -> Result<Self> {
-        let quantize = |w: &Tensor| -> Result<Int8Matrix> {
-            if !w.device().is_cpu() {
-                candle_core::bail!("int8 search runs on the CPU only");
-            }
-            let (rows, cols) = w.dims2()?;
-            if cols > int8_matmul::MAX_INPUTS {
-                candle_core::bail!(
-                    "int8 search: {cols} inputs exceed {}",
-                    int8_matmul::MAX_INPUTS
-                );
-            }
-            let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            Ok(Int8Matrix::quantize(&w, rows, cols))
-        };
         Ok(Self {
-            ih: quantize(weight_ih)?,
-            hh: Arc::new(quantize(weight_hh)?),
+            ih: Int8Matrix::from_tensor(weight_ih)?,
+            hh: Arc::new(Int8Matrix::from_tensor(weight_hh)?),
         })
     }
 
@@ -396,17 +382,10 @@ pub(crate) fn input_product(
     x: &Tensor,
     weight_ih: &Tensor,
 ) -> Result<Tensor> {
-    let Some(q) = int8 else {
-        return xs_times_w_ih(x, weight_ih);
-    };
-    let mut dims = x.dims().to_vec();
-    let input = dims.pop().unwrap_or(0);
-    let rows = x.elem_count() / input.max(1);
-    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; rows * q.ih.outputs()];
-    q.ih.product(&xs, rows, &mut out);
-    dims.push(q.ih.outputs());
-    Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+    match int8 {
+        Some(q) => q.ih.product_tensor(x),
+        None => xs_times_w_ih(x, weight_ih),
+    }
 }
 
 /// Runs the op that `make_op(needs_grad)` builds on `xproj`, `w_hh` and the concatenation of

@@ -27,6 +27,9 @@
 //! does not depend on the machine it ran on — which is why VNNI, which could take eight-bit
 //! activations, is given seven too.
 
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 /// Columns per group: the bytes one i32 lane sums.
@@ -97,6 +100,42 @@ impl Int8Matrix {
             packed.set_row(j, &row, scale);
         }
         packed
+    }
+
+    /// Quantizes a `[outputs, inputs]` weight tensor (any float dtype) on the CPU: the one
+    /// way search's layers make their int8 copies, with the checks a user's model needs.
+    pub fn from_tensor(weight: &Tensor) -> candle_core::Result<Self> {
+        if !weight.device().is_cpu() {
+            candle_core::bail!("int8 search runs on the CPU only");
+        }
+        let (outputs, inputs) = weight.dims2()?;
+        if inputs > MAX_INPUTS {
+            candle_core::bail!("int8 search: {inputs} inputs exceed {MAX_INPUTS}");
+        }
+        let w = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self::quantize(&w, outputs, inputs))
+    }
+
+    /// [`Self::product`] on a tensor `x: [.., inputs]` → `[.., outputs]` in `x`'s dtype
+    /// and on its device.
+    pub fn product_tensor(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.pop() != Some(self.inputs) {
+            candle_core::bail!(
+                "int8 product: x is {:?}, expected [.., {}]",
+                x.dims(),
+                self.inputs
+            );
+        }
+        let rows = dims.iter().product();
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; rows * self.outputs];
+        self.product(&xs, rows, &mut out);
+        dims.push(self.outputs);
+        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
     }
 
     /// A weight of zeros, its rows to be set with [`Self::set_row`].
@@ -235,21 +274,25 @@ impl Kernel {
         Self::available()[0]
     }
 
-    /// Every kernel the CPU can run, fastest first; the scalar one is always last.
-    pub fn available() -> Vec<Self> {
-        let mut kernels = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vnni") {
-                kernels.push(Kernel::Avx512Vnni);
+    /// Every kernel the CPU can run, fastest first; the scalar one is always last. Found
+    /// once per process: every product checks its kernel against it.
+    pub fn available() -> &'static [Self] {
+        static AVAILABLE: OnceLock<Vec<Kernel>> = OnceLock::new();
+        AVAILABLE.get_or_init(|| {
+            let mut kernels = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512vnni") {
+                    kernels.push(Kernel::Avx512Vnni);
+                }
+                if has!("avx2") {
+                    kernels.push(Kernel::Avx2);
+                }
             }
-            if has!("avx2") {
-                kernels.push(Kernel::Avx2);
-            }
-        }
-        kernels.push(Kernel::Scalar);
-        kernels
+            kernels.push(Kernel::Scalar);
+            kernels
+        })
     }
 
     /// The kernel's name, as the benchmarks print it.
@@ -549,7 +592,7 @@ mod tests {
                     rows * outputs * inputs >= PARALLEL_MIN_PRODUCTS,
                     (outputs, rows) == (2100, 41)
                 );
-                for kernel in Kernel::available() {
+                for &kernel in Kernel::available() {
                     let mut simd = vec![0f32; rows * outputs];
                     w.product_with(&x, rows, &mut simd, kernel);
                     assert_eq!(
@@ -602,7 +645,7 @@ mod tests {
             "{}",
             expected[1]
         );
-        for kernel in Kernel::available() {
+        for &kernel in Kernel::available() {
             let mut out = vec![0f32; rows * outputs];
             w.product_with(&x, rows, &mut out, kernel);
             assert_eq!(out, expected, "{kernel:?}");

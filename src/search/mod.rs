@@ -259,9 +259,12 @@ fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Res
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     const CHUNK: usize = 32;
+    if k == 0 {
+        return Vec::new();
+    }
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (c, chunk) in row.chunks(CHUNK).enumerate() {
-        if best.len() == k && k > 0 {
+        if best.len() == k {
             let kth = best[k - 1].1;
             // NaN compares false, as it must: it never enters.
             if !chunk.iter().fold(false, |any, &v| any | (v > kth)) {
@@ -269,7 +272,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
             }
         }
         for (j, &v) in chunk.iter().enumerate() {
-            if v.is_nan() || (best.len() == k && (k == 0 || v <= best[k - 1].1)) {
+            if v.is_nan() || (best.len() == k && v <= best[k - 1].1) {
                 continue;
             }
             let pos = best.partition_point(|&(_, b)| b >= v);
