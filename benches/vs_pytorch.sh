@@ -99,13 +99,6 @@ peak_mib() { # the `time -v` report → peak RSS in MiB
 }
 median() { printf "%s\n" "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-cpu() { # the CPU model and its SIMD flags that the matmul kernels can use
-  awk -F': ' '/^model name/ && !m {m = $2} /^flags/ && !f {f = $2}
-    END {n = split(f, a, " "); s = ""
-      for (i = 1; i <= n; i++) if (a[i] ~ /^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512_vnni|avx512_bf16|amx_.*)$/) s = s " " a[i]
-      print "cpu: " m ";" s}' /proc/cpuinfo
-}
-
 batches=$work/batches-$size$tag.jsonl init=$work/init-$size$tag
 if [ "$mode" != decode ]; then
   "$bin/examples/dump_batches" --config "$config" "${sets[@]}" --batches "$steps" \
@@ -126,7 +119,7 @@ if [ "$mode" = train ]; then
   "$py" benches/torch_ref/train.py --model "$init" --batches "$batches" --threads "$threads" --check |
     tail -n 1
   echo "config $size (emb/hidden $width, $cell), $threads thread(s), $steps steps ($warmup warm-up), $rounds rounds"
-  cpu
+  benches/cpu_info.sh
   # Final losses differ only through dropout masks (and float rounding): a sanity check
   # that both frameworks train the same model on the same batches.
   printf "%-6s %14s %14s %12s %12s %11s %11s\n" round "rnmt tok/s" "pytorch tok/s" "rnmt MiB" \
@@ -191,7 +184,7 @@ wall() { # OUT command... → sentences/s, wall clock; stdout into OUT
   awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", n / (b - a)}'
 }
 echo "config $size (emb/hidden $width, $cell), $threads thread(s), $n sentences, $rounds rounds, model $model${decode_args[*]:+, rnmt ${decode_args[*]}}"
-cpu
+benches/cpu_info.sh
 printf "%-5s %-6s %14s %14s\n" beam round "rnmt sent/s" "pytorch sent/s"
 summary=()
 for beam in 1 5; do

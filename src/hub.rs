@@ -138,7 +138,7 @@ pub fn check_folder(dir: &Path, kind: ModelKind) -> Result<()> {
         );
     }
     for file in files {
-        if !dir.join(file).is_file() {
+        if !crate::model::model_file(dir, file).is_file() {
             bail!("model folder {}: {file} is missing", dir.display());
         }
     }

@@ -129,6 +129,9 @@ fn read_context(
 enum Piece {
     /// Starts a word after a space, with a letter or digit.
     WordStart,
+    /// The space alone (`Ġ`): a unigram tokenizer starts words it has no `Ġword` piece
+    /// for with it ("Ġ jag t"); a word after it goes on with continuations.
+    Space,
     /// Goes on inside a word: a letter or digit (or part of one's UTF-8 bytes), no space.
     Continuation,
     /// Ends the word: EOS, punctuation, a space, special tokens.
@@ -150,6 +153,7 @@ fn classify_vocabulary(tokenizer: &SubwordModel) -> Result<Vec<Piece>> {
             let text = &texts[i];
             match (raw[i].starts_with('Ġ'), text.strip_prefix(' ')) {
                 (true, Some(rest)) if rest.chars().next().is_some_and(wordy) => Piece::WordStart,
+                (true, Some("")) => Piece::Space,
                 (false, _) if text.chars().next().is_some_and(wordy) => Piece::Continuation,
                 _ => Piece::Other,
             }
@@ -191,10 +195,10 @@ pub fn next_words(
     let pieces = classify_vocabulary(tokenizer)?;
     let (state, first) = read_context(model, &tokenizer.encode(context)?, device)?;
     // After a context the next word starts with a space; a first word has none.
-    let starts = if context.is_empty() {
-        Piece::Continuation
+    let starts: &[Piece] = if context.is_empty() {
+        &[Piece::Continuation]
     } else {
-        Piece::WordStart
+        &[Piece::WordStart, Piece::Space]
     };
     // Partial words: subwords so far, their log-probability, the state after them.
     let mut partial: Vec<(Vec<u32>, f64)> = top_pieces(&first, &pieces, starts, beam)
@@ -219,8 +223,11 @@ pub fn next_words(
                     .map(|(&x, _)| f64::from(x)),
             );
             let word = tokenizer.decode(ids)?.trim_start().to_string();
-            *words.entry(word).or_insert(0.0) += (so_far + end).exp();
-            for (id, x) in top_pieces(lp, &pieces, Piece::Continuation, beam) {
+            // A lone space is no word yet.
+            if !word.is_empty() {
+                *words.entry(word).or_insert(0.0) += (so_far + end).exp();
+            }
+            for (id, x) in top_pieces(lp, &pieces, &[Piece::Continuation], beam) {
                 expanded.push((row, id, so_far + x));
             }
         }
@@ -257,12 +264,12 @@ pub fn next_words(
 }
 
 /// The `n` most probable ids of kind `kind` with their log-probabilities.
-fn top_pieces(log_probs: &[f32], pieces: &[Piece], kind: Piece, n: usize) -> Vec<(u32, f64)> {
+fn top_pieces(log_probs: &[f32], pieces: &[Piece], kinds: &[Piece], n: usize) -> Vec<(u32, f64)> {
     let mut v: Vec<(u32, f64)> = log_probs
         .iter()
         .zip(pieces)
         .enumerate()
-        .filter(|(_, (_, p))| **p == kind)
+        .filter(|(_, (_, p))| kinds.contains(p))
         .map(|(id, (&x, _))| (id as u32, f64::from(x)))
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -415,6 +422,44 @@ fn draw(log_probs: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte-level subwords sort into word starts, continuations, the lone space (which a
+    /// unigram model starts some words with) and the rest.
+    #[test]
+    fn vocabulary_pieces_are_classified() -> Result<()> {
+        use crate::subword::{SubwordConfig, SubwordKind};
+        let text = [
+            "Der Hund jagt die Katze.",
+            "Die Katze jagte die Maus.",
+            "Wir jagen.",
+        ];
+        for kind in [SubwordKind::Bpe, SubwordKind::Unigram] {
+            let cfg = SubwordConfig {
+                kind,
+                vocab_size: 300,
+                min_frequency: 1,
+            };
+            let tokenizer = SubwordModel::learn(&cfg, text.iter().copied())?;
+            let pieces = classify_vocabulary(&tokenizer)?;
+            let ids: Vec<u32> = (0..tokenizer.vocab_size() as u32).collect();
+            let raw = tokenizer.tokens(&ids);
+            let mut starts = 0;
+            for (token, piece) in raw.iter().zip(&pieces) {
+                let letters = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphabetic());
+                let expected = match token.strip_prefix('Ġ') {
+                    Some("") => Piece::Space,
+                    Some(rest) if letters(rest) => Piece::WordStart,
+                    None if letters(token) => Piece::Continuation,
+                    None if token == "." || token == "</s>" => Piece::Other,
+                    _ => continue,
+                };
+                assert_eq!(*piece, expected, "{kind:?}: {token}");
+                starts += usize::from(expected == Piece::WordStart);
+            }
+            assert!(starts > 0 && pieces.contains(&Piece::Space), "{kind:?}");
+        }
+        Ok(())
+    }
 
     fn sampling(temperature: f64, top_k: usize, top_p: f64) -> Sampling {
         Sampling {

@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::model::{check_vocab_sizes, load_model_without_tokenizers, Seq2Seq};
+use crate::model::{check_vocab_sizes, load_model_without_tokenizers, model_file, Seq2Seq};
 use crate::search::alignment::{hard_alignment, pharaoh, word_alignment, word_index};
 use crate::search::shortlist::SHORTLIST_FILE;
 use crate::search::{
@@ -178,8 +178,8 @@ impl Translator {
         let (tokenizers, models) = std::thread::scope(|scope| {
             let tokenizers = scope.spawn(|| -> Result<_> {
                 Ok((
-                    SubwordModel::load(&first.join(SOURCE_TOKENIZER))?,
-                    SubwordModel::load(&first.join(TARGET_TOKENIZER))?,
+                    SubwordModel::load(&model_file(first, SOURCE_TOKENIZER))?,
+                    SubwordModel::load(&model_file(first, TARGET_TOKENIZER))?,
                 ))
             });
             let models = Self::load_models(dirs, device);
@@ -247,8 +247,8 @@ impl Translator {
     fn load_models(dirs: &[PathBuf], device: &Device) -> Result<Vec<Seq2Seq>> {
         let first = &dirs[0];
         let read = |d: &Path, file: &str| {
-            std::fs::read(d.join(file))
-                .with_context(|| format!("reading {}", d.join(file).display()))
+            let path = model_file(d, file);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
         };
         // The first member's tokenizer files, read once to compare the others with.
         let first_files = if dirs.len() > 1 {
@@ -268,8 +268,8 @@ impl Translator {
                 if dir != first && read(dir, file)? != *first_bytes {
                     bail!(
                         "ensemble: {} differs from {}; the members of an ensemble must share their tokenizers",
-                        dir.join(file).display(),
-                        first.join(file).display()
+                        model_file(dir, file).display(),
+                        model_file(first, file).display()
                     );
                 }
             }

@@ -132,6 +132,23 @@ fn train_resume_average_plot() {
         .args(["-f", "text", "-b", "-w", "2"]));
     let score: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!((score - tuned_bleu).abs() < 0.01, "{score} vs {tuned_bleu}");
+    // A checkpoint translates like a model folder, with its run folder's tokenizers: the
+    // best one as best/ does (given best/'s tuned α and β, which only best/ stores).
+    let best_weights = std::fs::read(best.join("model.safetensors")).unwrap();
+    let checkpoint = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p.join("model.safetensors")).unwrap() == best_weights)
+        .expect("best/ is one of the checkpoints");
+    assert!(!checkpoint.join("tokenizer-src.json").exists());
+    let out = run(rnmt()
+        .args(["translate", "--beam", "5", "-m"])
+        .arg(&checkpoint)
+        .args(["--alpha", &alpha.to_string(), "--beta", &beta.to_string()])
+        .arg("-i")
+        .arg(t.join("dev8.de")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&hyp).unwrap(), out.stdout);
 
     // A second fresh run into the same folder is refused.
     let out = run(rnmt()

@@ -293,3 +293,74 @@ fn early_stopping_and_plateau_decay() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A moving average of the weights (`ema_decay`) leaves training itself alone: the same
+/// losses and raw weights as without it, while validation and the checkpoints' models
+/// are the average's. An interrupted run resumes both exactly.
+#[test]
+fn weight_average_is_validated_saved_and_resumed() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (plain, full, cut) = (
+        tmp.path().join("plain"),
+        tmp.path().join("full"),
+        tmp.path().join("cut"),
+    );
+    let data = data();
+    let n = 12;
+    // A schedule that does not listen to validation, which the average changes.
+    let plain_config = |run: &Path, steps: u64| TrainConfig {
+        schedule: rnmt::train::schedule::ScheduleKind::Constant,
+        ..config(run, steps)
+    };
+    let with_ema = |run: &Path, steps: u64| TrainConfig {
+        ema_decay: 0.9,
+        ..plain_config(run, steps)
+    };
+    Trainer::new(plain_config(&plain, n), candle_core::Device::Cpu)?.train(&data)?;
+    Trainer::new(with_ema(&full, n), candle_core::Device::Cpu)?.train(&data)?;
+    let (a, b) = (comparable(&plain), comparable(&full));
+    let train = |r: &[String]| -> Vec<String> {
+        r.iter()
+            .filter(|l| l.starts_with("train"))
+            .cloned()
+            .collect()
+    };
+    let valid = |r: &[String]| -> Vec<String> {
+        r.iter()
+            .filter(|l| l.starts_with("valid"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(train(&a), train(&b), "the average changed training");
+    assert_eq!(valid(&a).len(), valid(&b).len());
+    assert_ne!(valid(&a), valid(&b), "validation did not use the average");
+
+    let step = checkpoint::checkpoint_dir(&full, 8);
+    let raw = checkpoint::load_tensors(&step.join(rnmt::train::ema::TRAINING_WEIGHTS_FILE))?;
+    let average = checkpoint::load_tensors(&step.join(WEIGHTS_FILE))?;
+    let reference =
+        checkpoint::load_tensors(&checkpoint::checkpoint_dir(&plain, 8).join(WEIGHTS_FILE))?;
+    let mut differ = 0;
+    for (name, w) in &reference {
+        let flat = |t: &candle_core::Tensor| t.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(flat(w)?, flat(&raw[name])?, "{name}: raw weights differ");
+        differ += usize::from(flat(w)? != flat(&average[name])?);
+    }
+    assert!(
+        differ > reference.len() / 2,
+        "{differ} of {} averaged",
+        reference.len()
+    );
+    assert!(!checkpoint::checkpoint_dir(&plain, 8)
+        .join(rnmt::train::ema::TRAINING_WEIGHTS_FILE)
+        .exists());
+
+    // Killed after step 7 (its checkpoint never completed): resumed from step 4.
+    Trainer::new(with_ema(&cut, 7), candle_core::Device::Cpu)?.train(&data)?;
+    std::fs::remove_dir_all(checkpoint::checkpoint_dir(&cut, 7))?;
+    let mut resumed = Trainer::resume(with_ema(&cut, n), candle_core::Device::Cpu)?;
+    assert_eq!(resumed.state.step, 4);
+    resumed.train(&data)?;
+    assert_eq!(comparable(&cut), b, "the resumed run diverged");
+    Ok(())
+}

@@ -32,7 +32,8 @@ pub use init::init_weights;
 pub use language_model::{LanguageModel, LmState};
 pub use persist::{
     check_vocab_sizes, load_config, load_language_model, load_model, load_model_with_vars,
-    load_model_without_tokenizers, load_weights_into, save_model, CONFIG_FILE, WEIGHTS_FILE,
+    load_model_without_tokenizers, load_weights_into, model_file, save_model, CONFIG_FILE,
+    WEIGHTS_FILE,
 };
 pub use seq2seq::{EncoderOutput, Seq2Seq};
 

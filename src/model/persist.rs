@@ -6,7 +6,7 @@
 //! config describes and names the file and tensor of any mismatch.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +23,26 @@ use crate::subword::{SubwordModel, LM_TOKENIZER};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The path of `file` (a tokenizer) for the model folder `dir`. A checkpoint
+/// (`RUN/checkpoints/step-N`) has no tokenizers of its own: they are its run folder's
+/// (`RUN/tokenizer-*.json`), so a checkpoint translates like any model folder, as
+/// OpenNMT-py's and Marian's checkpoints do.
+pub fn model_file(dir: &Path, file: &str) -> PathBuf {
+    let own = dir.join(file);
+    if own.exists() {
+        return own;
+    }
+    let run = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))
+        .and_then(Path::parent)
+        .map(|run| run.join(file));
+    match run {
+        Some(run) if run.is_file() => run,
+        _ => own,
+    }
+}
 
 /// Writes `config.json` and `model.safetensors` into `dir` (created if missing), each
 /// through [`write_atomic`].
@@ -94,7 +114,7 @@ pub fn load_language_model(
     let dir = dir.as_ref();
     let cfg = load_config(dir)?;
     check_task(dir, &cfg, Task::Lm)?;
-    let tokenizer = SubwordModel::load(&dir.join(LM_TOKENIZER))?;
+    let tokenizer = SubwordModel::load(&model_file(dir, LM_TOKENIZER))?;
     check_vocab_size(dir, &cfg, LM_TOKENIZER, tokenizer.vocab_size())?;
     let (model, _) = build_from_file(dir, device, |vb| LanguageModel::new(&cfg, vb))?;
     Ok((model, tokenizer))
@@ -250,7 +270,7 @@ pub fn load_model_with_vars(
 pub fn check_tokenizers(dir: &Path, cfg: &ModelConfig) -> Result<()> {
     use crate::subword::{SOURCE_TOKENIZER, TARGET_TOKENIZER};
     for file in [SOURCE_TOKENIZER, TARGET_TOKENIZER] {
-        let path = dir.join(file);
+        let path = model_file(dir, file);
         if path.is_file() {
             check_vocab_size(dir, cfg, file, SubwordModel::load(&path)?.vocab_size())?;
         }
@@ -271,7 +291,7 @@ fn check_vocab_size(dir: &Path, cfg: &ModelConfig, file: &str, n: usize) -> Resu
         bail!(
             "{}: {n} subwords, but {}'s {key} is {size} (a tokenizer of another model, \
              or source and target swapped?)",
-            dir.join(file).display(),
+            model_file(dir, file).display(),
             dir.join(CONFIG_FILE).display()
         );
     }

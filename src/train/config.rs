@@ -61,6 +61,13 @@ pub struct TrainConfig {
     pub decay_interval: u64,
     pub decay_times: u64,
     pub decay_factor: f64,
+    /// The RNMT+ decay measured in the fraction of `max_minutes` trained instead of in
+    /// steps: from `decay_start_fraction` to `decay_end_fraction` of the time budget
+    /// (`decay_end_fraction = 0`: by steps, `decay_start`/`decay_end`). A recipe so
+    /// written decays alike on a fast and a slow machine; like `max_minutes`, it makes a
+    /// run depend on the machine's speed, so it is not reproducible step for step.
+    pub decay_start_fraction: f64,
+    pub decay_end_fraction: f64,
     pub plateau_patience: u64,
     pub min_lr: f64,
     pub beta1: f64,
@@ -75,6 +82,10 @@ pub struct TrainConfig {
     /// this many in a row training stops with an error, its last checkpoint intact.
     pub max_bad_steps: u64,
     pub label_smoothing: f64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999;
+    /// 0 = off): validation, checkpoints and `best/` then hold the average, the raw
+    /// weights go on training (`train::ema`).
+    pub ema_decay: f64,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).
     pub valid_every: u64,
@@ -121,6 +132,8 @@ impl Default for TrainConfig {
             decay_interval: 10_000,
             decay_times: 4,
             decay_factor: 0.5,
+            decay_start_fraction: 0.0,
+            decay_end_fraction: 0.0,
             plateau_patience: 2,
             min_lr: 1e-5,
             beta1: 0.9,
@@ -130,6 +143,7 @@ impl Default for TrainConfig {
             clip_norm: 5.0,
             max_bad_steps: 5,
             label_smoothing: 0.1,
+            ema_decay: 0.0,
             valid_every: 1000,
             valid_max_sentences: 500,
             valid_max_tokens: 4096,
@@ -192,6 +206,7 @@ impl TrainConfig {
         unit("beta1", self.beta1)?;
         unit("beta2", self.beta2)?;
         unit("label_smoothing", self.label_smoothing)?;
+        unit("ema_decay", self.ema_decay)?;
         if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             bail!("weight_decay = {}: must be >= 0", self.weight_decay);
         }
@@ -239,6 +254,21 @@ impl TrainConfig {
                 self.decay_end,
                 self.decay_start
             );
+        }
+        if self.decay_end_fraction != 0.0 || self.decay_start_fraction != 0.0 {
+            let (a, b) = (self.decay_start_fraction, self.decay_end_fraction);
+            if self.schedule != ScheduleKind::RnmtPlus || self.max_minutes == 0.0 {
+                bail!(
+                    "decay_start_fraction / decay_end_fraction = {a} / {b}: a decay over the \
+                     time budget needs schedule = \"rnmt_plus\" and max_minutes > 0"
+                );
+            }
+            if !(0.0 <= a && a < b && b <= 10.0) {
+                bail!(
+                    "decay_start_fraction = {a}, decay_end_fraction = {b}: need \
+                     0 <= start < end <= 10 (fractions of max_minutes)"
+                );
+            }
         }
         if self.schedule == ScheduleKind::Gnmt && self.decay_interval == 0 {
             bail!("decay_interval = 0: must be positive for schedule gnmt");
@@ -348,5 +378,16 @@ mod tests {
         assert!(e.contains("tpu"), "{e}");
         let e = err("", &["lr"]);
         assert!(e.contains("key=value"), "{e}");
+        let e = err("", &["ema_decay=1.0"]);
+        assert!(e.contains("ema_decay = 1"), "{e}");
+        let e = err("", &["decay_end_fraction=0.9"]);
+        assert!(e.contains("max_minutes > 0"), "{e}");
+        let e = err(
+            "max_minutes = 60.0\n",
+            &["decay_start_fraction=0.8", "decay_end_fraction=0.5"],
+        );
+        assert!(e.contains("0 <= start < end"), "{e}");
+        let ok = "max_minutes = 60.0\ndecay_start_fraction = 0.5\ndecay_end_fraction = 1.0\n";
+        assert!(TrainConfig::from_toml(ok, &[]).is_ok());
     }
 }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data_parallel;
+pub mod ema;
 pub mod log;
 pub mod loss;
 pub mod optim;

@@ -36,8 +36,15 @@ impl Schedule {
         }
     }
 
-    /// The learning rate for update number `step` (1-based).
+    /// The learning rate for update number `step` (1-based), for a schedule that does
+    /// not follow the time budget.
     pub fn lr(&self, step: u64) -> f64 {
+        self.lr_at(step, 0.0)
+    }
+
+    /// The learning rate for update number `step` (1-based) taken when `budget_fraction`
+    /// of `max_minutes` has passed (it matters only with `decay_end_fraction`).
+    pub fn lr_at(&self, step: u64, budget_fraction: f64) -> f64 {
         let p = &self.p;
         let step = step.max(1);
         let warm = if p.warmup_steps > 0 && step < p.warmup_steps {
@@ -57,6 +64,14 @@ impl Schedule {
                     let times =
                         ((step - p.decay_start) / p.decay_interval.max(1) + 1).min(p.decay_times);
                     p.decay_factor.powi(times as i32)
+                }
+            }
+            ScheduleKind::RnmtPlus if p.decay_end_fraction > 0.0 => {
+                let (a, b) = (p.decay_start_fraction, p.decay_end_fraction);
+                if budget_fraction < a {
+                    1.0
+                } else {
+                    p.decay_factor.powf((budget_fraction - a) / (b - a))
                 }
             }
             ScheduleKind::RnmtPlus => {
@@ -150,6 +165,26 @@ mod tests {
         assert!(close(s.lr(3000), 2.5e-4));
         assert!(close(s.lr(1500), 1e-3 * 0.5f64.sqrt()));
         assert!(close(s.lr(100_000), 1e-5), "floored at min_lr");
+    }
+
+    #[test]
+    fn rnmt_plus_over_the_time_budget() {
+        let s = Schedule::new(&TrainConfig {
+            max_minutes: 60.0,
+            decay_start_fraction: 0.5,
+            decay_end_fraction: 0.75,
+            ..params(ScheduleKind::RnmtPlus)
+        });
+        // The step no longer matters after warm-up; the fraction of the budget does.
+        assert!(close(s.lr_at(50, 0.1), 5e-4), "warm-up still by steps");
+        assert!(close(s.lr_at(5_000, 0.4), 1e-3));
+        assert!(close(s.lr_at(100_000, 0.5), 1e-3));
+        assert!(close(s.lr_at(200, 0.75), 5e-4));
+        assert!(close(s.lr_at(200, 1.0), 2.5e-4));
+        assert!(close(s.lr_at(200, 0.625), 1e-3 * 0.5f64.sqrt()));
+        // Without the fractions the same config decays by steps.
+        let by_steps = Schedule::new(&params(ScheduleKind::RnmtPlus));
+        assert!(close(by_steps.lr_at(2000, 0.0), by_steps.lr_at(2000, 0.9)));
     }
 
     #[test]

@@ -12,13 +12,14 @@
 //! and trains the same model as one process would ([`data_parallel`] states the
 //! contract); rank 0 alone writes the run folder.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +36,7 @@ use crate::train::checkpoint::{
 };
 use crate::train::config::TrainConfig;
 use crate::train::data_parallel::{self, RootState};
+use crate::train::ema::{Ema, TRAINING_WEIGHTS_FILE};
 use crate::train::log::{MetricsLog, Progress, Record};
 use crate::train::loss::LabelSmoothedLoss;
 use crate::train::optim::{clip_scale, global_grad_norm, Adam};
@@ -82,6 +84,8 @@ pub struct Trainer {
     vars: Vec<Var>,
     model: Model,
     adam: Adam,
+    /// The moving average of the weights (`ema_decay > 0`).
+    ema: Option<Ema>,
     schedule: Schedule,
     pub state: TrainState,
     rng: ChaCha8Rng,
@@ -123,6 +127,10 @@ impl Trainer {
         init_weights(&varmap, cfg.seed)?;
         let named = named_vars(&varmap);
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let ema = match cfg.ema_decay > 0.0 {
+            true => Some(Ema::new(cfg.ema_decay, named.clone())?),
+            false => None,
+        };
         let adam = Adam::new(named, cfg.adam_params())?;
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DROPOUT_SEED_MIX);
         let schedule = Schedule::new(&cfg);
@@ -138,6 +146,7 @@ impl Trainer {
             vars,
             model,
             adam,
+            ema,
             schedule,
             state,
             rng,
@@ -179,7 +188,19 @@ impl Trainer {
             );
         }
         let mut t = Self::new(cfg, device)?;
-        crate::model::load_weights_into(&t.varmap, &dir.join(WEIGHTS_FILE))?;
+        // With an average, the checkpoint's model is the average and the weights being
+        // trained are beside it; an average turned on at resume starts from the model.
+        let weights = dir.join(WEIGHTS_FILE);
+        let training = dir.join(TRAINING_WEIGHTS_FILE);
+        let trained = if training.is_file() {
+            &training
+        } else {
+            &weights
+        };
+        crate::model::load_weights_into(&t.varmap, trained)?;
+        if let Some(ema) = &mut t.ema {
+            ema.load(&load_tensors(&weights)?, &weights.display().to_string())?;
+        }
         let state = read_state(&dir.join(STATE_FILE))?;
         let opt_path = dir.join(OPTIMIZER_FILE);
         t.adam.load_state_tensors(
@@ -251,6 +272,12 @@ impl Trainer {
             },
         )?;
         data_parallel::broadcast_vars(&*self.comm, &self.vars)?;
+        if let Some(ema) = &mut self.ema {
+            let average = data_parallel::broadcast_tensors(&*self.comm, &ema.tensors()?)?;
+            if !self.comm.is_root() {
+                ema.load(&average, "rank 0's averaged weights")?;
+            }
+        }
         let moments = data_parallel::broadcast_tensors(&*self.comm, &self.adam.state_tensors()?)?;
         if !self.comm.is_root() {
             self.adam.load_state_tensors(
@@ -453,9 +480,12 @@ impl Trainer {
                 if limit.is_some_and(|n| self.state.step >= n) {
                     break 'run StopReason::MaxSteps;
                 }
-                if self.cfg.max_minutes > 0.0
-                    && self.root_value(elapsed(&started))? >= self.cfg.max_minutes * 60.0
-                {
+                // Rank 0's clock, as a fraction of the time budget (0 without one).
+                let budget_fraction = match self.cfg.max_minutes > 0.0 {
+                    true => self.root_value(elapsed(&started))? / (self.cfg.max_minutes * 60.0),
+                    false => 0.0,
+                };
+                if budget_fraction >= 1.0 {
                     break 'run StopReason::MaxMinutes;
                 }
                 let step_started = Instant::now();
@@ -500,11 +530,14 @@ impl Trainer {
                     continue;
                 }
                 self.state.bad_steps = 0;
-                let lr = self.schedule.lr(self.state.step + 1);
+                let lr = self.schedule.lr_at(self.state.step + 1, budget_fraction);
                 self.adam
                     .step(&grads, lr, clip_scale(norm, self.cfg.clip_norm))?;
                 self.state.step += 1;
                 self.state.batch_index += 1;
+                if let Some(ema) = &mut self.ema {
+                    ema.update(self.state.step)?;
+                }
                 crate::io::crash_point("train.step");
                 self.state.target_tokens_seen += tokens as u64;
                 let step_seconds = step_started.elapsed().as_secs_f64();
@@ -569,12 +602,33 @@ impl Trainer {
     }
 
     /// Validates (when there is a dev set), writes a checkpoint, updates `best/` and the
-    /// early-stopping state. Returns true when patience has run out.
+    /// early-stopping state, all with the averaged weights when there is an average.
+    /// Returns true when patience has run out.
     fn validate_and_checkpoint(
         &mut self,
         data: &TrainData,
         log: &mut MetricsLog,
         progress: &Progress,
+    ) -> Result<bool> {
+        let Some(ema) = &self.ema else {
+            return self.validate_and_write(data, log, progress, None);
+        };
+        let raw = ema.swap_in()?;
+        let out = self.validate_and_write(data, log, progress, Some(&raw));
+        if let Some(ema) = &self.ema {
+            ema.restore(&raw)?;
+        }
+        out
+    }
+
+    /// [`Self::validate_and_checkpoint`] with the weights to validate in the model;
+    /// `training_weights`: those training goes on with, when they differ.
+    fn validate_and_write(
+        &mut self,
+        data: &TrainData,
+        log: &mut MetricsLog,
+        progress: &Progress,
+        training_weights: Option<&HashMap<String, Tensor>>,
     ) -> Result<bool> {
         let mut is_best = data.valid.is_none();
         let mut stop = false;
@@ -627,7 +681,7 @@ impl Trainer {
             self.state.best_step = Some(self.state.step);
         }
         let card = self.model_card(data, validation.as_ref());
-        self.write_checkpoint(card, is_best, &data.model_files)?;
+        self.write_checkpoint(card, is_best, &data.model_files, training_weights)?;
         Ok(stop)
     }
 
@@ -704,7 +758,7 @@ impl Trainer {
         let mut card = format!(
             "# rnmt model\n\n{}\n\n{architecture}\n\n\
              Trained for {} updates ({} full epochs, {} target tokens, {:.1} minutes), seed {}, \
-             schedule {:?}, peak lr {}, label smoothing {}, dropout {}.\n",
+             schedule {:?}, peak lr {}, label smoothing {}, dropout {}{}.\n",
             data.description,
             self.state.step,
             self.state.epoch,
@@ -715,6 +769,14 @@ impl Trainer {
             self.cfg.lr,
             self.cfg.label_smoothing,
             m.dropout,
+            if self.cfg.ema_decay > 0.0 {
+                format!(
+                    "; the weights are their exponential moving average (decay {})",
+                    self.cfg.ema_decay
+                )
+            } else {
+                String::new()
+            },
         );
         match v {
             Some(Validation {
@@ -747,12 +809,14 @@ impl Trainer {
     }
 
     /// Writes the checkpoint of this step with its model `card`; `is_best`: it also
-    /// becomes `best/`.
+    /// becomes `best/`. `training_weights`: the weights training goes on with, when the
+    /// model saved is an average.
     fn write_checkpoint(
         &mut self,
         card: String,
         is_best: bool,
         model_files: &[PathBuf],
+        training_weights: Option<&HashMap<String, Tensor>>,
     ) -> Result<()> {
         let run_dir = self.cfg.run_dir.clone();
         debug_assert_eq!(self.adam.t, self.state.step, "one Adam update per step");
@@ -763,6 +827,9 @@ impl Trainer {
         let dir = publish_checkpoint(&run_dir, self.state.step, |dir| {
             save_model(dir, &self.cfg.model, &self.varmap)?;
             save_tensors(&dir.join(OPTIMIZER_FILE), &moments)?;
+            if let Some(weights) = training_weights {
+                save_tensors(&dir.join(TRAINING_WEIGHTS_FILE), weights)?;
+            }
             write_atomic(&dir.join(MODEL_CARD_FILE), card.as_bytes())?;
             // Last: a checkpoint folder with a state is complete.
             write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
