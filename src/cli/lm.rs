@@ -80,8 +80,10 @@ pub struct NextArgs {
     /// How many words to list.
     #[arg(short, long, default_value_t = 5)]
     pub k: usize,
-    /// Partial words kept while words are assembled from subwords.
-    #[arg(long, default_value_t = 20)]
+    /// Partial words kept while words are assembled from subwords. A word is found only
+    /// if its first subword is among the `beam` most probable ones, and many are a word's
+    /// first piece only ("ĠK", "ĠVer"), so the beam is well above -k.
+    #[arg(long, default_value_t = 100)]
     pub beam: usize,
 }
 
