@@ -20,19 +20,6 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
-/// mimalloc asks for transparent huge pages for its arenas, which pays off in training and
-/// batch translation but makes a one-sentence `rnmt translate` fault in and zero whole
-/// 2 MiB pages it barely touches: about 20 MB more peak memory for the default model. Its
-/// arenas were reserved (and advised) before `main`, so the kernel is told instead:
-/// `PR_SET_THP_DISABLE` makes it ignore the advice for the rest of the process.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl with these arguments only sets a flag of this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
 /// A closed pipe (`rnmt bleu … | head -1`) ends the process quietly, as it ends `cat` and
 /// `grep`: Rust ignores SIGPIPE, so every `println!` after the reader left would panic.
 fn die_on_closed_pipe() {
@@ -46,11 +33,7 @@ fn die_on_closed_pipe() {
 fn main() -> ExitCode {
     die_on_closed_pipe();
     keep_freed_memory();
-    let cli = rnmt::cli::Cli::from_env();
-    if cli.is_one_shot() {
-        no_huge_pages();
-    }
-    match cli.run() {
+    match rnmt::cli::Cli::from_env().run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -92,13 +92,6 @@ impl Cli {
         Self::parse_from(args)
     }
 
-    /// A command that translates the sentences of its own command line: it loads a model,
-    /// translates a few sentences and exits, so its start-up and memory are what the user
-    /// feels, not its throughput.
-    pub fn is_one_shot(&self) -> bool {
-        matches!(&self.command, Command::Translate(args) if !args.sentences.is_empty())
-    }
-
     pub fn run(self) -> Result<()> {
         match self.command {
             Command::Prepare(args) => prepare::run(&args),
