@@ -427,19 +427,12 @@ mod tests {
     /// unigram model starts some words with) and the rest.
     #[test]
     fn vocabulary_pieces_are_classified() -> Result<()> {
-        use crate::subword::{SubwordConfig, SubwordKind};
         let text = [
             "Der Hund jagt die Katze.",
             "Die Katze jagte die Maus.",
             "Wir jagen.",
         ];
-        for kind in [SubwordKind::Bpe, SubwordKind::Unigram] {
-            let cfg = SubwordConfig {
-                kind,
-                vocab_size: 300,
-                min_frequency: 1,
-            };
-            let tokenizer = SubwordModel::learn(&cfg, text.iter().copied())?;
+        for (kind, tokenizer) in crate::subword::tiny_models(&text)? {
             let pieces = classify_vocabulary(&tokenizer)?;
             let ids: Vec<u32> = (0..tokenizer.vocab_size() as u32).collect();
             let raw = tokenizer.tokens(&ids);

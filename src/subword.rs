@@ -178,6 +178,22 @@ pub const SOURCE_TOKENIZER: &str = "tokenizer-src.json";
 pub const TARGET_TOKENIZER: &str = "tokenizer-tgt.json";
 /// The one tokenizer of a language model (and of a monolingual prepared folder).
 pub const LM_TOKENIZER: &str = "tokenizer.json";
+
+/// A BPE and a unigram model of 300 subwords learnt from `text`, for tests.
+#[cfg(test)]
+pub(crate) fn tiny_models(text: &[&str]) -> anyhow::Result<Vec<(SubwordKind, SubwordModel)>> {
+    [SubwordKind::Bpe, SubwordKind::Unigram]
+        .into_iter()
+        .map(|kind| {
+            let cfg = SubwordConfig {
+                kind,
+                vocab_size: 300,
+                min_frequency: 1,
+            };
+            Ok((kind, SubwordModel::learn(&cfg, text.iter().copied())?))
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,13 +206,7 @@ mod tests {
             "„Zitat“ – 1.000,50 €",
             "  zwei  Leerzeichen ",
         ];
-        for kind in [SubwordKind::Bpe, SubwordKind::Unigram] {
-            let cfg = SubwordConfig {
-                kind,
-                vocab_size: 300,
-                min_frequency: 1,
-            };
-            let model = SubwordModel::learn(&cfg, text.iter().copied()).unwrap();
+        for (kind, model) in tiny_models(&text).unwrap() {
             for s in text.iter().chain(&["unseen: 日本語 ✓ \t tab"]) {
                 let ids = model.encode(s).unwrap();
                 assert!(!ids.contains(&UNK_ID), "{kind:?}: {s:?} has <unk>");
