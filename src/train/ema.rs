@@ -89,16 +89,9 @@ impl Ema {
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (name, var, shadow) in &self.params {
-            out.insert(name.clone(), self.tensor_of(var, shadow, &Device::Cpu)?);
+            out.insert(name.clone(), shadow.to_tensor(var, &Device::Cpu)?);
         }
         Ok(out)
-    }
-
-    fn tensor_of(&self, var: &Var, shadow: &Shadow, device: &Device) -> Result<Tensor> {
-        match shadow {
-            Shadow::Host(avg) => Tensor::from_slice(avg, var.shape(), device),
-            Shadow::Device(avg) => avg.to_device(device),
-        }
     }
 
     /// Replaces the average with `tensors` (as [`Self::tensors`] wrote them). Every
@@ -133,7 +126,7 @@ impl Ema {
         let mut raw = HashMap::with_capacity(self.params.len());
         for (name, var, shadow) in &self.params {
             raw.insert(name.clone(), var.as_tensor().copy()?);
-            var.set(&self.tensor_of(var, shadow, var.device())?)?;
+            var.set(&shadow.to_tensor(var, var.device())?)?;
         }
         Ok(raw)
     }
@@ -147,6 +140,16 @@ impl Ema {
             }
         }
         Ok(())
+    }
+}
+
+impl Shadow {
+    /// The average of `var` as a tensor of its shape on `device`.
+    fn to_tensor(&self, var: &Var, device: &Device) -> Result<Tensor> {
+        match self {
+            Shadow::Host(avg) => Tensor::from_slice(avg, var.shape(), device),
+            Shadow::Device(avg) => avg.to_device(device),
+        }
     }
 }
 
