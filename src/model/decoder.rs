@@ -211,6 +211,20 @@ impl Decoder {
         tgt_mask: &Tensor,
         dropout: &mut Dropout,
     ) -> Result<(Tensor, Tensor)> {
+        let (features, weights) = self.forward_features(mem, tgt_in, tgt_mask, dropout)?;
+        Ok((self.output.logits(&features)?, weights))
+    }
+
+    /// [`Decoder::forward`] up to the output layer's input: the attentional vectors after
+    /// dropout `[batch, tgt, hidden]`, and the attention weights. Training feeds them to
+    /// the output layer fused with the loss (`train::loss::OutputLoss`).
+    pub fn forward_features(
+        &self,
+        mem: &AttentionMemory,
+        tgt_in: &Tensor,
+        tgt_mask: &Tensor,
+        dropout: &mut Dropout,
+    ) -> Result<(Tensor, Tensor)> {
         let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
         let (attentional, weights) = if self.input_feeding || self.conditional.is_some() {
             let (batch, steps, _) = emb.dims3()?;
@@ -239,7 +253,7 @@ impl Decoder {
                 .tanh()?;
             (attentional, weights)
         };
-        Ok((self.output.logits(&dropout.apply(&attentional)?)?, weights))
+        Ok((dropout.apply(&attentional)?, weights))
     }
 
     /// One step for search: `prev: u32 [batch]` → (log-probabilities `[batch, vocab]`,
@@ -453,6 +467,16 @@ impl OutputLayer {
         let x1 = Tensor::cat(&[&x, &ones], 1)?;
         let wb = Tensor::cat(&[&self.weight, &self.bias.unsqueeze(1)?], 1)?;
         x1.matmul(&wb.t()?)?.reshape(out_dims)
+    }
+
+    /// `[vocab, hidden]`: the target embeddings themselves when tied.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// `[vocab]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     /// The layer onto the target ids `ids` (u32 `[k]`): column j scores `ids[j]`.

@@ -85,6 +85,16 @@ impl LanguageModel {
         batch: &BatchTensors,
         dropout: Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
+        self.output.logits(&self.forward_features(batch, dropout)?)
+    }
+
+    /// [`LanguageModel::forward`] up to the output layer's input `[batch, tgt, hidden]`
+    /// (after dropout): training fuses the output layer with the loss.
+    pub fn forward_features(
+        &self,
+        batch: &BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
         let mut dropout = Dropout::new(self.cfg.dropout, dropout);
         let mask = batch.tgt_mask.to_dtype(self.dtype())?;
         let mut h = dropout.apply(&self.embedding.forward(&batch.tgt_in)?)?;
@@ -97,7 +107,12 @@ impl LanguageModel {
             let (out, _) = layer.forward(&input, &mask, false)?;
             h = if self.residual[l] { (out + h)? } else { out };
         }
-        self.output.logits(&dropout.apply(&h)?)
+        dropout.apply(&h)
+    }
+
+    /// The output layer onto the whole vocabulary.
+    pub fn output_layer(&self) -> &OutputLayer {
+        &self.output
     }
 
     /// The state before the first subword (zeros, as [`LanguageModel::forward`] starts).

@@ -67,4 +67,24 @@ impl Model {
             Self::Language(m) => m.forward(batch, dropout),
         }
     }
+
+    /// [`Model::forward`] up to the output layer's input `[batch, tgt, hidden]`.
+    pub fn forward_features(
+        &self,
+        batch: &crate::batch::BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Translation(m) => m.forward_features(batch, dropout),
+            Self::Language(m) => m.forward_features(batch, dropout),
+        }
+    }
+
+    /// The output layer onto the whole target vocabulary.
+    pub fn output_layer(&self) -> &OutputLayer {
+        match self {
+            Self::Translation(m) => m.output_layer(),
+            Self::Language(m) => m.output_layer(),
+        }
+    }
 }

@@ -83,6 +83,25 @@ impl Seq2Seq {
             .forward(&enc.attention, &batch.tgt_in, &tgt_mask, &mut dropout)
     }
 
+    /// [`Seq2Seq::forward`] up to the output layer's input `[batch, tgt, hidden]` (after
+    /// dropout): training fuses the output layer with the loss.
+    pub fn forward_features(
+        &self,
+        batch: &BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let mut dropout = Dropout::new(self.cfg.dropout, dropout);
+        let enc = self.encode_with(&batch.src, &batch.src_mask, &mut dropout)?;
+        let tgt_mask = batch.tgt_mask.to_dtype(enc.memory.dtype())?;
+        let (features, _) = self.decoder.forward_features(
+            &enc.attention,
+            &batch.tgt_in,
+            &tgt_mask,
+            &mut dropout,
+        )?;
+        Ok(features)
+    }
+
     /// Encodes `src: u32 [batch, src]` with `src_mask: [batch, src]` (f32) for search.
     pub fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<EncoderOutput> {
         self.encode_with(src, src_mask, &mut Dropout::inactive())

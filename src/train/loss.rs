@@ -4,14 +4,21 @@
 //! (a CustomOp): the composite version walks the `[tokens, vocab]` logits about a dozen
 //! times forward and backward, which made the loss cost as much as the whole encoder.
 //! Other devices and dtypes use the composite version, which the fused one must match.
+//!
+//! Training goes one step further ([`OutputLoss`]): the output layer and the loss are one
+//! op, so the `[tokens, vocab]` logits never enter candle's autograd, which accumulates
+//! every gradient edge as a fresh tensor of zeros plus an add: three such passes over the
+//! step's largest tensor, and its allocations, were an eighth of a training step.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use multiversion::multiversion;
 
 use crate::model::fastmath::{lanes_fold, softmax_exp as exp};
+use crate::model::lstm::shared::matmul_on_threads;
+use crate::model::OutputLayer;
 
 /// The target keeps probability `1 - smoothing`; the rest is spread evenly over the
 /// other `vocab - 1` tokens. `smoothing = 0` is plain cross-entropy.
@@ -110,6 +117,21 @@ fn row_stats(row: &[f32]) -> (f32, f32, f64) {
         .map(|&x| x as f64)
         .sum();
     (max, sum_exp, sum)
+}
+
+/// `row = s · (softmax(row) - every)` in place, from the row's max and `1 / Σ exp(x - max)`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn grad_row_in_place(row: &mut [f32], max: f32, norm: f32, s: f32, every: f32) {
+    for x in row.iter_mut() {
+        *x = s * (exp(*x - max) * norm - every);
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn add_row(row: &mut [f32], bias: &[f32]) {
+    for (x, &b) in row.iter_mut().zip(bias) {
+        *x += b;
+    }
 }
 
 /// `g = s · (softmax(row) - every)` from the row's max and `1 / Σ exp(x - max)`.
@@ -213,5 +235,396 @@ impl CustomOp1 for FusedLossGrad<'_> {
                 g[t as usize] -= s * c.target as f32;
             });
         Ok((CpuStorage::F32(grad), layout.shape().clone()))
+    }
+}
+
+/// One batch's loss from [`OutputLoss::forward`].
+pub struct BatchLoss {
+    /// The label-smoothed loss summed over the real target tokens: a scalar to
+    /// differentiate.
+    pub sum: Tensor,
+    /// The plain negative log-likelihood summed over the same tokens (for perplexity).
+    pub nll: f64,
+    /// The number of real target tokens.
+    pub tokens: usize,
+}
+
+/// The output layer (`x·Wᵀ + b`) followed by the label-smoothed loss, for training.
+///
+/// On the CPU in f32 both are one op ([`FusedOutputLoss`]) with a hand-written backward:
+/// the logits are computed for the real tokens only (padding rows are skipped), into a
+/// buffer kept from step to step, and the backward pass turns them into their gradient in
+/// place and runs the three products of the layer's backward with gemm. The plain
+/// negative log-likelihood comes out of the same pass. Elsewhere it is the output layer's
+/// own forward and [`LabelSmoothedLoss`], which the fused op is tested against.
+pub struct OutputLoss {
+    smoothing: f64,
+    /// The last batch's logits, then their gradient: `[real tokens, vocab]`, the step's
+    /// largest buffer, allocated once.
+    scratch: Arc<Mutex<Vec<f32>>>,
+}
+
+impl OutputLoss {
+    pub fn new(smoothing: f64) -> Self {
+        Self {
+            smoothing,
+            scratch: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// `features [batch, len, hidden]` (the output layer's input), `targets u32 [batch,
+    /// len]`, `mask [batch, len]` (1 for real tokens).
+    pub fn forward(
+        &self,
+        features: &Tensor,
+        output: &OutputLayer,
+        targets: &Tensor,
+        mask: &Tensor,
+    ) -> Result<BatchLoss> {
+        let scalar = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
+        let (weight, bias) = (output.weight(), output.bias());
+        let fused = features.device().is_cpu()
+            && features.dtype() == DType::F32
+            && weight.dtype() == DType::F32
+            && bias.dtype() == DType::F32;
+        if !fused {
+            let logits = output.logits(features)?;
+            let (sum, tokens) =
+                LabelSmoothedLoss::new(self.smoothing).forward(&logits, targets, mask)?;
+            let nll = match self.smoothing {
+                0.0 => scalar(&sum)?,
+                _ => scalar(
+                    &LabelSmoothedLoss::new(0.0)
+                        .forward(&logits.detach(), targets, mask)?
+                        .0,
+                )?,
+            };
+            return Ok(BatchLoss { sum, nll, tokens });
+        }
+        let hidden = features.dim(D::Minus1)?;
+        let x = features.contiguous()?.reshape(((), hidden))?;
+        let weights: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let targets: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+        let vocab = weight.dim(0)?;
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("target id {bad} is outside the vocabulary of {vocab}");
+        }
+        if targets.len() != x.dim(0)? || weights.len() != targets.len() {
+            candle_core::bail!(
+                "{} feature rows for {} targets and {} mask entries",
+                x.dim(0)?,
+                targets.len(),
+                weights.len()
+            );
+        }
+        let tokens = weights.iter().map(|&w| w as f64).sum::<f64>().round() as usize;
+        let nll = Arc::new(Mutex::new(0.0));
+        let op = FusedOutputLoss {
+            targets,
+            weights,
+            coefficients: Coefficients::new(self.smoothing, vocab),
+            scratch: Arc::clone(&self.scratch),
+            saved: Mutex::new(None),
+            nll: Arc::clone(&nll),
+        };
+        let sum = x.apply_op3(weight, bias, op)?;
+        let nll = *nll.lock().expect("nll lock");
+        Ok(BatchLoss { sum, nll, tokens })
+    }
+}
+
+/// `Σ_rows w · loss(x·Wᵀ + b)` over `x [rows, hidden]`, `W [vocab, hidden]`, `b [vocab]`.
+struct FusedOutputLoss {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    coefficients: Coefficients,
+    scratch: Arc<Mutex<Vec<f32>>>,
+    /// From the forward pass for the backward.
+    saved: Mutex<Option<Saved>>,
+    /// Σ w · (logsumexp(x) - x_t), written by the forward pass.
+    nll: Arc<Mutex<f64>>,
+}
+
+struct Saved {
+    /// The rows of `x` with a non-zero weight (real tokens), in order.
+    rows: Vec<usize>,
+    /// Those rows of `x`, packed `[rows, hidden]`.
+    x: Vec<f32>,
+    /// (max, Σ exp(logit - max)) per packed row.
+    stats: Vec<(f32, f32)>,
+    /// All rows of `x`, hidden size, vocabulary.
+    dims: (usize, usize, usize),
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+impl CustomOp3 for FusedOutputLoss {
+    fn name(&self) -> &'static str {
+        "output-layer-label-smoothed-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let (n, h) = l1.shape().dims2()?;
+        let (v, w_h) = l2.shape().dims2()?;
+        if w_h != h || b.len() != v || n != self.targets.len() {
+            candle_core::bail!(
+                "output loss: x [{n}, {h}], weight [{v}, {w_h}], bias [{}], {} targets",
+                b.len(),
+                self.targets.len()
+            );
+        }
+        let rows: Vec<usize> = (0..n).filter(|&i| self.weights[i] != 0.0).collect();
+        let mut packed = Vec::with_capacity(rows.len() * h);
+        for &i in &rows {
+            packed.extend_from_slice(&x[i * h..(i + 1) * h]);
+        }
+        let mut logits = self.scratch.lock().expect("logits lock");
+        // Every element is overwritten by the product: only a grown buffer is filled.
+        logits.resize(rows.len() * v, 0.0);
+        matmul_on_threads(
+            threads(),
+            (rows.len(), v, h),
+            &mut logits,
+            v,
+            (&packed, h, 1),
+            (w, 1, h),
+        );
+        let c = self.coefficients;
+        let per_row: Vec<(f64, f64, (f32, f32))> = logits
+            .par_chunks_mut(v.max(1))
+            .with_min_len(ROWS_PER_TASK)
+            .zip(rows.par_iter())
+            .map(|(row, &i)| {
+                add_row(row, b);
+                let (max, sum_exp, sum) = row_stats(row);
+                let lse = max as f64 + (sum_exp as f64).ln();
+                let target = row[self.targets[i] as usize] as f64;
+                let w = self.weights[i] as f64;
+                let loss = w * (lse - c.target * target - c.every * sum);
+                (loss, w * (lse - target), (max, sum_exp))
+            })
+            .collect();
+        let total: f64 = per_row.iter().map(|r| r.0).sum();
+        *self.nll.lock().expect("nll lock") = per_row.iter().map(|r| r.1).sum();
+        *self.saved.lock().expect("saved lock") = Some(Saved {
+            rows,
+            x: packed,
+            stats: per_row.into_iter().map(|r| r.2).collect(),
+            dims: (n, h, v),
+        });
+        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let scale = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let Some(saved) = self.saved.lock().expect("saved lock").take() else {
+            candle_core::bail!("output loss: backward without a forward pass");
+        };
+        let (n, h, v) = saved.dims;
+        let r = saved.rows.len();
+        let c = self.coefficients;
+        let mut g = self.scratch.lock().expect("logits lock");
+        // The logits become `s · (softmax - q)` row by row, and the bias gradient (their
+        // column sums) is summed while each row is in cache: one part of the rows per
+        // thread, each with its own sum.
+        let part = r.div_ceil(threads().max(1)).max(1);
+        let db = g
+            .par_chunks_mut(part * v.max(1))
+            .zip(
+                saved
+                    .rows
+                    .par_chunks(part)
+                    .zip(saved.stats.par_chunks(part)),
+            )
+            .map(|(block, (rows, stats))| {
+                let mut db = vec![0f32; v];
+                for ((row, &i), &(max, sum_exp)) in block.chunks_mut(v).zip(rows).zip(stats) {
+                    let s = scale * self.weights[i];
+                    grad_row_in_place(row, max, 1.0 / sum_exp, s, c.every as f32);
+                    row[self.targets[i] as usize] -= s * c.target as f32;
+                    add_row(&mut db, row);
+                }
+                db
+            })
+            .reduce_with(|mut a, b| {
+                add_row(&mut a, &b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; v]);
+        let (storage, layout) = weight.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("output loss: the weight is not on the CPU");
+        };
+        let w = contiguous_f32(cpu, layout)?;
+        // dx = G·W, dW = Gᵀ·x.
+        let mut dx_packed = vec![0f32; r * h];
+        matmul_on_threads(
+            threads(),
+            (r, h, v),
+            &mut dx_packed,
+            h,
+            (&g, v, 1),
+            (w, h, 1),
+        );
+        drop(storage);
+        let mut dx = vec![0f32; n * h];
+        for (k, &i) in saved.rows.iter().enumerate() {
+            dx[i * h..(i + 1) * h].copy_from_slice(&dx_packed[k * h..(k + 1) * h]);
+        }
+        let mut dw = vec![0f32; v * h];
+        matmul_on_threads(
+            threads(),
+            (v, h, r),
+            &mut dw,
+            h,
+            (&g, 1, v),
+            (&saved.x, h, 1),
+        );
+        let device = weight.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (n, h), device)?),
+            Some(Tensor::from_vec(dw, (v, h), device)?),
+            Some(Tensor::from_vec(db, v, device)?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use candle_core::{Device, Var};
+    use candle_nn::{embedding, VarBuilder, VarMap};
+
+    /// The fused output layer and loss against the output layer's own forward and the
+    /// composite loss in f64, through candle's autograd: the loss, the NLL, and the
+    /// gradients of the features, the weight and the bias, with padding rows (skipped by
+    /// the fused op) and batches of more rows than one rayon task takes.
+    #[test]
+    fn fused_output_loss_matches_the_composite_in_f64() {
+        let dev = Device::Cpu;
+        let (batch, len, hidden, vocab) = (3, 17, 8, 301);
+        let cfg = ModelConfig {
+            tgt_vocab_size: vocab,
+            embedding_size: hidden,
+            hidden_size: hidden,
+            tie_target_embeddings: false,
+            ..ModelConfig::default()
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let emb = embedding(vocab, hidden, vb.pp("emb")).unwrap();
+        let layer = OutputLayer::new(&cfg, &emb, vb.pp("output")).unwrap();
+        let (weight, bias) = {
+            let data = varmap.data().lock().unwrap();
+            data["output.bias"]
+                .set(&Tensor::randn(0f32, 0.5, vocab, &dev).unwrap())
+                .unwrap();
+            (data["output.weight"].clone(), data["output.bias"].clone())
+        };
+        let features =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, len, hidden), &dev).unwrap())
+                .unwrap();
+        let targets: Vec<u32> = (0..batch * len).map(|i| (i * 37 % vocab) as u32).collect();
+        // The second sentence ends in five pads, the third in twelve.
+        let mask: Vec<f32> = (0..batch * len)
+            .map(|i| match (i / len, i % len) {
+                (1, t) if t >= len - 5 => 0.0,
+                (2, t) if t >= len - 12 => 0.0,
+                _ => 1.0,
+            })
+            .collect();
+        let targets = Tensor::from_vec(targets, (batch, len), &dev).unwrap();
+        let mask = Tensor::from_vec(mask, (batch, len), &dev).unwrap();
+        let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> f64 {
+            (f64_of(a) - f64_of(b))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        for smoothing in [0.0, 0.1] {
+            let fused = OutputLoss::new(smoothing)
+                .forward(features.as_tensor(), &layer, &targets, &mask)
+                .unwrap();
+            assert_eq!(fused.tokens, batch * len - 5 - 12);
+            let grads = fused.sum.backward().unwrap();
+
+            let x64 = Var::from_tensor(&f64_of(features.as_tensor())).unwrap();
+            let w64 = Var::from_tensor(&f64_of(weight.as_tensor())).unwrap();
+            let b64 = Var::from_tensor(&f64_of(bias.as_tensor())).unwrap();
+            let logits = x64
+                .as_tensor()
+                .reshape((batch * len, hidden))
+                .unwrap()
+                .matmul(&w64.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(b64.as_tensor())
+                .unwrap()
+                .reshape((batch, len, vocab))
+                .unwrap();
+            let (sum, _) = LabelSmoothedLoss::new(smoothing)
+                .forward(&logits, &targets, &mask)
+                .unwrap();
+            let (nll, _) = LabelSmoothedLoss::new(0.0)
+                .forward(&logits, &targets, &mask)
+                .unwrap();
+            let want = grads_of(&sum, [&x64, &w64, &b64]);
+            let want_sum = sum.to_scalar::<f64>().unwrap();
+            let got_sum = fused.sum.to_dtype(DType::F64).unwrap();
+            let got_sum = got_sum.to_scalar::<f64>().unwrap();
+            assert!(
+                (got_sum - want_sum).abs() < 1e-5 * want_sum.abs(),
+                "{smoothing}"
+            );
+            let want_nll = nll.to_scalar::<f64>().unwrap();
+            assert!(
+                (fused.nll - want_nll).abs() < 1e-5 * want_nll,
+                "{smoothing}"
+            );
+            for (var, want, name) in [
+                (&features, &want[0], "features"),
+                (&weight, &want[1], "weight"),
+                (&bias, &want[2], "bias"),
+            ] {
+                let got = grads.get(var.as_tensor()).expect(name);
+                assert_eq!(got.dims(), want.dims(), "{name}");
+                let diff = max_diff(got, want);
+                assert!(diff < 1e-5, "{name}, smoothing {smoothing}: {diff}");
+            }
+        }
+    }
+
+    fn grads_of(sum: &Tensor, vars: [&Var; 3]) -> Vec<Tensor> {
+        let grads = sum.backward().unwrap();
+        vars.iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect()
     }
 }

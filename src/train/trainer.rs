@@ -38,7 +38,7 @@ use crate::train::config::TrainConfig;
 use crate::train::data_parallel::{self, RootState};
 use crate::train::ema::{Ema, TRAINING_WEIGHTS_FILE};
 use crate::train::log::{MetricsLog, Progress, Record};
-use crate::train::loss::LabelSmoothedLoss;
+use crate::train::loss::OutputLoss;
 use crate::train::optim::{clip_scale, global_grad_norm, Adam};
 use crate::train::schedule::Schedule;
 use crate::train::tune;
@@ -302,29 +302,23 @@ impl Trainer {
         &mut self,
         pairs: &[EncodedPair],
         global: &[usize],
-        loss_fn: &LabelSmoothedLoss,
-        nll_fn: &LabelSmoothedLoss,
+        loss_fn: &OutputLoss,
     ) -> Result<StepGradients> {
         let scalar = |t: &candle_core::Tensor| -> Result<f64> {
             Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
         };
         if self.comm.size() == 1 {
             let t = Batch::new(pairs, global).to_tensors(&self.device)?;
-            let logits = self.model.forward(&t, Some(&mut self.rng))?;
-            let (sum, tokens) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
-            let objective = (sum / tokens.max(1) as f64)?;
+            let features = self.model.forward_features(&t, Some(&mut self.rng))?;
+            let output = self.model.output_layer();
+            let batch = loss_fn.forward(&features, output, &t.tgt_out, &t.tgt_mask)?;
+            let tokens = batch.tokens;
+            let objective = (batch.sum / tokens.max(1) as f64)?;
             let grads = objective.backward()?;
-            let loss = scalar(&objective)?;
-            let nll = if self.cfg.label_smoothing == 0.0 {
-                loss
-            } else {
-                let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
-                scalar(&s)? / tokens.max(1) as f64
-            };
             return Ok(StepGradients {
                 grads,
-                loss,
-                nll,
+                loss: scalar(&objective)?,
+                nll: batch.nll / tokens.max(1) as f64,
                 tokens,
             });
         }
@@ -343,17 +337,12 @@ impl Trainer {
             self.state.step,
             self.comm.rank(),
         );
-        let logits = self.model.forward(&t, Some(&mut rng))?;
-        let (sum, _) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
-        let objective = (&sum * (weight / tokens.max(1) as f64))?;
+        let features = self.model.forward_features(&t, Some(&mut rng))?;
+        let output = self.model.output_layer();
+        let batch = loss_fn.forward(&features, output, &t.tgt_out, &t.tgt_mask)?;
+        let objective = (&batch.sum * (weight / tokens.max(1) as f64))?;
         let mut grads = objective.backward()?;
-        let nll_sum = if self.cfg.label_smoothing == 0.0 {
-            0.0
-        } else {
-            let (s, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
-            weight * scalar(&s)?
-        };
-        let mut totals = [weight * scalar(&sum)?, nll_sum];
+        let mut totals = [weight * scalar(&batch.sum)?, weight * batch.nll];
         let exchange = Instant::now();
         let (send, sum) = &mut self.bucket;
         data_parallel::flatten_grads(&grads, &self.vars, send)?;
@@ -366,11 +355,7 @@ impl Trainer {
         Ok(StepGradients {
             grads,
             loss,
-            nll: if self.cfg.label_smoothing == 0.0 {
-                loss
-            } else {
-                totals[1] / tokens.max(1) as f64
-            },
+            nll: totals[1] / tokens.max(1) as f64,
             tokens,
         })
     }
@@ -465,8 +450,7 @@ impl Trainer {
                 self.comm.describe()
             ));
         }
-        let loss_fn = LabelSmoothedLoss::new(self.cfg.label_smoothing);
-        let nll_fn = LabelSmoothedLoss::new(0.0);
+        let loss_fn = OutputLoss::new(self.cfg.label_smoothing);
         let started = Instant::now();
         let elapsed_before = self.state.elapsed_s;
         let elapsed = |s: &Instant| elapsed_before + s.elapsed().as_secs_f64();
@@ -494,12 +478,7 @@ impl Trainer {
                     loss,
                     nll,
                     tokens,
-                } = self.gradients(
-                    &data.train,
-                    &batches[self.state.batch_index],
-                    &loss_fn,
-                    &nll_fn,
-                )?;
+                } = self.gradients(&data.train, &batches[self.state.batch_index], &loss_fn)?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
                 if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
                     // The update would ruin the weights: skip it (the batch is used up).
@@ -844,16 +823,17 @@ impl Trainer {
     /// Perplexity on the whole dev set and, for a translation model, BLEU of greedy
     /// translations of its first `valid_max_sentences` sentences.
     pub fn validate(&self, valid: &ValidSet, detokenize: &Detokenize) -> Result<Validation> {
-        let nll_fn = LabelSmoothedLoss::new(0.0);
+        let nll_fn = OutputLoss::new(0.0);
         // Bucketed batches; their order does not matter for sums.
         let batcher = TokenBatcher::new(self.cfg.valid_max_tokens, 0);
         let (mut sum, mut tokens) = (0f64, 0usize);
         for idx in batcher.epoch(&valid.pairs, 0) {
             let t = Batch::new(&valid.pairs, &idx).to_tensors(&self.device)?;
-            let logits = self.model.forward(&t, None)?;
-            let (s, n) = nll_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
-            sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            tokens += n;
+            let features = self.model.forward_features(&t, None)?;
+            let output = self.model.output_layer();
+            let batch = nll_fn.forward(&features, output, &t.tgt_out, &t.tgt_mask)?;
+            sum += batch.nll;
+            tokens += batch.tokens;
         }
         let loss = sum / tokens.max(1) as f64;
         let model = match &self.model {

@@ -1,4 +1,5 @@
-//! The one matrix product the recurrent kernels (LSTM and GRU) need, on slices.
+//! The one matrix product the recurrent kernels (LSTM and GRU) and the fused output
+//! layer of training (`train::loss::OutputLoss`) need, on slices.
 
 use gemm::Parallelism;
 
@@ -8,6 +9,20 @@ use crate::model::fastmath::Real;
 /// `dst` is row-major with row stride `dst_rs`. Bounds are checked here so that the one
 /// unsafe call below can trust them.
 pub(crate) fn matmul<T: Real>(
+    shape: (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+) {
+    // Single-threaded: the recurrent kernels' parallelism comes from splitting the batch
+    // into blocks.
+    matmul_on_threads(1, shape, dst, dst_rs, lhs, rhs)
+}
+
+/// [`matmul`] split over `threads` rayon threads by gemm itself, for one large product.
+pub(crate) fn matmul_on_threads<T: Real>(
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
@@ -54,8 +69,10 @@ pub(crate) fn matmul<T: Real>(
             false,
             false,
             false,
-            // Single-threaded: parallelism comes from splitting the batch into blocks.
-            Parallelism::None,
+            match threads {
+                0 | 1 => Parallelism::None,
+                n => Parallelism::Rayon(n),
+            },
         )
     }
 }

@@ -47,7 +47,7 @@ use kernel::{LstmRecurrence, LN_EPS};
 /// call, row-wise layer norm and its backward (the op's plumbing is [`crate::model::fused`]).
 pub(crate) mod shared {
     pub(crate) use super::bptt::normalise_backward;
-    pub(crate) use super::matmul::matmul;
+    pub(crate) use super::matmul::{matmul, matmul_on_threads};
     pub(crate) use super::recurrence::normalise as normalise_row;
 }
 
