@@ -201,23 +201,11 @@ impl Decoder {
         })
     }
 
-    /// Teacher-forced logits `[batch, tgt, vocab]` and attention weights
-    /// `[batch, tgt, src]` for `tgt_in: u32 [batch, tgt]` and `tgt_mask: [batch, tgt]` in
-    /// the model's dtype.
-    pub fn forward(
-        &self,
-        mem: &AttentionMemory,
-        tgt_in: &Tensor,
-        tgt_mask: &Tensor,
-        dropout: &mut Dropout,
-    ) -> Result<(Tensor, Tensor)> {
-        let (features, weights) = self.forward_features(mem, tgt_in, tgt_mask, dropout)?;
-        Ok((self.output.logits(&features)?, weights))
-    }
-
-    /// [`Decoder::forward`] up to the output layer's input: the attentional vectors after
-    /// dropout `[batch, tgt, hidden]`, and the attention weights. Training feeds them to
-    /// the output layer fused with the loss (`train::loss::OutputLoss`).
+    /// Teacher forcing up to the output layer's input, for `tgt_in: u32 [batch, tgt]` and
+    /// `tgt_mask: [batch, tgt]` in the model's dtype: the attentional vectors after dropout
+    /// `[batch, tgt, hidden]` and the attention weights `[batch, tgt, src]`. Training feeds
+    /// them to the output layer fused with the loss (`train::loss::OutputLoss`), scoring to
+    /// [`OutputLayer::logits`].
     pub fn forward_features(
         &self,
         mem: &AttentionMemory,

@@ -76,11 +76,8 @@ impl Seq2Seq {
         batch: &BatchTensors,
         dropout: Option<&mut ChaCha8Rng>,
     ) -> Result<(Tensor, Tensor)> {
-        let mut dropout = Dropout::new(self.cfg.dropout, dropout);
-        let enc = self.encode_with(&batch.src, &batch.src_mask, &mut dropout)?;
-        let tgt_mask = batch.tgt_mask.to_dtype(enc.memory.dtype())?;
-        self.decoder
-            .forward(&enc.attention, &batch.tgt_in, &tgt_mask, &mut dropout)
+        let (features, weights) = self.features_and_attention(batch, dropout)?;
+        Ok((self.output_layer().logits(&features)?, weights))
     }
 
     /// [`Seq2Seq::forward`] up to the output layer's input `[batch, tgt, hidden]` (after
@@ -90,16 +87,19 @@ impl Seq2Seq {
         batch: &BatchTensors,
         dropout: Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
+        Ok(self.features_and_attention(batch, dropout)?.0)
+    }
+
+    fn features_and_attention(
+        &self,
+        batch: &BatchTensors,
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Tensor, Tensor)> {
         let mut dropout = Dropout::new(self.cfg.dropout, dropout);
         let enc = self.encode_with(&batch.src, &batch.src_mask, &mut dropout)?;
         let tgt_mask = batch.tgt_mask.to_dtype(enc.memory.dtype())?;
-        let (features, _) = self.decoder.forward_features(
-            &enc.attention,
-            &batch.tgt_in,
-            &tgt_mask,
-            &mut dropout,
-        )?;
-        Ok(features)
+        self.decoder
+            .forward_features(&enc.attention, &batch.tgt_in, &tgt_mask, &mut dropout)
     }
 
     /// Encodes `src: u32 [batch, src]` with `src_mask: [batch, src]` (f32) for search.
