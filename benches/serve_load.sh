@@ -7,6 +7,7 @@
 #
 #   RNMT_CORPORA=../shared/corpora benches/serve_load.sh
 #   DURATION=10 CLIENTS="1 8 32 128" THREADS=2 REPEAT=3 benches/serve_load.sh
+#   BATCHED_FLAGS="--batch-workers 2" benches/serve_load.sh   # extra flags, batched server only
 #
 # Both servers run side by side; at each level the two are loaded in turn, REPEAT times,
 # so that a change in the machine's load falls on both alike. Each turn is a row.
@@ -38,7 +39,7 @@ head -n "$SENTENCES" "$TEST" > "$WORK/input.de"
 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 echo "SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|fma|avx512f|avx512bw|avx512vl|avx512_vnni|amx_tile)$' | tr '\n' ' ')"
-echo "sentences: $(wc -l < "$WORK/input.de") from $TEST; $DURATION s per level; server --threads $THREADS"
+echo "sentences: $(wc -l < "$WORK/input.de") from $TEST; $DURATION s per level; server --threads $THREADS; batched server flags: ${BATCHED_FLAGS:-none}"
 
 start=$(date +%s.%N)
 "$BIN" translate --threads "$THREADS" -i "$WORK/input.de" -o "$WORK/offline.en" 2>/dev/null
@@ -111,7 +112,8 @@ load() {
     echo "$(python3 "$WORK/client.py" 127.0.0.1 "${PORT[$1]}" "$2" "$DURATION" "$WORK/input.de") $(peak_rss_mb "$1")"
 }
 
-start_server batched
+# shellcheck disable=SC2086 # BATCHED_FLAGS is a list of flags
+start_server batched ${BATCHED_FLAGS:-}
 start_server single --max-batch-tokens 1
 
 printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | batched / one-at-a-time | batched / offline |\n'

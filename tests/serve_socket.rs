@@ -32,35 +32,41 @@ fn concurrent_clients_get_the_translation_of_their_sentence_alone() {
         })
         .collect();
 
-    // A long batch wait makes the concurrent sentences meet in one batch.
-    let server = Server::start(&["--batch-wait-ms", "50"]);
-    let url = format!("{}/translate", server.url);
-    let got: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = sentences
-            .iter()
-            .map(|s| {
-                let url = &url;
-                scope.spawn(move || {
-                    post_json(
-                        &agent(),
-                        url,
-                        &json!({"q": s, "source": "de", "target": "en"}),
-                    )
+    // A long batch wait makes the concurrent sentences meet in one batch; with two
+    // workers, one gathers while the other searches, each on a pool of its own.
+    for workers in ["1", "2"] {
+        let server = Server::start(&["--batch-wait-ms", "50", "--batch-workers", workers]);
+        let url = format!("{}/translate", server.url);
+        let got: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = sentences
+                .iter()
+                .map(|s| {
+                    let url = &url;
+                    scope.spawn(move || {
+                        post_json(
+                            &agent(),
+                            url,
+                            &json!({"q": s, "source": "de", "target": "en"}),
+                        )
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for ((status, body), (sentence, want)) in got.iter().zip(sentences.iter().zip(&expected)) {
-        assert_eq!(*status, 200, "{sentence}: {body}");
-        assert_eq!(body["translatedText"], *want, "{sentence}");
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ((status, body), (sentence, want)) in got.iter().zip(sentences.iter().zip(&expected)) {
+            assert_eq!(*status, 200, "{workers} workers, {sentence}: {body}");
+            assert_eq!(
+                body["translatedText"], *want,
+                "{workers} workers, {sentence}"
+            );
+        }
+        // They were batched: fewer batches than sentences.
+        let batches = metric(&server, "rnmt_batch_sentences_count{model=\"de-en\"} ");
+        assert!(
+            batches < 32.0,
+            "{workers} workers: {batches} batches for 32 concurrent sentences"
+        );
     }
-    // They were batched: fewer batches than sentences.
-    let batches = metric(&server, "rnmt_batch_sentences_count{model=\"de-en\"} ");
-    assert!(
-        batches < 32.0,
-        "{batches} batches for 32 concurrent sentences"
-    );
 }
 
 /// With room for one waiting sentence, concurrent clients get 503s with an error

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Milliseconds a batch waits for more sentences after its first (0..=1000).
     #[arg(long, default_value_t = D.batcher.batch_wait.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub batch_wait_ms: u64,
+    /// Batches searched at once per model, each on its share of `--threads`: one
+    /// gathers the next batch while the others search (1..=64).
+    #[arg(long, default_value_t = D.batcher.workers as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub batch_workers: u64,
     /// Beam size (1..=64).
     #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub beam: u64,
@@ -135,6 +139,7 @@ impl ServeArgs {
                 max_batch_tokens: self.max_batch_tokens as usize,
                 batch_wait: Duration::from_millis(self.batch_wait_ms),
                 max_queue: self.max_queue as usize,
+                workers: self.batch_workers as usize,
             },
             request_timeout: Duration::from_secs(self.request_timeout),
             header_timeout: Duration::from_secs(self.header_timeout),

@@ -1,8 +1,9 @@
-//! The dynamic batcher: one thread per model owns the batch loop. Requests hand it their
-//! sentences through a bounded channel and wait on one oneshot channel per sentence; the
-//! loop gathers the sentences of every concurrent request up to a token budget, waiting
-//! at most a short time for more, runs one batched search over them and sends each
-//! translation back to the request it came from.
+//! The dynamic batcher: per model, one or more worker threads own the batch loop.
+//! Requests hand it their sentences through a bounded channel and wait on one oneshot
+//! channel per sentence; a worker gathers the sentences of every concurrent request up to
+//! a token budget, waiting at most a short time for more, runs one batched search over
+//! them and sends each translation back to the request it came from. With several workers
+//! one gathers the next batch while the others search, each on its share of the threads.
 //!
 //! Batching changes no result: the beam search treats every sentence of a batch on its
 //! own (`tests/search_beam.rs` checks it), so a sentence gets the same translation alone
@@ -10,7 +11,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ pub struct BatcherOptions {
     pub batch_wait: Duration,
     /// Sentences waiting for a batch; a request that would exceed it is refused.
     pub max_queue: usize,
+    /// Batches searched at once, each on `threads / workers` of the search threads.
+    pub workers: usize,
 }
 
 /// A sentence's translation, or why there is none.
@@ -50,7 +53,7 @@ pub struct Batcher {
     /// Sentences sent and not yet taken into a batch (the queue bound counts these).
     depth: Arc<AtomicUsize>,
     max_queue: usize,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// The translations a request waits for, one receiver per sentence in order. Dropping it
@@ -72,7 +75,7 @@ impl Pending {
 }
 
 impl Batcher {
-    /// Starts the batch thread of `translator`; `label` names it in metrics and logs.
+    /// Starts the batch workers of `translator`; `label` names them in metrics and logs.
     pub fn start(
         translator: Arc<Translator>,
         options: BatcherOptions,
@@ -81,16 +84,43 @@ impl Batcher {
     ) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(options.max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
-        let loop_depth = Arc::clone(&depth);
-        let thread = std::thread::Builder::new()
-            .name(format!("batcher-{label}"))
-            .spawn(move || batch_loop(&translator, &rx, options, &loop_depth, &metrics, &label))
-            .context("starting a batcher thread")?;
+        let intake = Arc::new(Mutex::new(Intake { rx, carried: None }));
+        let workers = options.workers.max(1);
+        let threads_each = (rayon::current_num_threads() / workers).max(1);
+        let mut threads = Vec::with_capacity(workers);
+        for w in 0..workers {
+            // One worker searches on the global pool; several each get a pool of their
+            // own, so that two batches do not contend for the same threads.
+            let pool = match workers {
+                1 => None,
+                _ => Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads_each)
+                        .thread_name(move |i| format!("search-{w}-{i}"))
+                        .build()
+                        .context("starting a search thread pool")?,
+                ),
+            };
+            let worker = Worker {
+                translator: Arc::clone(&translator),
+                intake: Arc::clone(&intake),
+                options,
+                depth: Arc::clone(&depth),
+                metrics: Arc::clone(&metrics),
+                label: label.clone(),
+                pool,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("batcher-{label}-{w}"))
+                .spawn(move || worker.run())
+                .context("starting a batcher thread")?;
+            threads.push(thread);
+        }
         Ok(Self {
             tx: Some(tx),
             depth,
             max_queue: options.max_queue,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -139,41 +169,72 @@ impl Batcher {
 }
 
 impl Drop for Batcher {
-    /// Closing the channel ends the loop once it has translated what it holds.
+    /// Closing the channel ends the workers once they have translated what they hold.
     fn drop(&mut self) {
         self.tx = None;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn batch_loop(
-    translator: &Translator,
-    rx: &mpsc::Receiver<Job>,
+/// What the workers share: the queue's receiving end, and the sentence that did not fit
+/// the previous batch (it starts the next one, whichever worker gathers it).
+struct Intake {
+    rx: mpsc::Receiver<Job>,
+    carried: Option<(Job, usize)>,
+}
+
+struct Worker {
+    translator: Arc<Translator>,
+    intake: Arc<Mutex<Intake>>,
     options: BatcherOptions,
-    depth: &AtomicUsize,
-    metrics: &Metrics,
-    label: &str,
-) {
-    let tokens_of = |job: &Job| -> usize {
-        translator
+    depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    label: String,
+    /// The worker's own search threads (several workers), or `None`: the global pool.
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Worker {
+    fn run(&self) {
+        loop {
+            // One worker gathers at a time; it lets go of the queue before searching.
+            let batch = {
+                let Ok(mut intake) = self.intake.lock() else {
+                    return; // another worker panicked while gathering
+                };
+                match self.gather(&mut intake) {
+                    Some(batch) => batch,
+                    None => return, // every sender is gone: the server is shutting down
+                }
+            };
+            match &self.pool {
+                Some(pool) => pool.install(|| self.search(batch)),
+                None => self.search(batch),
+            }
+        }
+    }
+
+    fn tokens_of(&self, job: &Job) -> usize {
+        self.translator
             .source_tokenizer()
             .encode(job.sentence.trim())
             .map_or(1, |ids| ids.len().max(1))
-    };
-    let mut carried: Option<(Job, usize)> = None;
-    loop {
-        let first = match carried.take() {
+    }
+
+    /// The next batch: sentences up to the token budget, waiting at most `batch_wait`
+    /// after the first. `None` once the channel is closed and empty.
+    fn gather(&self, intake: &mut Intake) -> Option<Vec<(Job, usize)>> {
+        let (options, depth) = (&self.options, &*self.depth);
+        let first = match intake.carried.take() {
             Some(job) => job,
-            None => match rx.recv() {
-                Ok(job) => {
-                    depth.fetch_sub(1, Ordering::SeqCst);
-                    let t = tokens_of(&job);
-                    (job, t)
-                }
-                Err(_) => return, // every sender is gone: the server is shutting down
-            },
+            None => {
+                let job = intake.rx.recv().ok()?;
+                depth.fetch_sub(1, Ordering::SeqCst);
+                let t = self.tokens_of(&job);
+                (job, t)
+            }
         };
         let mut tokens = first.1;
         let mut batch = vec![first];
@@ -181,17 +242,17 @@ fn batch_loop(
         while tokens < options.max_batch_tokens {
             let left = deadline.saturating_duration_since(Instant::now());
             // Whatever is already queued joins at once, even after the deadline.
-            let next = match rx.try_recv() {
+            let next = match intake.rx.try_recv() {
                 Ok(job) => Ok(job),
                 Err(_) if left.is_zero() => break,
-                Err(_) => rx.recv_timeout(left),
+                Err(_) => intake.rx.recv_timeout(left),
             };
             match next {
                 Ok(job) => {
                     depth.fetch_sub(1, Ordering::SeqCst);
-                    let t = tokens_of(&job);
+                    let t = self.tokens_of(&job);
                     if tokens + t > options.max_batch_tokens {
-                        carried = Some((job, t));
+                        intake.carried = Some((job, t));
                         break;
                     }
                     tokens += t;
@@ -200,11 +261,18 @@ fn batch_loop(
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        metrics.set_queue_depth(label, depth.load(Ordering::SeqCst));
+        self.metrics
+            .set_queue_depth(&self.label, depth.load(Ordering::SeqCst));
+        Some(batch)
+    }
+
+    /// Searches one batch and answers its requests.
+    fn search(&self, mut batch: Vec<(Job, usize)>) {
+        let (translator, metrics, label) = (&*self.translator, &*self.metrics, &self.label);
         // Sentences whose request is gone (client closed, timed out) are not translated.
         batch.retain(|(job, _)| !job.reply.is_closed());
         if batch.is_empty() {
-            continue;
+            return;
         }
         let tokens: usize = batch.iter().map(|(_, t)| t).sum();
         // Alignments come from attention and change no translation: one sentence that
@@ -218,7 +286,7 @@ fn batch_loop(
             })
             .unzip();
         metrics.observe_batch(label, sentences.len(), tokens);
-        // A panic in the search must not take the model's only batch thread with it.
+        // A panic in the search must not take the model's batch worker with it.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if aligned {
                 translator.translate_aligned(&sentences, 1)
