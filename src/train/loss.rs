@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use multiversion::multiversion;
 
-use crate::model::fastmath::{lanes_fold, softmax_exp as exp};
+use crate::model::fastmath::{lanes_fold, softmax_exp as exp, LANES};
 use crate::model::lstm::shared::matmul_on_threads;
 use crate::model::OutputLayer;
 
@@ -119,11 +119,30 @@ fn row_stats(row: &[f32]) -> (f32, f32, f64) {
     (max, sum_exp, sum)
 }
 
-/// `row = s · (softmax(row) - every)` in place, from the row's max and `1 / Σ exp(x - max)`.
+/// `row = exp(row - max)` in place; returns the sum.
 #[multiversion(targets("x86_64+avx2+fma"))]
-fn grad_row_in_place(row: &mut [f32], max: f32, norm: f32, s: f32, every: f32) {
+fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(chunk.iter_mut()) {
+            *x = exp(*x - max);
+            *a += *x;
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(chunks.into_remainder()) {
+        *x = exp(*x - max);
+        *a += *x;
+    }
+    acc.iter().sum()
+}
+
+/// `row = s · (row · norm - every)` in place: from `exp(x - max)` and
+/// `norm = 1 / Σ exp(x - max)`, the smoothed loss's gradient `s · (softmax(x) - every)`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn grad_row_in_place(row: &mut [f32], norm: f32, s: f32, every: f32) {
     for x in row.iter_mut() {
-        *x = s * (exp(*x - max) * norm - every);
+        *x = s * (*x * norm - every);
     }
 }
 
@@ -350,8 +369,8 @@ struct Saved {
     rows: Vec<usize>,
     /// Those rows of `x`, packed `[rows, hidden]`.
     x: Vec<f32>,
-    /// (max, Σ exp(logit - max)) per packed row.
-    stats: Vec<(f32, f32)>,
+    /// Σ exp(logit - max) per packed row (the buffer holds the `exp(logit - max)`).
+    sums: Vec<f32>,
     /// All rows of `x`, hidden size, vocabulary.
     dims: (usize, usize, usize),
 }
@@ -405,18 +424,26 @@ impl CustomOp3 for FusedOutputLoss {
             (w, 1, h),
         );
         let c = self.coefficients;
-        let per_row: Vec<(f64, f64, (f32, f32))> = logits
+        // Each row keeps `exp(logit - max)`, which is all the backward pass needs.
+        let per_row: Vec<(f64, f64, f32)> = logits
             .par_chunks_mut(v.max(1))
             .with_min_len(ROWS_PER_TASK)
             .zip(rows.par_iter())
             .map(|(row, &i)| {
                 add_row(row, b);
-                let (max, sum_exp, sum) = row_stats(row);
-                let lse = max as f64 + (sum_exp as f64).ln();
+                let max = lanes_fold(row, f32::NEG_INFINITY, f32::max)
+                    .into_iter()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = lanes_fold(row, 0.0, |a, x| a + x)
+                    .iter()
+                    .map(|&x| x as f64)
+                    .sum();
                 let target = row[self.targets[i] as usize] as f64;
+                let sum_exp = exp_in_place(row, max);
+                let lse = max as f64 + (sum_exp as f64).ln();
                 let w = self.weights[i] as f64;
                 let loss = w * (lse - c.target * target - c.every * sum);
-                (loss, w * (lse - target), (max, sum_exp))
+                (loss, w * (lse - target), sum_exp)
             })
             .collect();
         let total: f64 = per_row.iter().map(|r| r.0).sum();
@@ -424,7 +451,7 @@ impl CustomOp3 for FusedOutputLoss {
         *self.saved.lock().expect("saved lock") = Some(Saved {
             rows,
             x: packed,
-            stats: per_row.into_iter().map(|r| r.2).collect(),
+            sums: per_row.into_iter().map(|r| r.2).collect(),
             dims: (n, h, v),
         });
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
@@ -452,17 +479,12 @@ impl CustomOp3 for FusedOutputLoss {
         let part = r.div_ceil(threads().max(1)).max(1);
         let db = g
             .par_chunks_mut(part * v.max(1))
-            .zip(
-                saved
-                    .rows
-                    .par_chunks(part)
-                    .zip(saved.stats.par_chunks(part)),
-            )
-            .map(|(block, (rows, stats))| {
+            .zip(saved.rows.par_chunks(part).zip(saved.sums.par_chunks(part)))
+            .map(|(block, (rows, sums))| {
                 let mut db = vec![0f32; v];
-                for ((row, &i), &(max, sum_exp)) in block.chunks_mut(v).zip(rows).zip(stats) {
+                for ((row, &i), &sum_exp) in block.chunks_mut(v).zip(rows).zip(sums) {
                     let s = scale * self.weights[i];
-                    grad_row_in_place(row, max, 1.0 / sum_exp, s, c.every as f32);
+                    grad_row_in_place(row, 1.0 / sum_exp, s, c.every as f32);
                     row[self.targets[i] as usize] -= s * c.target as f32;
                     add_row(&mut db, row);
                 }
