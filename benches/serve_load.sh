@@ -114,7 +114,7 @@ load() {
 
 # shellcheck disable=SC2086 # BATCHED_FLAGS is a list of flags
 start_server batched ${BATCHED_FLAGS:-}
-start_server single --max-batch-tokens 1
+start_server single --max-batch-tokens 1 --batch-workers 1
 
 printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | batched / one-at-a-time | batched / offline |\n'
 printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'

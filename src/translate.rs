@@ -290,6 +290,11 @@ impl Translator {
         &self.search
     }
 
+    /// The device the search runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn source_tokenizer(&self) -> &SubwordModel {
         &self.source
     }

@@ -61,8 +61,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = D.batcher.batch_wait.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub batch_wait_ms: u64,
     /// Batches searched at once per model, each on its share of `--threads`: one
-    /// gathers the next batch while the others search (1..=64).
-    #[arg(long, default_value_t = D.batcher.workers as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// gathers the next batch while the others search (0: one per thread on the CPU,
+    /// one on a GPU; 0..=64).
+    #[arg(long, default_value_t = D.batcher.workers as u64, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub batch_workers: u64,
     /// Beam size (1..=64).
     #[arg(short = 'b', long, default_value_t = TranslateOptions::DEFAULT.beam as u64, value_parser = clap::value_parser!(u64).range(1..=64))]

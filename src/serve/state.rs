@@ -56,7 +56,7 @@ impl ServeOptions {
             max_batch_tokens: 1024,
             batch_wait: Duration::from_millis(5),
             max_queue: 4096,
-            workers: 1,
+            workers: 0,
         },
         request_timeout: Duration::from_secs(60),
         header_timeout: Duration::from_secs(10),
