@@ -12,6 +12,8 @@
 //! the server).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
@@ -56,6 +58,9 @@ pub struct TranslateOptions {
     pub max_input_len: usize,
     /// Sentences decoded together in one batch.
     pub batch_size: usize,
+    /// Batches searched at once, each on `threads / batch_workers` threads of its own
+    /// (0: one single-threaded worker per thread on the CPU, one on a GPU).
+    pub batch_workers: usize,
     /// Score only a lexical shortlist of this size (needs MODEL/shortlist.safetensors).
     pub shortlist: Option<ShortlistSize>,
     /// Hard alignments from attention, in these units.
@@ -81,6 +86,7 @@ impl TranslateOptions {
         max_len_b: None,
         max_input_len: 250,
         batch_size: 32,
+        batch_workers: 0,
         shortlist: None,
         alignments: None,
         keep_attention: false,
@@ -117,6 +123,8 @@ pub struct Translator {
     search: SearchConfig,
     max_input_len: usize,
     batch_size: usize,
+    /// Batches searched at once ([`TranslateOptions::batch_workers`], resolved).
+    batch_workers: usize,
     alignments: Option<AlignUnit>,
     /// Search over a lexical shortlist (see [`crate::search::shortlist`]).
     shortlist: Option<(Shortlist, ShortlistSize)>,
@@ -233,6 +241,11 @@ impl Translator {
             search,
             max_input_len: options.max_input_len,
             batch_size: options.batch_size,
+            batch_workers: match (options.batch_workers, device.is_cpu()) {
+                (0, true) => rayon::current_num_threads(),
+                (0, false) => 1,
+                (n, _) => n,
+            },
             alignments: options.alignments,
             shortlist,
             split: SplitOptions {
@@ -372,15 +385,26 @@ impl Translator {
         if let Some((list, size)) = &self.shortlist {
             ens = ens.with_shortlist(list, *size);
         }
-        let mut done: Vec<Option<Translation>> = vec![None; parts.len()];
-        for batch in order.chunks(self.batch_size) {
+        let search = |batch: &[usize]| -> Result<Vec<(usize, Translation)>> {
             let sources: Vec<Vec<u32>> = batch.iter().map(|&i| parts[i].ids.clone()).collect();
             let prefixes: Vec<Vec<u32>> = batch.iter().map(|&i| parts[i].prefix.clone()).collect();
             let results =
                 search_with_prefixes(&ens, &sources, &prefixes, &search_config, &self.device)?;
-            for ((&i, src), nbest) in batch.iter().zip(&sources).zip(results) {
-                done[i] = Some(self.finish(src, nbest, self.alignments)?);
-            }
+            batch
+                .iter()
+                .zip(&sources)
+                .zip(results)
+                .map(|((&i, src), nbest)| Ok((i, self.finish(src, nbest, self.alignments)?)))
+                .collect()
+        };
+        let batches: Vec<&[usize]> = order.chunks(self.batch_size).collect();
+        let mut done: Vec<Option<Translation>> = vec![None; parts.len()];
+        for (i, t) in self
+            .search_batches(&batches, &search)?
+            .into_iter()
+            .flatten()
+        {
+            done[i] = Some(t);
         }
         // The parts of each segment, in order, joined again.
         let mut per_segment: Vec<Vec<Translation>> = vec![Vec::new(); segments.len()];
@@ -391,6 +415,70 @@ impl Translator {
             .into_iter()
             .map(|p| join_translations(p, " ", self.alignments))
             .collect())
+    }
+
+    /// `search` over every batch, results in the batches' order. With several workers (on
+    /// the CPU) that many batches are searched at once, each worker on a thread pool of
+    /// its own (`threads / workers` threads), taking the next batch when it is done, as
+    /// Marian runs one translation per CPU thread: a batch runs faster on one thread than
+    /// split over two (`rnmt translate --batch-workers 1` vs the default, README). The
+    /// translations are the same either way: a batch's search does not depend on how many
+    /// threads run it.
+    fn search_batches<T: Send>(
+        &self,
+        batches: &[&[usize]],
+        search: &(dyn Fn(&[usize]) -> Result<T> + Sync),
+    ) -> Result<Vec<T>> {
+        let workers = self.batch_workers.min(batches.len());
+        if workers <= 1 {
+            return batches.iter().map(|b| search(b)).collect();
+        }
+        let threads_each = (rayon::current_num_threads() / workers).max(1);
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<Result<T>>>> =
+            batches.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads_each)
+                            .build()
+                            .context("starting a search thread pool")?;
+                        pool.install(|| loop {
+                            let b = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(batch) = batches.get(b) else { break };
+                            let result = search(batch);
+                            let failed = result.is_err();
+                            *slots[b].lock().expect("no worker panics holding a slot") =
+                                Some(result);
+                            if failed {
+                                // The others take no new batch: the call fails anyway.
+                                next.store(batches.len(), Ordering::SeqCst);
+                            }
+                        });
+                        Ok(())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a search worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        // Batches are taken in order, so the first one without a result comes after the
+        // first failure, which is returned before it.
+        slots
+            .into_iter()
+            .map(
+                |slot| match slot.into_inner().expect("no worker panics holding a slot") {
+                    Some(result) => result,
+                    None => bail!("a batch was not searched"),
+                },
+            )
+            .collect()
     }
 
     /// Translates `lines`, each cut into its sentences first (unless the options say

@@ -121,6 +121,10 @@ pub struct TranslateArgs {
     /// Sentences decoded together in one batch.
     #[arg(long, default_value_t = TranslateOptions::DEFAULT.batch_size, value_name = "S")]
     pub batch_size: usize,
+    /// Batches searched at once, each on its share of `--threads` (0: one per thread on
+    /// the CPU, one on a GPU; 0..=64).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub batch_workers: u64,
     /// Compute the output layer and the recurrent layers' products in int8 (weights per
     /// row, activations per row and step, i32 sums): 1.7-3x faster on the CPU, and results
     /// may differ from f32 search.
@@ -267,6 +271,7 @@ impl TranslateArgs {
             max_len_b: self.max_len_b,
             max_input_len: self.max_input_len,
             batch_size: self.batch_size,
+            batch_workers: self.batch_workers as usize,
             shortlist: self.shortlist.then_some(self.shortlist_size),
             alignments: self.alignments.then_some(self.align_unit.into()),
             keep_attention: self.attention_plot.is_some(),
