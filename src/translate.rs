@@ -461,10 +461,11 @@ impl Translator {
                     })
                 })
                 .collect();
-            for handle in handles {
-                handle
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a search worker panicked"))??;
+            // Every worker is joined before any error is returned: the scope would panic
+            // on a panicked worker left unjoined.
+            let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+            for result in joined {
+                result.map_err(|_| anyhow::anyhow!("a search worker panicked"))??;
             }
             Ok(())
         })?;

@@ -219,7 +219,11 @@ impl Worker {
             // One worker gathers at a time; it lets go of the queue before searching.
             let batch = {
                 let Ok(mut intake) = self.intake.lock() else {
-                    return; // another worker panicked while gathering
+                    tracing::error!(
+                        model = self.label,
+                        "the batch queue is unusable: a worker panicked while gathering"
+                    );
+                    return;
                 };
                 match self.gather(&mut intake) {
                     Some(batch) => batch,
