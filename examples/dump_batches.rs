@@ -37,7 +37,7 @@ use rnmt::batch::{Batch, TokenBatcher};
 use rnmt::model::{init_weights, save_model, Seq2Seq};
 use rnmt::prepare::PreparedData;
 use rnmt::train::config::TrainConfig;
-use rnmt::train::loss::LabelSmoothedLoss;
+use rnmt::train::loss::OutputLoss;
 use rnmt::train::optim::{clip_scale, global_grad_norm, Adam};
 use rnmt::train::schedule::Schedule;
 use serde_json::json;
@@ -185,19 +185,19 @@ fn reference_steps(
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let vars: Vec<candle_core::Var> = named.iter().map(|(_, v)| v.clone()).collect();
     let mut adam = Adam::new(named, cfg.adam_params())?;
-    let loss_fn = LabelSmoothedLoss::new(cfg.label_smoothing);
-    let nll_fn = LabelSmoothedLoss::new(0.0);
+    // The trainer's own loss path: the output layer fused with the loss.
+    let loss_fn = OutputLoss::new(cfg.label_smoothing);
     let mut records = Vec::new();
     for (step, batch) in batches.iter().cycle().take(steps).enumerate() {
         let t = batch.to_tensors(&device)?;
-        let logits = model.forward(&t, None)?;
-        let (sum, tokens) = loss_fn.forward(&logits, &t.tgt_out, &t.tgt_mask)?;
-        let objective = (sum / tokens.max(1) as f64)?;
+        let features = model.forward_features(&t, None)?;
+        let sums = loss_fn.forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
+        let tokens = sums.tokens;
+        let objective = (sums.sum / tokens.max(1) as f64)?;
         let grads = objective.backward()?;
         let norm = global_grad_norm(&grads, &vars)?;
-        let (nll, _) = nll_fn.forward(&logits.detach(), &t.tgt_out, &t.tgt_mask)?;
         let loss = objective.to_scalar::<f32>()? as f64;
-        let nll = nll.to_scalar::<f32>()? as f64 / tokens.max(1) as f64;
+        let nll = sums.nll / tokens.max(1) as f64;
         eprintln!("step {step}: loss {loss:.6} nll {nll:.6} grad_norm {norm:.6}");
         records.push(
             json!({"step": step, "loss": loss, "nll": nll, "grad_norm": norm, "tokens": tokens}),

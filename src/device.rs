@@ -67,6 +67,36 @@ pub fn set_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// How many batches search runs at once on `device` when `requested` (0: the default) is
+/// asked for: on the CPU one single-threaded worker per search thread, as Marian's CPU
+/// decoding runs one translation per thread (a batch of beam search runs faster on one
+/// thread than split over two); on a GPU one.
+pub fn batch_workers(requested: usize, device: &candle_core::Device) -> usize {
+    match (requested, device.is_cpu()) {
+        (0, true) => rayon::current_num_threads(),
+        (0, false) => 1,
+        (n, _) => n,
+    }
+}
+
+/// One rayon pool per batch worker, the search threads shared out between them, so that
+/// batches searched at once do not contend for the same threads (each worker runs its
+/// search inside its pool: the fused kernels and gemm split work over the pool they run
+/// in). Thread `i` of pool `w` is named `{name}-{w}-{i}`.
+pub fn worker_pools(workers: usize, name: &str) -> Result<Vec<rayon::ThreadPool>> {
+    let threads_each = (rayon::current_num_threads() / workers.max(1)).max(1);
+    (0..workers)
+        .map(|w| {
+            let name = name.to_string();
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads_each)
+                .thread_name(move |i| format!("{name}-{w}-{i}"))
+                .build()
+                .context("starting a search thread pool")
+        })
+        .collect()
+}
+
 /// More threads than this only adds scheduling overhead on any machine rnmt targets; a
 /// typo such as `--threads 10000` would otherwise spawn them all and stall.
 pub const MAX_THREADS: usize = 256;

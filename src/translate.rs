@@ -241,11 +241,7 @@ impl Translator {
             search,
             max_input_len: options.max_input_len,
             batch_size: options.batch_size,
-            batch_workers: match (options.batch_workers, device.is_cpu()) {
-                (0, true) => rayon::current_num_threads(),
-                (0, false) => 1,
-                (n, _) => n,
-            },
+            batch_workers: crate::device::batch_workers(options.batch_workers, device),
             alignments: options.alignments,
             shortlist,
             split: SplitOptions {
@@ -433,18 +429,15 @@ impl Translator {
         if workers <= 1 {
             return batches.iter().map(|b| search(b)).collect();
         }
-        let threads_each = (rayon::current_num_threads() / workers).max(1);
+        let pools = crate::device::worker_pools(workers, "search")?;
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<Result<T>>>> =
             batches.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| -> Result<()> {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
+            let handles: Vec<_> = pools
+                .iter()
+                .map(|pool| {
                     scope.spawn(|| -> Result<()> {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads_each)
-                            .build()
-                            .context("starting a search thread pool")?;
                         pool.install(|| loop {
                             let b = next.fetch_add(1, Ordering::SeqCst);
                             let Some(batch) = batches.get(b) else { break };

@@ -31,24 +31,11 @@ pub struct BatcherOptions {
     /// Sentences waiting for a batch; a request that would exceed it is refused.
     pub max_queue: usize,
     /// Batches searched at once, each on `threads / workers` of the search threads; 0: one
-    /// per search thread on the CPU, one on a GPU ([`BatcherOptions::workers_on`]).
+    /// per search thread on the CPU, one on a GPU ([`crate::device::batch_workers`]).
+    /// Here one worker also gathers the next batch while the others search. Measured with
+    /// `benches/serve_load.sh` on 2 cores: at 32 clients 253–264 sentences/s against
+    /// 190–191 with one two-threaded worker; one client alone 21 ms p50 against 27–32 ms.
     pub workers: usize,
-}
-
-impl BatcherOptions {
-    /// The workers to start on `device`. On the CPU the default is one single-threaded
-    /// worker per search thread, as Marian's server runs one translation per CPU thread:
-    /// a batch of one sentence runs faster on one thread than split over two, and one
-    /// worker gathers while the others search. Measured with `benches/serve_load.sh` on 2
-    /// cores: at 32 clients 253–264 sentences/s against 190–191 with one two-threaded
-    /// worker; one client alone 21 ms p50 against 27–32 ms.
-    pub fn workers_on(&self, device: &candle_core::Device) -> usize {
-        match (self.workers, device.is_cpu()) {
-            (0, true) => rayon::current_num_threads(),
-            (0, false) => 1,
-            (n, _) => n,
-        }
-    }
 }
 
 /// A sentence's translation, or why there is none.
@@ -102,22 +89,17 @@ impl Batcher {
         let (tx, rx) = mpsc::sync_channel(options.max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
         let intake = Arc::new(Mutex::new(Intake { rx, carried: None }));
-        let workers = options.workers_on(translator.device()).max(1);
-        let threads_each = (rayon::current_num_threads() / workers).max(1);
+        let workers = crate::device::batch_workers(options.workers, translator.device()).max(1);
+        // One worker searches on the global pool; several each get a pool of their own.
+        let pools: Vec<Option<rayon::ThreadPool>> = match workers {
+            1 => vec![None],
+            _ => crate::device::worker_pools(workers, &format!("search-{label}"))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
         let mut threads = Vec::with_capacity(workers);
-        for w in 0..workers {
-            // One worker searches on the global pool; several each get a pool of their
-            // own, so that two batches do not contend for the same threads.
-            let pool = match workers {
-                1 => None,
-                _ => Some(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads_each)
-                        .thread_name(move |i| format!("search-{w}-{i}"))
-                        .build()
-                        .context("starting a search thread pool")?,
-                ),
-            };
+        for (w, pool) in pools.into_iter().enumerate() {
             let worker = Worker {
                 translator: Arc::clone(&translator),
                 intake: Arc::clone(&intake),
