@@ -9,7 +9,8 @@
 # (default configs/multi30k-de-en.toml) and optionally `prepare=ARG,ARG,…`, extra
 # `rnmt prepare` arguments (e.g. prepare=--model-type,unigram) for a variant with other
 # subwords. `#` starts a comment. Every variant trains on one thread; PARALLEL=2 trains two
-# at a time, each pinned to a core of its own (PARALLEL=1 when the other core is busy).
+# at a time, each pinned to a core of its own (PARALLEL=1 when the other core is busy;
+# CORE picks its core).
 #
 # The validation set is split in two: training validates (greedy BLEU, checkpoint
 # selection) and, at its end, tunes α and β on the first VALID_TUNE lines (the trainer's
@@ -20,7 +21,7 @@
 #
 # Environment: RNMT_CORPORA, CONFIG, PAIR (default multi30k de en: corpus folder, source
 # and target language), WORK (default target/recipe_search), PARALLEL (1 or 2, default
-# 1), VALID_TUNE (500), VOCAB (8000).
+# 1), CORE (the core of PARALLEL=1, default 0), VALID_TUNE (500), VOCAB (8000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=${1:-}
@@ -115,7 +116,10 @@ while read -r name rest; do
   pending+=("$name ${rest%%#*}")
 done < "$variants"
 
-core=0
+first_core=${CORE:-0}
+case "$first_core" in '' | *[!0-9]*) echo "CORE must be a core number, got $first_core" >&2 && exit 2 ;; esac
+[ "$parallel" = 2 ] && first_core=0
+core=$first_core
 for entry in "${pending[@]}"; do
   # shellcheck disable=SC2086 # the variant's words are its arguments
   run_variant "$core" $entry &
@@ -124,7 +128,7 @@ for entry in "${pending[@]}"; do
     continue
   fi
   wait
-  core=0
+  core=$first_core
 done
 wait
 

@@ -1,5 +1,6 @@
-//! Data-parallel `rnmt train` under `mpirun` (the `mpi` feature) on a real Multi30k
-//! slice: two ranks train the same model as one process, a dead or hung rank ends the
+//! Data-parallel `rnmt train` on a real Multi30k slice. Inside one process, batch
+//! workers on threads train the same model as one worker. Under `mpirun` (the `mpi`
+//! feature): two ranks train the same model as one process, a dead or hung rank ends the
 //! run with an error instead of a hang, a run resumes with another rank count, and ranks
 //! that disagree on the config refuse to start. The default build is checked to refuse
 //! a launcher's ranks.
@@ -21,6 +22,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use rnmt::train::log::{read_metrics, Record};
+use std::path::PathBuf;
 
 /// `rnmt train` arguments for the run folder `run`, then `extra`.
 fn train_args(cfg: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
@@ -63,67 +66,234 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// A Multi30k slice prepared once per test binary: 2,000 training pairs, 100 dev pairs,
+/// 1,000 subwords.
+fn prepared(corpora: &Path) -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        multi30k_slice(corpora, dir.path(), "train", "train", 2000);
+        multi30k_slice(corpora, dir.path(), "val", "val", 100);
+        let data = dir.path().join("data");
+        let out = prepare(
+            &dir.path().join("train"),
+            Some(&dir.path().join("val")),
+            1000,
+            &data,
+        );
+        assert!(out.status.success(), "prepare: {}", stderr(&out));
+        dir
+    })
+    .path()
+}
+
+/// A small 2+2-layer model, no dropout (dropout masks are drawn per rank), a checkpoint
+/// every 4 steps.
+fn config(dir: &Path, data: &Path) -> PathBuf {
+    write(
+        dir,
+        "dp.toml",
+        format!(
+            "data = {:?}\n{}",
+            data.join("data").to_str().unwrap(),
+            r#"
+seed = 5
+max_tokens = 800
+max_steps = 8
+max_epochs = 0
+lr = 0.003
+schedule = "inverse_sqrt"
+warmup_steps = 2
+valid_every = 4
+valid_max_sentences = 16
+keep_last = 4
+threads = 1
+tune_search = false
+
+[model]
+embedding_size = 32
+hidden_size = 32
+encoder_layers = 2
+decoder_layers = 2
+dropout = 0.0
+"#
+        )
+        .as_bytes(),
+    )
+}
+
+/// A temporary folder holding the test's config (`None`: no corpora here).
+fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
+    let corpora = corpora_dir_for_tests()?;
+    let data = prepared(&corpora);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), data);
+    Some((tmp, cfg))
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        stderr(out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+struct Step {
+    step: u64,
+    loss: f64,
+    grad_norm: f64,
+    tokens: usize,
+}
+
+fn train_steps(run: &Path) -> Vec<Step> {
+    read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Train {
+                step,
+                loss,
+                grad_norm,
+                target_tokens,
+                ..
+            } => Some(Step {
+                step,
+                loss,
+                grad_norm,
+                tokens: target_tokens,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// Same steps, same batches (token counts), losses and norms within the tolerance.
+fn assert_same_steps(a: &[Step], b: &[Step]) {
+    assert_eq!(
+        a.iter().map(|s| s.step).collect::<Vec<_>>(),
+        b.iter().map(|s| s.step).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.tokens, y.tokens, "step {}: another batch", x.step);
+        assert!(
+            close(x.loss, y.loss, 1e-5),
+            "step {}: loss {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+        assert!(
+            close(x.grad_norm, y.grad_norm, 1e-5),
+            "step {}: gradient norm {} vs {}",
+            x.step,
+            x.grad_norm,
+            y.grad_norm
+        );
+    }
+}
+
+/// The largest absolute difference between two checkpoints' weights (same names).
+fn weight_gap(a: &Path, b: &Path) -> f64 {
+    let dev = candle_core::Device::Cpu;
+    let wa = candle_core::safetensors::load(a.join("model.safetensors"), &dev).unwrap();
+    let wb = candle_core::safetensors::load(b.join("model.safetensors"), &dev).unwrap();
+    assert_eq!(wa.len(), wb.len());
+    let mut gap = 0f64;
+    for (name, ta) in &wa {
+        let tb = &wb[name];
+        let d = (ta.to_dtype(candle_core::DType::F64).unwrap()
+            - tb.to_dtype(candle_core::DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+        gap = gap.max(d);
+    }
+    gap
+}
+
+fn checkpoint(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step}"))
+}
+
+/// One process's run of the config: the reference.
+fn reference(cfg: &Path, run: &Path) {
+    let out = run_bounded(
+        rnmt().args(train_args(cfg, run, &[])),
+        Duration::from_secs(120),
+    );
+    ok(&out, "one process");
+}
+
+/// Batch workers split each batch inside one process, on threads: two train the same
+/// model as one (the tolerance above holds for the same reason: each worker sums its
+/// part, then the parts are added), and a run continues with another worker count.
+#[test]
+fn two_batch_workers_train_the_same_model_as_one() {
+    let Some((tmp, cfg)) = setup() else {
+        return;
+    };
+    let one = tmp.path().join("one");
+    reference(&cfg, &one);
+    let reference_steps = train_steps(&one);
+    assert_eq!(reference_steps.len(), 8);
+    // The losses move: identical numbers would also come from a broken update.
+    assert!(reference_steps[7].loss < reference_steps[0].loss);
+
+    let two = tmp.path().join("two");
+    let out = run_bounded(
+        rnmt().args(train_args(&cfg, &two, &["--set", "batch_workers=2"])),
+        Duration::from_secs(120),
+    );
+    ok(&out, "two workers");
+    let e = stderr(&out);
+    assert!(e.contains("each batch split over 2 workers"), "{e}");
+    assert_same_steps(&reference_steps, &train_steps(&two));
+    for step in [4, 8] {
+        let gap = weight_gap(&checkpoint(&one, step), &checkpoint(&two, step));
+        assert!(gap <= 1e-5, "step {step}: weights differ by {gap}");
+    }
+
+    // One worker for 4 steps, then three to step 8.
+    let mixed = tmp.path().join("one-then-three");
+    let out = run_bounded(
+        rnmt().args(train_args(&cfg, &mixed, &["--set", "max_steps=4"])),
+        Duration::from_secs(120),
+    );
+    ok(&out, "one worker, 4 steps");
+    let out = run_bounded(
+        rnmt().args([
+            "train",
+            "--resume",
+            mixed.to_str().unwrap(),
+            "--set",
+            "max_steps=8",
+            "--set",
+            "batch_workers=3",
+        ]),
+        Duration::from_secs(120),
+    );
+    ok(&out, "three workers, resumed to step 8");
+    assert_same_steps(&reference_steps, &train_steps(&mixed));
+    let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&mixed, 8));
+    assert!(
+        gap <= 1e-5,
+        "one then three workers: weights differ by {gap}"
+    );
+}
+
 #[cfg(feature = "mpi")]
 mod under_mpirun {
     use super::*;
-    use rnmt::train::log::{read_metrics, Record};
-    use std::path::PathBuf;
-
-    /// A Multi30k slice prepared once per test binary: 2,000 training pairs, 100 dev pairs,
-    /// 1,000 subwords.
-    fn prepared(corpora: &Path) -> &'static Path {
-        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-        DIR.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            multi30k_slice(corpora, dir.path(), "train", "train", 2000);
-            multi30k_slice(corpora, dir.path(), "val", "val", 100);
-            let data = dir.path().join("data");
-            let out = prepare(
-                &dir.path().join("train"),
-                Some(&dir.path().join("val")),
-                1000,
-                &data,
-            );
-            assert!(out.status.success(), "prepare: {}", stderr(&out));
-            dir
-        })
-        .path()
-    }
-
-    /// A small 2+2-layer model, no dropout (dropout masks are drawn per rank), a checkpoint
-    /// every 4 steps.
-    fn config(dir: &Path, data: &Path) -> PathBuf {
-        write(
-            dir,
-            "dp.toml",
-            format!(
-                "data = {:?}\n{}",
-                data.join("data").to_str().unwrap(),
-                r#"
-    seed = 5
-    max_tokens = 800
-    max_steps = 8
-    max_epochs = 0
-    lr = 0.003
-    schedule = "inverse_sqrt"
-    warmup_steps = 2
-    valid_every = 4
-    valid_max_sentences = 16
-    keep_last = 4
-    threads = 1
-    tune_search = false
-
-    [model]
-    embedding_size = 32
-    hidden_size = 32
-    encoder_layers = 2
-    decoder_layers = 2
-    dropout = 0.0
-    "#
-            )
-            .as_bytes(),
-        )
-    }
 
     /// `mpirun` with one app context per entry of `ranks` (MPMD: each its own
     /// arguments and environment), as root if need be, any core count.
@@ -148,15 +318,6 @@ mod under_mpirun {
         cmd
     }
 
-    /// A temporary folder holding the test's config (`None`: no corpora here).
-    fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-        let corpora = corpora_dir_for_tests()?;
-        let data = prepared(&corpora);
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), data);
-        Some((tmp, cfg))
-    }
-
     /// The job failed, its stderr says `needle`, and it ended in well under the
     /// test's bound (by an abort, not a kill).
     fn failed_saying(out: &Output, needle: &str, started: Instant) {
@@ -168,109 +329,6 @@ mod under_mpirun {
 
     fn two_ranks(args: Vec<String>) -> Command {
         mpirun(&[(vec![], args.clone()), (vec![], args)])
-    }
-
-    fn ok(out: &Output, what: &str) {
-        assert!(
-            out.status.success(),
-            "{what}: {}\n{}",
-            stderr(out),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-
-    struct Step {
-        step: u64,
-        loss: f64,
-        grad_norm: f64,
-        tokens: usize,
-    }
-
-    fn train_steps(run: &Path) -> Vec<Step> {
-        read_metrics(&run.join("metrics.jsonl"))
-            .unwrap()
-            .into_iter()
-            .filter_map(|r| match r {
-                Record::Train {
-                    step,
-                    loss,
-                    grad_norm,
-                    target_tokens,
-                    ..
-                } => Some(Step {
-                    step,
-                    loss,
-                    grad_norm,
-                    tokens: target_tokens,
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn close(a: f64, b: f64, rel: f64) -> bool {
-        (a - b).abs() <= rel * a.abs().max(b.abs())
-    }
-
-    /// Same steps, same batches (token counts), losses and norms within the tolerance.
-    fn assert_same_steps(a: &[Step], b: &[Step]) {
-        assert_eq!(
-            a.iter().map(|s| s.step).collect::<Vec<_>>(),
-            b.iter().map(|s| s.step).collect::<Vec<_>>()
-        );
-        for (x, y) in a.iter().zip(b) {
-            assert_eq!(x.tokens, y.tokens, "step {}: another batch", x.step);
-            assert!(
-                close(x.loss, y.loss, 1e-5),
-                "step {}: loss {} vs {}",
-                x.step,
-                x.loss,
-                y.loss
-            );
-            assert!(
-                close(x.grad_norm, y.grad_norm, 1e-5),
-                "step {}: gradient norm {} vs {}",
-                x.step,
-                x.grad_norm,
-                y.grad_norm
-            );
-        }
-    }
-
-    /// The largest absolute difference between two checkpoints' weights (same names).
-    fn weight_gap(a: &Path, b: &Path) -> f64 {
-        let dev = candle_core::Device::Cpu;
-        let wa = candle_core::safetensors::load(a.join("model.safetensors"), &dev).unwrap();
-        let wb = candle_core::safetensors::load(b.join("model.safetensors"), &dev).unwrap();
-        assert_eq!(wa.len(), wb.len());
-        let mut gap = 0f64;
-        for (name, ta) in &wa {
-            let tb = &wb[name];
-            let d = (ta.to_dtype(candle_core::DType::F64).unwrap()
-                - tb.to_dtype(candle_core::DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-            gap = gap.max(d);
-        }
-        gap
-    }
-
-    fn checkpoint(run: &Path, step: u64) -> PathBuf {
-        run.join("checkpoints").join(format!("step-{step}"))
-    }
-
-    /// One process's run of the config: the reference.
-    fn reference(cfg: &Path, run: &Path) {
-        let out = run_bounded(
-            rnmt().args(train_args(cfg, run, &[])),
-            Duration::from_secs(120),
-        );
-        ok(&out, "one process");
     }
 
     #[test]

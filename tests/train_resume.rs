@@ -49,12 +49,13 @@ fn words(ids: &[u32]) -> String {
 }
 
 fn config(run_dir: &Path, max_steps: u64) -> TrainConfig {
-    config_with(run_dir, max_steps, Cell::Lstm)
+    config_with(run_dir, max_steps, Cell::Lstm, 1)
 }
 
-fn config_with(run_dir: &Path, max_steps: u64, cell: Cell) -> TrainConfig {
+fn config_with(run_dir: &Path, max_steps: u64, cell: Cell, batch_workers: usize) -> TrainConfig {
     TrainConfig {
         run_dir: run_dir.to_path_buf(),
+        batch_workers,
         seed: 3,
         max_tokens: 60,
         max_steps,
@@ -121,16 +122,23 @@ fn comparable(run_dir: &Path) -> Vec<String> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
-    resumed_equals_uninterrupted(Cell::Lstm)
+    resumed_equals_uninterrupted(Cell::Lstm, 1)
+}
+
+/// Each batch worker draws its dropout masks from a stream of its own: resuming must
+/// restore those too.
+#[test]
+fn resumed_run_of_two_batch_workers_equals_uninterrupted_run() -> anyhow::Result<()> {
+    resumed_equals_uninterrupted(Cell::Lstm, 2)
 }
 
 #[test]
 fn resumed_gru_run_equals_uninterrupted_run() -> anyhow::Result<()> {
-    resumed_equals_uninterrupted(Cell::Gru)
+    resumed_equals_uninterrupted(Cell::Gru, 1)
 }
 
-fn resumed_equals_uninterrupted(cell: Cell) -> anyhow::Result<()> {
-    let config = |run: &Path, n: u64| config_with(run, n, cell);
+fn resumed_equals_uninterrupted(cell: Cell, batch_workers: usize) -> anyhow::Result<()> {
+    let config = |run: &Path, n: u64| config_with(run, n, cell, batch_workers);
     let tmp = tempfile::tempdir()?;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let data = data();

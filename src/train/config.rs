@@ -42,6 +42,13 @@ pub struct TrainConfig {
     pub device: String,
     /// CPU threads for rayon and candle's matmul (gemm); 0 = one per physical core.
     pub threads: usize,
+    /// How many parts each batch is split into, each part's gradient computed by a
+    /// worker on threads of its own and the parts' gradients summed: data parallelism
+    /// inside one process, as Marian trains on CPU threads (two half batches on one
+    /// thread each run faster than one batch on two threads). 0 = one worker per thread
+    /// on the CPU, one on a GPU. The sum is the batch's gradient up to float summation
+    /// order; each part draws its own dropout masks.
+    pub batch_workers: usize,
 
     /// Token budget of a batch: rows × longest side (source or target).
     pub max_tokens: usize,
@@ -120,6 +127,7 @@ impl Default for TrainConfig {
             seed: 1,
             device: "cpu".into(),
             threads: 0,
+            batch_workers: 0,
             max_tokens: 4096,
             max_steps: 0,
             max_epochs: 10,
@@ -221,6 +229,13 @@ impl TrainConfig {
         }
         if self.max_minutes.is_nan() || self.max_minutes < 0.0 {
             bail!("max_minutes = {}: must be >= 0", self.max_minutes);
+        }
+        if self.batch_workers > crate::device::MAX_THREADS {
+            bail!(
+                "batch_workers = {}: at most {} (0 = one per thread)",
+                self.batch_workers,
+                crate::device::MAX_THREADS
+            );
         }
         if !(1.0..=86_400.0).contains(&self.collective_timeout_s) {
             bail!(

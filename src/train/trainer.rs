@@ -17,15 +17,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
-use crate::dist::{Collective, SingleProcess};
+use crate::dist::{balanced_shards, Collective, SingleProcess};
 use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
 use crate::model::{init_weights, save_model, Model, Task};
@@ -113,6 +114,45 @@ struct StepGradients {
     /// Cross-entropy per target token (what perplexity is made of).
     nll: f64,
     tokens: usize,
+}
+
+/// One part of a batch: the gradient of its scaled summed loss, and its loss sums.
+struct PartGradients {
+    grads: GradStore,
+    /// Summed training objective (label-smoothed) of the part's target tokens.
+    sum: f64,
+    /// Summed cross-entropy of the part's target tokens.
+    nll: f64,
+}
+
+/// What computes one part of each batch: threads of its own (none: the caller's) and
+/// an output loss of its own (it keeps buffers between steps).
+struct BatchWorker {
+    pool: Option<rayon::ThreadPool>,
+    loss: OutputLoss,
+}
+
+/// The gradient of `scale` × the summed loss of the pairs `indices`, dropout masks
+/// drawn from `rng`.
+fn part_gradients(
+    model: &Model,
+    device: &Device,
+    pairs: &[EncodedPair],
+    indices: &[usize],
+    scale: f64,
+    rng: &mut ChaCha8Rng,
+    loss_fn: &OutputLoss,
+) -> Result<PartGradients> {
+    let t = Batch::new(pairs, indices).to_tensors(device)?;
+    let features = model.forward_features(&t, Some(rng))?;
+    let batch = loss_fn.forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
+    let objective = (&batch.sum * scale)?;
+    let grads = objective.backward()?;
+    Ok(PartGradients {
+        grads,
+        sum: batch.sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        nll: batch.nll,
+    })
 }
 
 impl Trainer {
@@ -297,32 +337,37 @@ impl Trainer {
     }
 
     /// The gradients of the global batch `global`'s mean loss: from this process alone,
-    /// or from this rank's shard summed with the others' ([`data_parallel`]).
+    /// or from this rank's shard summed with the others' ([`data_parallel`]); either way
+    /// split over the `workers`.
     fn gradients(
         &mut self,
         pairs: &[EncodedPair],
         global: &[usize],
-        loss_fn: &OutputLoss,
+        workers: &[BatchWorker],
     ) -> Result<StepGradients> {
-        let scalar = |t: &candle_core::Tensor| -> Result<f64> {
-            Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-        };
+        let tokens = data_parallel::target_tokens(pairs, global);
+        let per_token = 1.0 / tokens.max(1) as f64;
         if self.comm.size() == 1 {
-            let t = Batch::new(pairs, global).to_tensors(&self.device)?;
-            let features = self.model.forward_features(&t, Some(&mut self.rng))?;
-            let output = self.model.output_layer();
-            let batch = loss_fn.forward(&features, output, &t.tgt_out, &t.tgt_mask)?;
-            let tokens = batch.tokens;
-            let objective = (batch.sum / tokens.max(1) as f64)?;
-            let grads = objective.backward()?;
+            let part = match workers {
+                // The dropout masks come from the run's own stream, saved in checkpoints.
+                [one] => part_gradients(
+                    &self.model,
+                    &self.device,
+                    pairs,
+                    global,
+                    per_token,
+                    &mut self.rng,
+                    &one.loss,
+                )?,
+                _ => self.worker_gradients(pairs, global, per_token, workers)?,
+            };
             return Ok(StepGradients {
-                grads,
-                loss: scalar(&objective)?,
-                nll: batch.nll / tokens.max(1) as f64,
+                grads: part.grads,
+                loss: part.sum * per_token,
+                nll: part.nll * per_token,
                 tokens,
             });
         }
-        let tokens = data_parallel::target_tokens(pairs, global);
         let mine = data_parallel::shard(pairs, global, &*self.comm);
         // A rank whose shard is empty (a batch of fewer sentences than ranks) still
         // takes part: it runs one sentence with weight 0, so it has a gradient store
@@ -331,33 +376,140 @@ impl Trainer {
             true => (&global[..1], 0.0),
             false => (mine, 1.0),
         };
-        let t = Batch::new(pairs, indices).to_tensors(&self.device)?;
-        let mut rng = data_parallel::dropout_rng(
-            self.cfg.seed ^ DROPOUT_SEED_MIX,
-            self.state.step,
-            self.comm.rank(),
-        );
-        let features = self.model.forward_features(&t, Some(&mut rng))?;
-        let output = self.model.output_layer();
-        let batch = loss_fn.forward(&features, output, &t.tgt_out, &t.tgt_mask)?;
-        let objective = (&batch.sum * (weight / tokens.max(1) as f64))?;
-        let mut grads = objective.backward()?;
-        let mut totals = [weight * scalar(&batch.sum)?, weight * batch.nll];
+        let PartGradients {
+            mut grads,
+            sum,
+            nll,
+        } = self.worker_gradients(pairs, indices, weight * per_token, workers)?;
+        let mut totals = [weight * sum, weight * nll];
         let exchange = Instant::now();
-        let (send, sum) = &mut self.bucket;
+        let (send, summed) = &mut self.bucket;
         data_parallel::flatten_grads(&grads, &self.vars, send)?;
-        sum.resize(send.len(), 0.0);
-        self.comm.all_reduce_sum_f32(send, sum)?;
+        summed.resize(send.len(), 0.0);
+        self.comm.all_reduce_sum_f32(send, summed)?;
         self.comm.all_reduce_sum_f64(&mut totals)?;
-        data_parallel::replace_grads(&mut grads, &self.vars, sum)?;
+        data_parallel::replace_grads(&mut grads, &self.vars, summed)?;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
-        let loss = totals[0] / tokens.max(1) as f64;
         Ok(StepGradients {
             grads,
-            loss,
-            nll: totals[1] / tokens.max(1) as f64,
+            loss: totals[0] * per_token,
+            nll: totals[1] * per_token,
             tokens,
         })
+    }
+
+    /// The gradient of `scale` × the summed loss of the pairs `indices`, split over the
+    /// `workers` by balanced target tokens, each part on its worker's threads with the
+    /// dropout stream of its rank and worker ([`data_parallel::dropout_rng`]), the parts'
+    /// gradients added in worker order (so the sum is the same from run to run).
+    fn worker_gradients(
+        &self,
+        pairs: &[EncodedPair],
+        indices: &[usize],
+        scale: f64,
+        workers: &[BatchWorker],
+    ) -> Result<PartGradients> {
+        let tokens: Vec<usize> = indices.iter().map(|&i| pairs[i].tgt_len()).collect();
+        let ranges = balanced_shards(&tokens, workers.len());
+        let first_stream = self.comm.rank() * workers.len();
+        let (seed, step) = (self.cfg.seed ^ DROPOUT_SEED_MIX, self.state.step);
+        let (model, device) = (&self.model, &self.device);
+        if let [worker] = workers {
+            let mut rng = data_parallel::dropout_rng(seed, step, first_stream);
+            return part_gradients(model, device, pairs, indices, scale, &mut rng, &worker.loss);
+        }
+        let parts: Vec<Result<PartGradients>> = std::thread::scope(|scope| {
+            let running: Vec<_> = ranges
+                .iter()
+                .zip(workers)
+                .enumerate()
+                .filter(|(_, (range, _))| !range.is_empty())
+                .map(|(w, (range, worker))| {
+                    let part = &indices[range.clone()];
+                    scope.spawn(move || {
+                        let run = || {
+                            let mut rng = data_parallel::dropout_rng(seed, step, first_stream + w);
+                            part_gradients(
+                                model,
+                                device,
+                                pairs,
+                                part,
+                                scale,
+                                &mut rng,
+                                &worker.loss,
+                            )
+                        };
+                        match &worker.pool {
+                            Some(pool) => pool.install(run),
+                            None => run(),
+                        }
+                    })
+                })
+                .collect();
+            // Every worker is joined before an error returns (the scope would panic on
+            // a panicked worker left unjoined).
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("a batch worker panicked")))
+                })
+                .collect()
+        });
+        let mut parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut total = parts.remove(0);
+        if parts.is_empty() {
+            return Ok(total);
+        }
+        // Each variable's gradients added on the process's threads, variables in parallel.
+        let summed: Vec<Option<Tensor>> = {
+            let stores: Vec<&GradStore> = std::iter::once(&total.grads)
+                .chain(parts.iter().map(|p| &p.grads))
+                .collect();
+            self.vars
+                .par_iter()
+                .map(|var| -> Result<Option<Tensor>> {
+                    let mut sum: Option<Tensor> = None;
+                    for g in stores.iter().filter_map(|s| s.get(var.as_tensor())) {
+                        sum = Some(match sum {
+                            None => g.clone(),
+                            Some(s) => (s + g)?,
+                        });
+                    }
+                    Ok(sum)
+                })
+                .collect::<Result<_>>()?
+        };
+        for (var, sum) in self.vars.iter().zip(summed) {
+            if let Some(sum) = sum {
+                total.grads.insert(var.as_tensor(), sum);
+            }
+        }
+        for part in parts {
+            total.sum += part.sum;
+            total.nll += part.nll;
+        }
+        Ok(total)
+    }
+
+    /// The workers each batch is split over (`batch_workers`): with more than one, each
+    /// has its share of the threads.
+    fn batch_workers(&self) -> Result<Vec<BatchWorker>> {
+        let n = crate::device::batch_workers(self.cfg.batch_workers, &self.device);
+        let loss = || OutputLoss::new(self.cfg.label_smoothing);
+        if n <= 1 {
+            return Ok(vec![BatchWorker {
+                pool: None,
+                loss: loss(),
+            }]);
+        }
+        Ok(crate::device::worker_pools(n, "train")?
+            .into_iter()
+            .map(|pool| BatchWorker {
+                pool: Some(pool),
+                loss: loss(),
+            })
+            .collect())
     }
 
     /// Rank 0's value of `x` on every rank: decisions every rank must take alike (the
@@ -450,7 +602,17 @@ impl Trainer {
                 self.comm.describe()
             ));
         }
-        let loss_fn = OutputLoss::new(self.cfg.label_smoothing);
+        let workers = self.batch_workers()?;
+        if workers.len() > 1 {
+            progress.println(&format!(
+                "each batch split over {} workers of {} thread(s) each",
+                workers.len(),
+                workers[0]
+                    .pool
+                    .as_ref()
+                    .map_or(1, |p| p.current_num_threads())
+            ));
+        }
         let started = Instant::now();
         let elapsed_before = self.state.elapsed_s;
         let elapsed = |s: &Instant| elapsed_before + s.elapsed().as_secs_f64();
@@ -478,7 +640,7 @@ impl Trainer {
                     loss,
                     nll,
                     tokens,
-                } = self.gradients(&data.train, &batches[self.state.batch_index], &loss_fn)?;
+                } = self.gradients(&data.train, &batches[self.state.batch_index], &workers)?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
                 if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
                     // The update would ruin the weights: skip it (the batch is used up).
