@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Data-parallel scaling of `rnmt train` on this machine (the `mpi` feature, Open MPI).
 #
-#   benches/scale.sh [throughput]   # last line: scaling over 1x1: 1x2 F 2x1 G
-#   benches/scale.sh ttb            # time to BLEU: the Multi30k recipe, 1x2 against 2x1
+#   benches/scale.sh [throughput]   # last line: scaling over 1x1: 1x2 F 1w2 G 2x1 H
+#   benches/scale.sh ttb            # time to BLEU: the Multi30k recipe, 1x2 against 1w2 and 2x1
 #
 # throughput: config A of benches/vs_pytorch.sh (configs/multi30k-de-en.toml with
 # embeddings and hidden size 256, max_tokens 1024, no validation) for STEPS steps in
-# three layouts, alternating, ROUNDS times: one process with one thread (1x1), one
-# process with two threads (1x2) and two MPI ranks with one thread each (2x1, mpirun
-# --bind-to core). tok/s = global target tokens / rank 0's step time over the steps after
+# four layouts, alternating, ROUNDS times: one process with one thread (1x1), one
+# process with one batch worker of two threads (1x2), one process with two batch workers
+# of one thread each (1w2, the default for --threads 2) and two MPI ranks with one thread
+# each (2x1, mpirun --bind-to core). tok/s = global target tokens / rank 0's step time
+# over the steps after
 # WARMUP (from metrics.jsonl; a data-parallel step's time includes its all-reduce),
 # median over the rounds; the factor is over 1x1. The two ranks train the same model as
-# the one process on the same batches (tests/train_mpi.rs checks it without dropout);
-# config A has dropout, whose masks each rank draws for its own shard, so the 2x1 loss
-# differs from the others by dropout's noise only.
+# the one process on the same batches, and so do two batch workers (tests/train_mpi.rs
+# checks both without dropout); config A has dropout, whose masks each rank or worker
+# draws for its own shard, so the 1w2 and 2x1 losses differ from the others by dropout's
+# noise only.
 # ttb: the Multi30k recipe (configs/multi30k-de-en.toml) for MINUTES minutes of wall
 # clock each, 1x2 and then 2x1, validating every VALID_EVERY steps; prints validation
 # BLEU against wall-clock seconds for both.
@@ -46,14 +49,17 @@ echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //');
 echo "mpi: $(mpirun --version | head -n 1)"
 config=configs/multi30k-de-en.toml
 
-# layout NAME RUN_DIR ARGS...: runs `rnmt train` in layout 1x1, 1x2 or 2x1.
+# layout NAME RUN_DIR ARGS...: runs `rnmt train` in layout 1x1, 1x2, 1w2 or 2x1.
 layout() {
   local name=$1 run=$2
   shift 2
   rm -rf "$run"
   case "$name" in
     1x1) "$rnmt" train --config "$config" "$@" --set "run_dir=\"$run\"" --threads 1 ;;
-    1x2) "$rnmt" train --config "$config" "$@" --set "run_dir=\"$run\"" --threads 2 ;;
+    1x2) "$rnmt" train --config "$config" "$@" --set "run_dir=\"$run\"" --threads 2 \
+      --set batch_workers=1 ;;
+    1w2) "$rnmt" train --config "$config" "$@" --set "run_dir=\"$run\"" --threads 2 \
+      --set batch_workers=2 ;;
     2x1) mpirun -np 2 --bind-to core "$rnmt" train --config "$config" "$@" \
       --set "run_dir=\"$run\"" --threads 1 ;;
   esac
@@ -73,8 +79,8 @@ if [ "$mode" = throughput ]; then
   declare -A tps
   for r in $(seq "$rounds"); do
     # Alternate the order from round to round, so no layout always runs first.
-    order=(1x1 1x2 2x1)
-    [ $((r % 2)) -eq 0 ] && order=(2x1 1x2 1x1)
+    order=(1x1 1x2 1w2 2x1)
+    [ $((r % 2)) -eq 0 ] && order=(2x1 1w2 1x2 1x1)
     for l in "${order[@]}"; do
       run=$work/scale-$l
       layout "$l" "$run" "${sets[@]}" > /dev/null 2> "$work/scale-$l.log" ||
@@ -87,9 +93,10 @@ if [ "$mode" = throughput ]; then
   done
   median() { printf "%s\n" "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
   # shellcheck disable=SC2086 # the lists are words
-  m11=$(median ${tps[1x1]}) m12=$(median ${tps[1x2]}) m21=$(median ${tps[2x1]})
-  echo "median tok/s: 1x1 $m11 1x2 $m12 2x1 $m21"
-  awk -v a="$m11" -v b="$m12" -v c="$m21" 'BEGIN {printf "scaling over 1x1: 1x2 %.2f 2x1 %.2f\n", b / a, c / a}'
+  m11=$(median ${tps[1x1]}) m12=$(median ${tps[1x2]}) m1w2=$(median ${tps[1w2]}) m21=$(median ${tps[2x1]})
+  echo "median tok/s: 1x1 $m11 1x2 $m12 1w2 $m1w2 2x1 $m21"
+  awk -v a="$m11" -v b="$m12" -v w="$m1w2" -v c="$m21" \
+    'BEGIN {printf "scaling over 1x1: 1x2 %.2f 1w2 %.2f 2x1 %.2f\n", b / a, w / a, c / a}'
   exit 0
 fi
 
@@ -101,7 +108,7 @@ if [ ! -f "$data/prepare.json" ]; then
     --src-lang de --tgt-lang en --vocab-size 8000 --out "$data" >&2
 fi
 echo "Multi30k recipe ($config), $minutes minutes each, validation BLEU (greedy) every $every steps"
-for l in 1x2 2x1; do
+for l in 1x2 1w2 2x1; do
   run=$work/ttb-$l
   layout "$l" "$run" --set "data=\"$data\"" --set "max_minutes=$minutes" \
     --set "valid_every=$every" --set tune_search=false > /dev/null 2> "$work/ttb-$l.log" ||

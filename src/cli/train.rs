@@ -36,6 +36,10 @@ pub struct TrainArgs {
     /// CPU threads (overrides the config's `threads`; 0 = one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Split each batch over N workers on the threads, their gradients summed
+    /// (overrides the config's `batch_workers`; 0 = one per thread on the CPU).
+    #[arg(long, value_name = "N")]
+    pub batch_workers: Option<usize>,
 }
 
 /// Quotes a string as a TOML value for a `--set` override.
@@ -44,7 +48,7 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The config of `rnmt train`: the file (or the run's saved one when resuming) with
-/// the --set, --device and --threads overrides applied.
+/// the --set, --device, --threads and --batch-workers overrides applied.
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut overrides = args.set.clone();
     let path = match (&args.config, &args.resume) {
@@ -60,6 +64,9 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(t) = args.threads {
         overrides.push(format!("threads={t}"));
+    }
+    if let Some(n) = args.batch_workers {
+        overrides.push(format!("batch_workers={n}"));
     }
     TrainConfig::load(&path, &overrides)
 }
