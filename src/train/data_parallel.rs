@@ -14,6 +14,12 @@
 //! sentences, the all-reduce adds the shards), and dropout masks, which a rank draws for
 //! its shard from its own stream ([`dropout_rng`]): with dropout the run is an equally
 //! valid sample, not the same numbers.
+//!
+//! Batch workers (`batch_workers`, the trainer's threads) keep the same contract inside a
+//! process: a rank's shard (or one process's whole batch) is split over its workers the
+//! same way, each worker's part's gradient is computed on threads of its own and the
+//! parts are added in worker order; worker `w` of rank `r` of `W` workers per rank draws
+//! its dropout masks from stream `r·W + w`.
 
 use std::collections::HashMap;
 

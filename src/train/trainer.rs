@@ -4,13 +4,17 @@
 //! Everything that influences an update is a function of the config and the saved
 //! state: weights come from `init_weights(seed)`, the batch order from
 //! `TokenBatcher::epoch(seed, epoch)` and the position `(epoch, batch_index)`, dropout
-//! masks from a ChaCha8 stream whose position is saved. So an interrupted run resumed
-//! from a checkpoint performs bit-identical updates to an uninterrupted one (on the same
-//! device and thread count).
+//! masks from a ChaCha8 stream whose position is saved (or, with several batch workers
+//! or ranks, from a stream per (seed, step, worker)). So an interrupted run resumed from a
+//! checkpoint performs bit-identical updates to an uninterrupted one (on the same device,
+//! thread count and worker count).
 //!
-//! Under a data-parallel launcher the trainer holds a [`Collective`] of several ranks
-//! and trains the same model as one process would ([`data_parallel`] states the
-//! contract); rank 0 alone writes the run folder.
+//! Each batch is split over `batch_workers` workers, each computing its part's gradient
+//! on threads of its own: data parallelism inside the process. Under a data-parallel
+//! launcher the trainer also holds a [`Collective`] of several ranks, each splitting its
+//! shard over its workers; either way it trains the same model as one worker of one
+//! process would ([`data_parallel`] states the contract). Rank 0 alone writes the run
+//! folder.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -409,8 +413,6 @@ impl Trainer {
         scale: f64,
         workers: &[BatchWorker],
     ) -> Result<PartGradients> {
-        let tokens: Vec<usize> = indices.iter().map(|&i| pairs[i].tgt_len()).collect();
-        let ranges = balanced_shards(&tokens, workers.len());
         let first_stream = self.comm.rank() * workers.len();
         let (seed, step) = (self.cfg.seed ^ DROPOUT_SEED_MIX, self.state.step);
         let (model, device) = (&self.model, &self.device);
@@ -418,6 +420,8 @@ impl Trainer {
             let mut rng = data_parallel::dropout_rng(seed, step, first_stream);
             return part_gradients(model, device, pairs, indices, scale, &mut rng, &worker.loss);
         }
+        let tokens: Vec<usize> = indices.iter().map(|&i| pairs[i].tgt_len()).collect();
+        let ranges = balanced_shards(&tokens, workers.len());
         let parts: Vec<Result<PartGradients>> = std::thread::scope(|scope| {
             let running: Vec<_> = ranges
                 .iter()
