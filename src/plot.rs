@@ -1,5 +1,5 @@
-//! Pictures: learning curves (training loss and validation BLEU over steps, SVG) and
-//! attention heatmaps (SVG or PNG).
+//! Pictures: learning curves (training loss and validation BLEU over steps or over
+//! minutes of training, SVG) and attention heatmaps (SVG or PNG).
 
 use std::path::Path;
 
@@ -9,6 +9,19 @@ use plotters::prelude::*;
 use crate::train::log::{read_metrics, Record, METRICS_FILE};
 
 pub const CURVE_FILE: &str = "curve.svg";
+/// The learning curve against wall-clock minutes (`rnmt plot --minutes`).
+pub const CURVE_MINUTES_FILE: &str = "curve-minutes.svg";
+
+/// What a learning curve's x axis counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CurveAxis {
+    /// Updates.
+    #[default]
+    Steps,
+    /// Minutes of training, wall clock (`elapsed_s` of the log, which a resumed run
+    /// continues): how recipes with a time budget compare.
+    Minutes,
+}
 
 /// DejaVu Sans (Bitstream Vera licence, assets/fonts/DejaVuSans.LICENSE), built in so
 /// that PNG text renders the same on a machine without fonts; plotters also measures
@@ -27,33 +40,75 @@ fn register_fonts() -> Result<()> {
 
 /// Reads `RUN/metrics.jsonl` and writes `RUN/curve.svg`; returns the picture's path.
 pub fn plot_run(run_dir: &Path) -> Result<std::path::PathBuf> {
+    plot_run_on(run_dir, CurveAxis::Steps)
+}
+
+/// Reads `RUN/metrics.jsonl` and writes the learning curve over `axis` into the run
+/// folder (`curve.svg` over steps, `curve-minutes.svg` over minutes); returns its path.
+pub fn plot_run_on(run_dir: &Path, axis: CurveAxis) -> Result<std::path::PathBuf> {
     let records = read_metrics(&run_dir.join(METRICS_FILE))?;
-    let out = run_dir.join(CURVE_FILE);
-    let svg = learning_curve_svg(&records)?;
+    let out = run_dir.join(match axis {
+        CurveAxis::Steps => CURVE_FILE,
+        CurveAxis::Minutes => CURVE_MINUTES_FILE,
+    });
+    let svg = learning_curve_svg_on(&records, axis)?;
     crate::io::write_atomic(&out, svg.as_bytes())?;
     Ok(out)
 }
 
-/// The learning curve as SVG text: loss (and validation loss) on top, BLEU below.
+/// The learning curve over steps as SVG text: loss (and validation loss) on top, BLEU
+/// below.
 pub fn learning_curve_svg(records: &[Record]) -> Result<String> {
-    register_fonts()?;
+    learning_curve_svg_on(records, CurveAxis::Steps)
+}
+
+/// (x, y) points of the training loss, the validation loss and the validation BLEU.
+type CurvePoints = (Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>);
+
+/// A learning curve's points over `axis`. A validation has no clock of its own in the
+/// log: it is placed at the time of the update it follows.
+fn curve_points(records: &[Record], axis: CurveAxis) -> CurvePoints {
     let mut loss = Vec::new();
     let mut valid_loss = Vec::new();
     let mut bleu = Vec::new();
+    let mut minutes = 0.0;
+    let x = |step: u64, minutes: f64| match axis {
+        CurveAxis::Steps => step as f64,
+        CurveAxis::Minutes => minutes,
+    };
     for r in records {
         match r {
-            Record::Train { step, loss: l, .. } => loss.push((*step as f64, *l)),
+            Record::Train {
+                step,
+                loss: l,
+                elapsed_s,
+                ..
+            } => {
+                minutes = elapsed_s / 60.0;
+                loss.push((x(*step, minutes), *l));
+            }
             Record::Valid {
                 step,
                 valid_loss: vl,
                 bleu: b,
                 ..
             } => {
-                valid_loss.push((*step as f64, *vl));
-                bleu.push((*step as f64, *b));
+                valid_loss.push((x(*step, minutes), *vl));
+                bleu.push((x(*step, minutes), *b));
             }
         }
     }
+    (loss, valid_loss, bleu)
+}
+
+/// [`learning_curve_svg`] over `axis`.
+pub fn learning_curve_svg_on(records: &[Record], axis: CurveAxis) -> Result<String> {
+    register_fonts()?;
+    let (loss, valid_loss, bleu) = curve_points(records, axis);
+    let x_desc = match axis {
+        CurveAxis::Steps => "step",
+        CurveAxis::Minutes => "minutes of training",
+    };
     if loss.is_empty() {
         anyhow::bail!("no training steps logged yet: nothing to plot");
     }
@@ -81,7 +136,7 @@ pub fn learning_curve_svg(records: &[Record]) -> Result<String> {
             .map_err(plot_err)?;
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc(x_desc)
             .draw()
             .map_err(plot_err)?;
         chart
@@ -111,7 +166,7 @@ pub fn learning_curve_svg(records: &[Record]) -> Result<String> {
             .map_err(plot_err)?;
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc(x_desc)
             .draw()
             .map_err(plot_err)?;
         chart
@@ -142,9 +197,9 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("cannot draw the learning curve: {e:?}")
 }
 
-/// For callers that want a context on the run folder.
-pub fn plot_run_dir(run_dir: &Path) -> Result<std::path::PathBuf> {
-    plot_run(run_dir).with_context(|| format!("plotting {}", run_dir.display()))
+/// [`plot_run_on`] with the run folder named in an error.
+pub fn plot_run_dir(run_dir: &Path, axis: CurveAxis) -> Result<std::path::PathBuf> {
+    plot_run_on(run_dir, axis).with_context(|| format!("plotting {}", run_dir.display()))
 }
 
 /// The picture formats of an attention plot, chosen by the file name's extension.
@@ -365,6 +420,17 @@ mod tests {
         assert!(svg.matches("<polyline").count() >= 3, "{svg}");
         assert_eq!(svg.matches("<circle").count(), 4);
         assert!(learning_curve_svg(&[]).is_err());
+
+        // Over minutes: 200 updates one second apart; the validation after update 50 is
+        // placed at its time.
+        let svg = learning_curve_svg_on(&records, CurveAxis::Minutes)?;
+        assert!(svg.contains("minutes of training"));
+        let (loss, valid_loss, bleu) = curve_points(&records, CurveAxis::Minutes);
+        assert_eq!(loss.last().map(|p| p.0), Some(200.0 / 60.0));
+        assert_eq!(valid_loss[0].0, 50.0 / 60.0);
+        assert_eq!(bleu[3], (200.0 / 60.0, 20.0));
+        let (_, _, by_step) = curve_points(&records, CurveAxis::Steps);
+        assert_eq!(by_step[0], (50.0, 5.0));
         Ok(())
     }
 
