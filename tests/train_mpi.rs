@@ -270,25 +270,38 @@ fn two_batch_workers_train_the_same_model_as_one() {
         Duration::from_secs(120),
     );
     ok(&out, "one worker, 4 steps");
-    let out = run_bounded(
-        rnmt().args([
-            "train",
-            "--resume",
-            mixed.to_str().unwrap(),
-            "--set",
-            "max_steps=8",
-            "--set",
-            "batch_workers=3",
-        ]),
-        Duration::from_secs(120),
+    assert_resumes_like(
+        &one,
+        &mixed,
+        rnmt().args(resume_to_step_8(&mixed, &["--set", "batch_workers=3"])),
+        "one worker, then three to step 8",
     );
-    ok(&out, "three workers, resumed to step 8");
-    assert_same_steps(&reference_steps, &train_steps(&mixed));
-    let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&mixed, 8));
-    assert!(
-        gap <= 1e-5,
-        "one then three workers: weights differ by {gap}"
-    );
+}
+
+/// `rnmt train --resume RUN --set max_steps=8`, then `extra`.
+fn resume_to_step_8(run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--set",
+        "max_steps=8",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Runs `resume` (which continues the 4-step run `run` to step 8) and checks that it
+/// lands on the reference run `one`: the same steps, weights within the tolerance.
+fn assert_resumes_like(one: &Path, run: &Path, resume: &mut Command, what: &str) {
+    let out = run_bounded(resume, Duration::from_secs(120));
+    ok(&out, what);
+    assert_same_steps(&train_steps(one), &train_steps(run));
+    let gap = weight_gap(&checkpoint(one, 8), &checkpoint(run, 8));
+    assert!(gap <= 1e-5, "{what}: weights differ by {gap}");
 }
 
 #[cfg(feature = "mpi")]
@@ -390,7 +403,6 @@ mod under_mpirun {
         };
         let one = tmp.path().join("one");
         reference(&cfg, &one);
-        let reference_steps = train_steps(&one);
 
         // Two ranks for 4 steps, then one process to step 8.
         let mixed = tmp.path().join("two-then-one");
@@ -400,20 +412,12 @@ mod under_mpirun {
         );
         ok(&out, "two ranks, 4 steps");
         // The run's own config says max_steps=4: continue to 8.
-        let out = run_bounded(
-            rnmt().args([
-                "train",
-                "--resume",
-                mixed.to_str().unwrap(),
-                "--set",
-                "max_steps=8",
-            ]),
-            Duration::from_secs(120),
+        assert_resumes_like(
+            &one,
+            &mixed,
+            rnmt().args(resume_to_step_8(&mixed, &[])),
+            "two ranks, then one process to step 8",
         );
-        ok(&out, "one process, resumed to step 8");
-        assert_same_steps(&reference_steps, &train_steps(&mixed));
-        let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&mixed, 8));
-        assert!(gap <= 1e-5, "two then one: weights differ by {gap}");
 
         // One process for 4 steps, then two ranks to step 8.
         let other = tmp.path().join("one-then-two");
@@ -422,16 +426,12 @@ mod under_mpirun {
             Duration::from_secs(120),
         );
         ok(&out, "one process, 4 steps");
-        let resume: Vec<String> = ["train", "--resume", other.to_str().unwrap()]
-            .into_iter()
-            .chain(["--set", "max_steps=8"])
-            .map(str::to_string)
-            .collect();
-        let out = run_bounded(&mut two_ranks(resume), Duration::from_secs(120));
-        ok(&out, "two ranks, resumed to step 8");
-        assert_same_steps(&reference_steps, &train_steps(&other));
-        let gap = weight_gap(&checkpoint(&one, 8), &checkpoint(&other, 8));
-        assert!(gap <= 1e-5, "one then two: weights differ by {gap}");
+        assert_resumes_like(
+            &one,
+            &other,
+            &mut two_ranks(resume_to_step_8(&other, &[])),
+            "one process, then two ranks to step 8",
+        );
     }
 
     #[test]
