@@ -8,6 +8,7 @@
 #   RNMT_CORPORA=../shared/corpora benches/serve_load.sh
 #   DURATION=10 CLIENTS="1 8 32 128" THREADS=2 REPEAT=3 benches/serve_load.sh
 #   BATCHED_FLAGS="--batch-workers 2" benches/serve_load.sh   # extra flags, batched server only
+#   CLIENT=python benches/serve_load.sh   # Python client threads instead of wrk
 #
 # Both servers run side by side; at each level the two are loaded in turn, REPEAT times,
 # so that a change in the machine's load falls on both alike. Each turn is a row.
@@ -22,6 +23,10 @@ CLIENTS="${CLIENTS:-1 8 32 128}"
 THREADS="${THREADS:-2}"
 SENTENCES="${SENTENCES:-1000}"
 REPEAT="${REPEAT:-1}"
+# The load generator: wrk (benches/serve_client.lua; the default where it is installed,
+# apt-get install wrk) or python (32 client threads in one CPython process).
+CLIENT="${CLIENT:-$(command -v wrk >/dev/null && echo wrk || echo python)}"
+case "$CLIENT" in wrk | python) ;; *) echo "CLIENT must be wrk or python, got $CLIENT" >&2 && exit 2 ;; esac
 CORPORA="${RNMT_CORPORA:-corpora}"
 TEST="$CORPORA/tatoeba-deu-eng/test.de"
 [ -f "$TEST" ] || { echo "no $TEST (set RNMT_CORPORA)" >&2; exit 1; }
@@ -39,15 +44,19 @@ head -n "$SENTENCES" "$TEST" > "$WORK/input.de"
 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 echo "SIMD: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(sse4_2|avx|avx2|fma|avx512f|avx512bw|avx512vl|avx512_vnni|amx_tile)$' | tr '\n' ' ')"
-echo "sentences: $(wc -l < "$WORK/input.de") from $TEST; $DURATION s per level; server --threads $THREADS; batched server flags: ${BATCHED_FLAGS:-none}"
+echo "sentences: $(wc -l < "$WORK/input.de") from $TEST; $DURATION s per level; server --threads $THREADS; batched server flags: ${BATCHED_FLAGS:-none}; client: $CLIENT"
 
-start=$(date +%s.%N)
-"$BIN" translate --threads "$THREADS" -i "$WORK/input.de" -o "$WORK/offline.en" 2>/dev/null
-end=$(date +%s.%N)
-OFFLINE=$(python3 -c "print(f'{$(wc -l < "$WORK/input.de") / ($end - $start):.1f}')")
-echo "offline rnmt translate: $OFFLINE sentences/s"
+# Offline `rnmt translate` of the same sentences (model loading included: about 0.06 s),
+# in sentences/s; run again before every row, so that it shares the row's machine load.
+offline() {
+    local start end
+    start=$(date +%s.%N)
+    "$BIN" translate --threads "$THREADS" -i "$WORK/input.de" -o "$WORK/offline.en" 2>/dev/null
+    end=$(date +%s.%N)
+    python3 -c "print(f'{$(wc -l < "$WORK/input.de") / ($end - $start):.1f}')"
+}
 
-# The client: CONCURRENCY threads, each posting one sentence at a time for DURATION s.
+# The Python client: CONCURRENCY threads, each posting one sentence at a time for DURATION s.
 cat > "$WORK/client.py" <<'EOF'
 import http.client, json, sys, threading, time
 host, port, concurrency, duration, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
@@ -109,22 +118,29 @@ peak_rss_mb() {
 }
 
 load() {
-    echo "$(python3 "$WORK/client.py" 127.0.0.1 "${PORT[$1]}" "$2" "$DURATION" "$WORK/input.de") $(peak_rss_mb "$1")"
+    local figures
+    case "$CLIENT" in
+        wrk) figures=$(wrk -t1 -c "$2" -d "${DURATION}s" --timeout 120s -s benches/serve_client.lua \
+            "http://127.0.0.1:${PORT[$1]}" "$WORK/input.de" | sed -n 's/^RESULT //p') ;;
+        python) figures=$(python3 "$WORK/client.py" 127.0.0.1 "${PORT[$1]}" "$2" "$DURATION" "$WORK/input.de") ;;
+    esac
+    echo "$figures $(peak_rss_mb "$1")"
 }
 
 # shellcheck disable=SC2086 # BATCHED_FLAGS is a list of flags
 start_server batched ${BATCHED_FLAGS:-}
 start_server single --max-batch-tokens 1 --batch-workers 1
 
-printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | batched / one-at-a-time | batched / offline |\n'
-printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
+printf '\n| clients | batched sent/s | p50 ms | p99 ms | errors | RSS MB | one-at-a-time sent/s | p50 ms | p99 ms | errors | RSS MB | offline sent/s | batched / one-at-a-time | batched / offline |\n'
+printf '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
 for c in $CLIENTS; do
     for _ in $(seq 1 "$REPEAT"); do
+        off_rate=$(offline)
         read -r bt bp50 bp99 berr brss <<< "$(load batched "$c")"
         read -r st sp50 sp99 serr srss <<< "$(load single "$c")"
         ratio=$(python3 -c "print(f'{$bt / $st:.2f}×' if $st > 0 else '-')")
-        off=$(python3 -c "print(f'{$bt / $OFFLINE:.2f}×')")
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-            "$c" "$bt" "$bp50" "$bp99" "$berr" "$brss" "$st" "$sp50" "$sp99" "$serr" "$srss" "$ratio" "$off"
+        off=$(python3 -c "print(f'{$bt / $off_rate:.2f}×')")
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$c" "$bt" "$bp50" "$bp99" "$berr" "$brss" "$st" "$sp50" "$sp99" "$serr" "$srss" "$off_rate" "$ratio" "$off"
     done
 done

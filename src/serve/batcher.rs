@@ -9,6 +9,7 @@
 //! own (`tests/search_beam.rs` checks it), so a sentence gets the same translation alone
 //! or among others.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -32,9 +33,9 @@ pub struct BatcherOptions {
     pub max_queue: usize,
     /// Batches searched at once, each on `threads / workers` of the search threads; 0: one
     /// per search thread on the CPU, one on a GPU ([`crate::device::batch_workers`]).
-    /// Here one worker also gathers the next batch while the others search. Measured with
-    /// `benches/serve_load.sh` on 2 cores: at 32 clients 253–264 sentences/s against
-    /// 190–191 with one two-threaded worker; one client alone 21 ms p50 against 27–32 ms.
+    /// Here one worker also gathers the next batch while the others search, and leaves
+    /// idle workers their share of what it gathered. Measured with `benches/serve_load.sh`
+    /// on 2 cores (README): at 32 clients 350 sentences/s, 0.9× of offline translation.
     pub workers: usize,
 }
 
@@ -88,8 +89,12 @@ impl Batcher {
     ) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(options.max_queue);
         let depth = Arc::new(AtomicUsize::new(0));
-        let intake = Arc::new(Mutex::new(Intake { rx, carried: None }));
+        let intake = Arc::new(Mutex::new(Intake {
+            rx,
+            carried: VecDeque::new(),
+        }));
         let workers = crate::device::batch_workers(options.workers, translator.device()).max(1);
+        let searching = Arc::new(AtomicUsize::new(0));
         // One worker searches on the global pool; several each get a pool of their own.
         let pools: Vec<Option<rayon::ThreadPool>> = match workers {
             1 => vec![None],
@@ -105,6 +110,8 @@ impl Batcher {
                 intake: Arc::clone(&intake),
                 options,
                 depth: Arc::clone(&depth),
+                workers,
+                searching: Arc::clone(&searching),
                 metrics: Arc::clone(&metrics),
                 label: label.clone(),
                 pool,
@@ -177,11 +184,13 @@ impl Drop for Batcher {
     }
 }
 
-/// What the workers share: the queue's receiving end, and the sentence that did not fit
-/// the previous batch (it starts the next one, whichever worker gathers it).
+/// What the workers share: the queue's receiving end, and the sentences a gathering worker
+/// took from it but left for the next batch (the one that did not fit its token budget,
+/// or the share it left to an idle worker); they start the next batch, whichever worker
+/// gathers it.
 struct Intake {
     rx: mpsc::Receiver<Job>,
-    carried: Option<(Job, usize)>,
+    carried: VecDeque<(Job, usize)>,
 }
 
 struct Worker {
@@ -189,6 +198,9 @@ struct Worker {
     intake: Arc<Mutex<Intake>>,
     options: BatcherOptions,
     depth: Arc<AtomicUsize>,
+    /// Batch workers of this model, and how many of them are searching now.
+    workers: usize,
+    searching: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     label: String,
     /// The worker's own search threads (several workers), or `None`: the global pool.
@@ -208,7 +220,11 @@ impl Worker {
                     return;
                 };
                 match self.gather(&mut intake) {
-                    Some(batch) => batch,
+                    // Counted before the queue is let go, so that the next gatherer knows.
+                    Some(batch) => {
+                        self.searching.fetch_add(1, Ordering::SeqCst);
+                        batch
+                    }
                     None => return, // every sender is gone: the server is shutting down
                 }
             };
@@ -216,46 +232,52 @@ impl Worker {
                 Some(pool) => pool.install(|| self.search(batch)),
                 None => self.search(batch),
             }
+            self.searching.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    fn tokens_of(&self, job: &Job) -> usize {
-        self.translator
+    /// `job` with its source subwords, which count against the batch's token budget.
+    fn with_tokens(&self, job: Job) -> (Job, usize) {
+        let tokens = self
+            .translator
             .source_tokenizer()
             .encode(job.sentence.trim())
-            .map_or(1, |ids| ids.len().max(1))
+            .map_or(1, |ids| ids.len().max(1));
+        (job, tokens)
     }
 
     /// The next batch: sentences up to the token budget, waiting at most `batch_wait`
-    /// after the first. `None` once the channel is closed and empty.
+    /// after the first (sentences carried over have waited already: they wait no more).
+    /// `None` once the channel is closed and empty.
     fn gather(&self, intake: &mut Intake) -> Option<Vec<(Job, usize)>> {
         let (options, depth) = (&self.options, &*self.depth);
-        let first = match intake.carried.take() {
-            Some(job) => job,
+        let (first, deadline) = match intake.carried.pop_front() {
+            Some(job) => (job, Instant::now()),
             None => {
-                let job = intake.rx.recv().ok()?;
-                depth.fetch_sub(1, Ordering::SeqCst);
-                let t = self.tokens_of(&job);
-                (job, t)
+                let job = self.with_tokens(intake.rx.recv().ok()?);
+                (job, Instant::now() + options.batch_wait)
             }
         };
         let mut tokens = first.1;
         let mut batch = vec![first];
-        let deadline = Instant::now() + options.batch_wait;
         while tokens < options.max_batch_tokens {
             let left = deadline.saturating_duration_since(Instant::now());
             // Whatever is already queued joins at once, even after the deadline.
-            let next = match intake.rx.try_recv() {
-                Ok(job) => Ok(job),
-                Err(_) if left.is_zero() => break,
-                Err(_) => intake.rx.recv_timeout(left),
+            let next = match intake.carried.pop_front() {
+                Some(job) => Ok(job),
+                None => match intake.rx.try_recv() {
+                    Ok(job) => Ok(self.with_tokens(job)),
+                    Err(_) if left.is_zero() => break,
+                    Err(_) => intake
+                        .rx
+                        .recv_timeout(left)
+                        .map(|job| self.with_tokens(job)),
+                },
             };
             match next {
-                Ok(job) => {
-                    depth.fetch_sub(1, Ordering::SeqCst);
-                    let t = self.tokens_of(&job);
+                Ok((job, t)) => {
                     if tokens + t > options.max_batch_tokens {
-                        intake.carried = Some((job, t));
+                        intake.carried.push_front((job, t));
                         break;
                     }
                     tokens += t;
@@ -264,9 +286,30 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.leave_share_to_idle_workers(&mut batch, &mut intake.carried);
+        // Carried sentences still count as queued: only a batch's leave the queue.
+        depth.fetch_sub(batch.len(), Ordering::SeqCst);
         self.metrics
             .set_queue_depth(&self.label, depth.load(Ordering::SeqCst));
         Some(batch)
+    }
+
+    /// Keeps this worker's share of `batch` when other workers are idle, and leaves the
+    /// rest at the front of the queue for them. Without it, under a closed loop of
+    /// clients (each sends its next sentence when the last is answered) all the answers of
+    /// one batch come back within the batch wait and are gathered as one batch again: the
+    /// load stays in one batch on one worker while the others idle (at 32 clients on 2
+    /// workers, every batch held all 32 sentences and the server ran at one core's speed).
+    fn leave_share_to_idle_workers(
+        &self,
+        batch: &mut Vec<(Job, usize)>,
+        carried: &mut VecDeque<(Job, usize)>,
+    ) {
+        // This worker is not searching, so at least one is idle.
+        let idle = self
+            .workers
+            .saturating_sub(self.searching.load(Ordering::SeqCst));
+        leave_share(batch, carried, idle);
     }
 
     /// Searches one batch and answers its requests.
@@ -318,5 +361,41 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Keeps the first `1 / idle` of `batch` (rounded up) and puts the rest, in order, at the
+/// front of `carried`, before what was there: sentences keep their arrival order.
+fn leave_share<T>(batch: &mut Vec<T>, carried: &mut VecDeque<T>, idle: usize) {
+    let share = batch.len().div_ceil(idle.max(1));
+    for item in batch.drain(share..).rev() {
+        carried.push_front(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_workers_get_equal_shares_in_arrival_order() {
+        let mut carried = VecDeque::from([100]);
+        let mut batch: Vec<i32> = (0..7).collect();
+        leave_share(&mut batch, &mut carried, 2);
+        assert_eq!(batch, [0, 1, 2, 3]);
+        assert_eq!(carried, [4, 5, 6, 100]);
+
+        let mut batch: Vec<i32> = (0..7).collect();
+        let mut carried = VecDeque::new();
+        leave_share(&mut batch, &mut carried, 3);
+        assert_eq!((batch.len(), carried.len()), (3, 4));
+
+        // One idle worker (this one) keeps everything.
+        let mut batch: Vec<i32> = (0..7).collect();
+        let mut carried = VecDeque::new();
+        leave_share(&mut batch, &mut carried, 1);
+        assert_eq!((batch.len(), carried.len()), (7, 0));
+        leave_share(&mut batch, &mut carried, 0);
+        assert_eq!((batch.len(), carried.len()), (7, 0));
     }
 }
