@@ -54,26 +54,34 @@ results=$work/results.tsv
 [ -f "$results" ] ||
   printf "variant\tminutes\tsteps\tbest_valid_bleu_greedy\talpha\tbeta\theldout_bleu_beam5\tsettings\n" > "$results"
 
-# run_variant CORE NAME WORDS...: prepares (if needed), trains, scores; appends a row.
-run_variant() {
-  local core=$1 name=$2
-  shift 2
-  local sets=() prep=() w
+# data_dir NAME WORDS...: the prepared data of a variant's prepare= words (prepared once
+# and shared by every variant with the same words). Runs in the foreground, before the
+# variant is launched, so that two variants trained side by side never prepare one folder.
+data_dir() {
+  local name=$1 prep=() w
+  shift
   for w in "$@"; do
-    case "$w" in
-      prepare=*) IFS=, read -r -a prep <<< "${w#prepare=}" ;;
-      *) sets+=("$w") ;;
-    esac
+    case "$w" in prepare=*) IFS=, read -r -a prep <<< "${w#prepare=}" ;; esac
   done
-  local key
-  key=$(printf "%s\n" "${prep[@]}" | sha256sum | cut -c1-12)
-  local data=$work/data-$key
+  local data
+  data=$work/data-$(printf "%s\n" "${prep[@]}" | sha256sum | cut -c1-12)
   if [ ! -f "$data/prepare.json" ]; then
     [[ " ${prep[*]} " == *" --vocab-size "* ]] || prep+=(--vocab-size "${VOCAB:-8000}")
     "$rnmt" prepare --train "$corpora/$corpus/train" --valid "$corpora/$corpus/val" \
       --src-lang "$src" --tgt-lang "$tgt" "${prep[@]}" --out "$data" \
-      > "$work/$name.prepare.log" 2>&1
+      > "$work/$name.prepare.log" 2>&1 || { echo "$name: prepare failed, see $work/$name.prepare.log" >&2; return 1; }
   fi
+  echo "$data"
+}
+
+# run_variant CORE DATA NAME WORDS...: trains on DATA, scores; appends a row.
+run_variant() {
+  local core=$1 data=$2 name=$3
+  shift 3
+  local sets=() w
+  for w in "$@"; do
+    case "$w" in prepare=*) ;; *) sets+=("$w") ;; esac
+  done
   local run=$work/runs/$name
   rm -rf "$run"
   taskset -c "$core" "$rnmt" train --config "$config" --threads 1 --set "data=\"$data\"" \
@@ -122,7 +130,9 @@ case "$first_core" in '' | *[!0-9]*) echo "CORE must be a core number, got $firs
 core=$first_core
 for entry in "${pending[@]}"; do
   # shellcheck disable=SC2086 # the variant's words are its arguments
-  run_variant "$core" $entry &
+  data=$(data_dir $entry) || exit 1
+  # shellcheck disable=SC2086
+  run_variant "$core" "$data" $entry &
   if [ "$parallel" = 2 ] && [ "$core" = 0 ]; then
     core=1
     continue

@@ -40,7 +40,7 @@ use crate::train::checkpoint::{
     TrainState, CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
 use crate::train::config::TrainConfig;
-use crate::train::data_parallel::{self, RootState};
+use crate::train::data_parallel::{self, LookedUpRows, RootState};
 use crate::train::ema::{Ema, TRAINING_WEIGHTS_FILE};
 use crate::train::log::{MetricsLog, Progress, Record};
 use crate::train::loss::OutputLoss;
@@ -105,9 +105,14 @@ pub struct Trainer {
     /// reused between steps.
     bucket: (Vec<f32>, Vec<f32>),
     /// Seconds spent in this run's data-parallel steps, and in their gradient exchange
-    /// (flattening, all-reduce, unflattening), for the summary at the end.
+    /// (flattening, all-reduce, unflattening), and the floats exchanged, for the summary
+    /// at the end.
     step_seconds: f64,
     exchange_seconds: f64,
+    exchanged_floats: usize,
+    exchanges: usize,
+    /// The source embedding's index in `vars`: only its looked-up rows are exchanged.
+    source_embedding: Option<usize>,
 }
 
 /// One step's gradients of the global batch's mean loss, with its loss figures.
@@ -171,6 +176,7 @@ impl Trainer {
         init_weights(&varmap, cfg.seed)?;
         let named = named_vars(&varmap);
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let source_embedding = named.iter().position(|(name, _)| name == SOURCE_EMBEDDING);
         let ema = match cfg.ema_decay > 0.0 {
             true => Some(Ema::new(cfg.ema_decay, named.clone())?),
             false => None,
@@ -201,6 +207,9 @@ impl Trainer {
             bucket: (Vec::new(), Vec::new()),
             step_seconds: 0.0,
             exchange_seconds: 0.0,
+            exchanged_floats: 0,
+            exchanges: 0,
+            source_embedding,
         })
     }
 
@@ -387,12 +396,17 @@ impl Trainer {
         } = self.worker_gradients(pairs, indices, weight * per_token, workers)?;
         let mut totals = [weight * sum, weight * nll];
         let exchange = Instant::now();
+        let sparse = self
+            .source_embedding
+            .map(|var| LookedUpRows::source(var, self.cfg.model.src_vocab_size, pairs, global));
         let (send, summed) = &mut self.bucket;
-        data_parallel::flatten_grads(&grads, &self.vars, send)?;
+        data_parallel::flatten_grads(&grads, &self.vars, sparse.as_ref(), send)?;
         summed.resize(send.len(), 0.0);
         self.comm.all_reduce_sum_f32(send, summed)?;
         self.comm.all_reduce_sum_f64(&mut totals)?;
-        data_parallel::replace_grads(&mut grads, &self.vars, summed)?;
+        data_parallel::replace_grads(&mut grads, &self.vars, sparse.as_ref(), summed)?;
+        self.exchanged_floats += send.len();
+        self.exchanges += 1;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
         Ok(StepGradients {
             grads,
@@ -734,8 +748,9 @@ impl Trainer {
         ));
         if self.comm.size() > 1 && self.step_seconds > 0.0 {
             progress.println(&format!(
-                "gradient exchange: {:.1} MB per step, {:.1}% of rank 0's step time                  (flatten, all-reduce over {} ranks, unflatten)",
-                self.bucket.0.len() as f64 * 4.0 / 1e6,
+                "gradient exchange: {:.1} MB per step, {:.1}% of rank 0's step time \
+                 (flatten, all-reduce over {} ranks, unflatten)",
+                self.exchanged_floats as f64 * 4.0 / 1e6 / self.exchanges.max(1) as f64,
                 100.0 * self.exchange_seconds / self.step_seconds,
                 self.comm.size()
             ));
@@ -1072,6 +1087,10 @@ impl Validation {
         }
     }
 }
+
+/// The source embedding's variable: its gradient is zero outside the rows a batch
+/// looks up ([`LookedUpRows`]).
+const SOURCE_EMBEDDING: &str = "encoder.embedding.weight";
 
 fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().expect("variable map lock poisoned");
