@@ -79,8 +79,8 @@ impl LookedUpRows {
     /// source) and the other special tokens (PAD fills the padded batch).
     pub fn source(var: usize, vocab: usize, pairs: &[EncodedPair], global: &[usize]) -> Self {
         let mut seen = vec![false; vocab];
-        for id in 0..crate::subword::SPECIAL_TOKENS.len().min(vocab) {
-            seen[id] = true;
+        for special in seen.iter_mut().take(crate::subword::SPECIAL_TOKENS.len()) {
+            *special = true;
         }
         for &i in global {
             for &id in &pairs[i].src {
