@@ -125,6 +125,25 @@ pub fn check_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on the row-major f32 contents of `t`. On the CPU a contiguous f32 tensor's own
+/// buffer is borrowed, not copied: the search reads `[rows, vocab]` log-probabilities
+/// every step (a copy would cost as much as the top-k that reads them), and data-parallel
+/// training flattens every gradient every step. Elsewhere the tensor is copied to the host.
+pub fn with_host_f32<R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    use candle_core::{DType, Storage};
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ mod rescore;
 pub mod shortlist;
 
 use anyhow::ensure;
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use multiversion::multiversion;
 
 use ensemble::{EnsembleEncoding, EnsembleState};
@@ -193,9 +193,9 @@ impl Step {
     }
 
     /// Runs `f` on the row-major log-probabilities (borrowed on the CPU, see
-    /// [`with_host_f32`]).
+    /// [`crate::device::with_host_f32`]).
     fn with_log_probs<R>(&self, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-        with_host_f32(&self.log_probs, f)
+        crate::device::with_host_f32(&self.log_probs, f)
     }
 }
 
@@ -231,20 +231,6 @@ fn add_attention(
     if keep_attention {
         attention.push(weights[..coverage.len() + 1].to_vec());
     }
-}
-
-/// Runs `f` on the row-major f32 contents of `t`. On the CPU the tensor's own buffer is
-/// borrowed: copying `[rows, vocab]` log-probabilities every step would cost as much as
-/// the top-k that reads them.
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.to_dtype(DType::F32)?.contiguous()?;
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
-        }
-    }
-    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// The `k` largest entries of `row` as (index, value), largest first; ties keep the

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,7 @@ pub fn flatten_grads(
             buf.extend(std::iter::repeat_n(0f32, n));
             continue;
         };
-        with_host_f32(g, |g| match rows {
+        crate::device::with_host_f32(g, |g| match rows {
             Some(rows) => {
                 let d = row_len(var);
                 for &r in rows {
@@ -163,23 +163,6 @@ pub fn replace_grads(
 /// Elements per row of a matrix variable (its last dimension).
 fn row_len(var: &Var) -> usize {
     var.dims().last().copied().unwrap_or(1)
-}
-
-/// Runs `f` on the row-major f32 contents of `t`, borrowing a contiguous CPU tensor's own
-/// buffer (a copy of the whole gradient per step is what the exchange is made of).
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return Ok(f(&data[a..b]));
-        }
-    }
-    Ok(f(&t
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?))
 }
 
 /// Overwrites every rank's `vars` with rank 0's.
@@ -324,6 +307,7 @@ pub fn check_ranks_agree(
 mod tests {
     use super::*;
     use crate::dist::SingleProcess;
+    use candle_core::DType;
 
     #[test]
     fn gradients_survive_the_round_trip_through_one_buffer() -> Result<()> {
