@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::batch::EncodedPair;
 use crate::corpus::{resolve_prefix, FilterConfig, FilterReport, ParallelCorpus};
 use crate::subword::{
-    SubwordConfig, SubwordKind, SubwordModel, LM_TOKENIZER, SOURCE_TOKENIZER, SPECIAL_TOKENS,
-    TARGET_TOKENIZER,
+    BpeDropout, SubwordConfig, SubwordKind, SubwordModel, LM_TOKENIZER, SOURCE_TOKENIZER,
+    SPECIAL_TOKENS, TARGET_TOKENIZER,
 };
 
 /// What `prepare` reads, learns and writes.
@@ -370,5 +370,68 @@ impl PreparedData {
             .zip(tgt)
             .map(|(src, tgt)| EncodedPair { src, tgt })
             .collect())
+    }
+
+    /// The training pairs of `corpus` segmented anew for each epoch with BPE-dropout `p`
+    /// (the trainer's `subword_dropout`); the seed and the epoch fix every draw.
+    pub fn subword_sampler(
+        &self,
+        corpus: crate::corpus::ParallelCorpus,
+        p: f32,
+        seed: u64,
+    ) -> anyhow::Result<SubwordSampler> {
+        let what = |side: &str| {
+            format!(
+                "subword_dropout on the {side} side of {}",
+                self.dir.display()
+            )
+        };
+        Ok(SubwordSampler {
+            source: match self.manifest.mono {
+                true => None,
+                false => Some(self.source.bpe_dropout(p).with_context(|| what("source"))?),
+            },
+            target: self.target.bpe_dropout(p).with_context(|| what("target"))?,
+            corpus,
+            seed,
+        })
+    }
+}
+
+/// Mixed into the training seed, so the segmentations' draws are a stream of their own.
+const SUBWORD_SEED_MIX: u64 = 0x5EED_5B3D_0000_0002;
+
+/// Training pairs with a fresh BPE-dropout segmentation per epoch.
+pub struct SubwordSampler {
+    corpus: crate::corpus::ParallelCorpus,
+    source: Option<BpeDropout>,
+    target: BpeDropout,
+    seed: u64,
+}
+
+impl SubwordSampler {
+    /// Epoch `epoch`'s pairs, in corpus order. Each pair draws from a ChaCha8 stream of its
+    /// own (its index), so the result does not depend on the number of threads.
+    pub fn epoch(&self, epoch: u64) -> anyhow::Result<Vec<EncodedPair>> {
+        use rand::SeedableRng;
+        use rayon::prelude::*;
+        let seed =
+            (self.seed ^ SUBWORD_SEED_MIX).wrapping_add(epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.corpus
+            .pairs
+            .par_iter()
+            .enumerate()
+            .map(|(i, (src, tgt))| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(i as u64);
+                Ok(EncodedPair {
+                    src: match &self.source {
+                        Some(bpe) => bpe.encode(src, &mut rng)?,
+                        None => Vec::new(),
+                    },
+                    tgt: self.target.encode(tgt, &mut rng)?,
+                })
+            })
+            .collect()
     }
 }

@@ -31,6 +31,7 @@ fn data() -> TrainData<'static> {
     let references = valid.iter().map(|p| words(&p.tgt)).collect();
     TrainData {
         train: synthetic(80, 7),
+        resample: None,
         valid: Some(ValidSet {
             pairs: valid,
             references,

@@ -12,7 +12,7 @@ use crate::model::Task;
 use crate::prepare::PreparedData;
 use crate::train::checkpoint::{list_checkpoints, RunLock};
 use crate::train::config::TrainConfig;
-use crate::train::trainer::{TrainData, Trainer, ValidSet};
+use crate::train::trainer::{Resample, TrainData, Trainer, ValidSet};
 
 /// The effective config of a run, written at its start and read by `--resume`.
 pub const RUN_CONFIG_FILE: &str = "config.toml";
@@ -142,6 +142,12 @@ fn train_rank(
 
     let train_corpus = prepared.read_train()?;
     let train = prepared.encode_pairs(&train_corpus)?;
+    let sampler = match cfg.subword_dropout > 0.0 {
+        true => {
+            Some(prepared.subword_sampler(train_corpus, cfg.subword_dropout as f32, cfg.seed)?)
+        }
+        false => None,
+    };
     let valid = match prepared.read_valid()? {
         Some(c) => Some(ValidSet {
             pairs: prepared.encode_pairs(&c)?,
@@ -152,6 +158,8 @@ fn train_rank(
     let target = prepared.target_tokenizer();
     let data = TrainData {
         train,
+        resample: sampler
+            .map(|sampler| -> Box<Resample> { Box::new(move |epoch| sampler.epoch(epoch)) }),
         valid,
         detokenize: Box::new(|ids: &[u32]| target.decode(ids)),
         model_files: prepared.tokenizer_files(),

@@ -93,6 +93,10 @@ pub struct TrainConfig {
     /// 0 = off): validation, checkpoints and `best/` then hold the average, the raw
     /// weights go on training (`train::ema`).
     pub ema_decay: f64,
+    /// BPE-dropout (Provilkov et al. 2020): each epoch segments the training sentences
+    /// anew, leaving out every possible merge with this probability (e.g. 0.1; 0 = off).
+    /// Both sides; validation and search keep the deterministic segmentation.
+    pub subword_dropout: f64,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).
     pub valid_every: u64,
@@ -152,6 +156,7 @@ impl Default for TrainConfig {
             max_bad_steps: 5,
             label_smoothing: 0.1,
             ema_decay: 0.0,
+            subword_dropout: 0.0,
             valid_every: 1000,
             valid_max_sentences: 500,
             valid_max_tokens: 4096,
@@ -215,6 +220,7 @@ impl TrainConfig {
         unit("beta2", self.beta2)?;
         unit("label_smoothing", self.label_smoothing)?;
         unit("ema_decay", self.ema_decay)?;
+        unit("subword_dropout", self.subword_dropout)?;
         if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             bail!("weight_decay = {}: must be >= 0", self.weight_decay);
         }
@@ -395,6 +401,8 @@ mod tests {
         assert!(e.contains("key=value"), "{e}");
         let e = err("", &["ema_decay=1.0"]);
         assert!(e.contains("ema_decay = 1"), "{e}");
+        let e = err("", &["subword_dropout=-0.1"]);
+        assert!(e.contains("subword_dropout = -0.1"), "{e}");
         let e = err("", &["decay_end_fraction=0.9"]);
         assert!(e.contains("max_minutes > 0"), "{e}");
         let e = err(

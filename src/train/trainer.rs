@@ -62,9 +62,15 @@ pub struct ValidSet {
 /// Turns target ids (without BOS/EOS) into text for BLEU.
 pub type Detokenize<'a> = dyn Fn(&[u32]) -> Result<String> + 'a;
 
+/// An epoch's training pairs segmented anew (BPE-dropout), as a function of the epoch.
+pub type Resample<'a> = dyn Fn(u64) -> Result<Vec<EncodedPair>> + 'a;
+
 /// What a training run reads besides the config.
 pub struct TrainData<'a> {
     pub train: Vec<EncodedPair>,
+    /// With `subword_dropout`: each epoch trains on these pairs instead of `train` (the
+    /// same sentences in the same order, other segmentations).
+    pub resample: Option<Box<Resample<'a>>>,
     pub valid: Option<ValidSet>,
     pub detokenize: Box<Detokenize<'a>>,
     /// Files copied into every model folder written (`best/`): the tokenizers.
@@ -639,7 +645,15 @@ impl Trainer {
             if self.cfg.max_epochs > 0 && self.state.epoch >= self.cfg.max_epochs {
                 break 'run StopReason::MaxEpochs;
             }
-            let batches = batcher.epoch(&data.train, self.state.epoch);
+            let resampled;
+            let pairs = match &data.resample {
+                Some(resample) => {
+                    resampled = resample(self.state.epoch)?;
+                    resampled.as_slice()
+                }
+                None => data.train.as_slice(),
+            };
+            let batches = batcher.epoch(pairs, self.state.epoch);
             while self.state.batch_index < batches.len() {
                 if limit.is_some_and(|n| self.state.step >= n) {
                     break 'run StopReason::MaxSteps;
@@ -658,7 +672,7 @@ impl Trainer {
                     loss,
                     nll,
                     tokens,
-                } = self.gradients(&data.train, &batches[self.state.batch_index], &workers)?;
+                } = self.gradients(pairs, &batches[self.state.batch_index], &workers)?;
                 let norm = global_grad_norm(&grads, &self.vars)?;
                 if !norm.is_finite() || !loss.is_finite() || loss > self.exploding_loss() {
                     // The update would ruin the weights: skip it (the batch is used up).
@@ -1125,6 +1139,7 @@ mod tests {
             .collect();
         TrainData {
             train,
+            resample: None,
             valid: None,
             detokenize: Box::new(|ids: &[u32]| Ok(format!("{ids:?}"))),
             model_files: Vec::new(),

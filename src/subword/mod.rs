@@ -5,6 +5,8 @@
 //! every line, which a character-level vocabulary with unknown characters cannot promise.
 //! The files load unchanged in Python's `tokenizers` (`Tokenizer.from_file`).
 
+mod dropout;
+
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -14,6 +16,8 @@ use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
+
+pub use dropout::BpeDropout;
 
 /// Special tokens and their fixed ids, the same in every vocabulary rnmt writes.
 pub const PAD: &str = "<pad>";
@@ -166,6 +170,11 @@ impl SubwordModel {
                     .unwrap_or_else(|| UNK.to_string())
             })
             .collect()
+    }
+
+    /// This model's segmentation with BPE-dropout `p` ([`BpeDropout`]), for training.
+    pub fn bpe_dropout(&self, p: f32) -> anyhow::Result<BpeDropout> {
+        BpeDropout::new(&self.tokenizer, p)
     }
 
     pub fn vocab_size(&self) -> usize {
