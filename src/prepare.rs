@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::EncodedPair;
 use crate::corpus::{resolve_prefix, FilterConfig, FilterReport, ParallelCorpus};
 use crate::subword::{
-    BpeDropout, SubwordConfig, SubwordKind, SubwordModel, LM_TOKENIZER, SOURCE_TOKENIZER,
+    SubwordConfig, SubwordKind, SubwordModel, SubwordSampling, LM_TOKENIZER, SOURCE_TOKENIZER,
     SPECIAL_TOKENS, TARGET_TOKENIZER,
 };
 
@@ -372,26 +372,28 @@ impl PreparedData {
             .collect())
     }
 
-    /// The training pairs of `corpus` segmented anew for each epoch with BPE-dropout `p`
-    /// (the trainer's `subword_dropout`); the seed and the epoch fix every draw.
+    /// The training pairs of `corpus` segmented anew for each epoch: BPE-dropout
+    /// `dropout` or unigram sampling `alpha` (the trainer's `subword_dropout` and
+    /// `subword_alpha`, one of them > 0); the seed and the epoch fix every draw.
     pub fn subword_sampler(
         &self,
         corpus: crate::corpus::ParallelCorpus,
-        p: f32,
+        (dropout, alpha): (f64, f64),
         seed: u64,
     ) -> anyhow::Result<SubwordSampler> {
-        let what = |side: &str| {
-            format!(
-                "subword_dropout on the {side} side of {}",
-                self.dir.display()
-            )
+        let sampling = |model: &SubwordModel, side: &str| {
+            match dropout > 0.0 {
+                true => model.bpe_dropout(dropout as f32),
+                false => model.unigram_sampling(alpha),
+            }
+            .with_context(|| format!("the {side} subwords of {}", self.dir.display()))
         };
         Ok(SubwordSampler {
             source: match self.manifest.mono {
                 true => None,
-                false => Some(self.source.bpe_dropout(p).with_context(|| what("source"))?),
+                false => Some(sampling(&self.source, "source")?),
             },
-            target: self.target.bpe_dropout(p).with_context(|| what("target"))?,
+            target: sampling(&self.target, "target")?,
             corpus,
             seed,
         })
@@ -401,11 +403,11 @@ impl PreparedData {
 /// Mixed into the training seed, so the segmentations' draws are a stream of their own.
 const SUBWORD_SEED_MIX: u64 = 0x5EED_5B3D_0000_0002;
 
-/// Training pairs with a fresh BPE-dropout segmentation per epoch.
+/// Training pairs with fresh segmentations each epoch (subword regularisation).
 pub struct SubwordSampler {
     corpus: crate::corpus::ParallelCorpus,
-    source: Option<BpeDropout>,
-    target: BpeDropout,
+    source: Option<SubwordSampling>,
+    target: SubwordSampling,
     seed: u64,
 }
 
@@ -426,7 +428,7 @@ impl SubwordSampler {
                 rng.set_stream(i as u64);
                 Ok(EncodedPair {
                     src: match &self.source {
-                        Some(bpe) => bpe.encode(src, &mut rng)?,
+                        Some(sampling) => sampling.encode(src, &mut rng)?,
                         None => Vec::new(),
                     },
                     tgt: self.target.encode(tgt, &mut rng)?,

@@ -356,6 +356,16 @@ fn subword_dropout_segments_each_epoch_anew_and_resumes_exactly() {
         );
     }
 
+    // Unigram sampling on BPE subwords is refused, naming the key that fits them.
+    let wrong = tmp.path().join("wrong");
+    let out = run_bounded(&mut args(&wrong, "max_steps=2", "subword_alpha=0.2"), LIMIT);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("subword_alpha") && e.contains("use subword_dropout"),
+        "{e}"
+    );
+
     // Interrupted inside the second epoch, then resumed to step 26.
     let inside = steps.iter().find(|s| s.epoch == 1).unwrap().step + 2;
     let resumed = tmp.path().join("resumed");

@@ -142,10 +142,9 @@ fn train_rank(
 
     let train_corpus = prepared.read_train()?;
     let train = prepared.encode_pairs(&train_corpus)?;
-    let sampler = match cfg.subword_dropout > 0.0 {
-        true => {
-            Some(prepared.subword_sampler(train_corpus, cfg.subword_dropout as f32, cfg.seed)?)
-        }
+    let regularization = (cfg.subword_dropout, cfg.subword_alpha);
+    let sampler = match cfg.subword_dropout > 0.0 || cfg.subword_alpha > 0.0 {
+        true => Some(prepared.subword_sampler(train_corpus, regularization, cfg.seed)?),
         false => None,
     };
     let valid = match prepared.read_valid()? {

@@ -5,7 +5,7 @@
 //! every line, which a character-level vocabulary with unknown characters cannot promise.
 //! The files load unchanged in Python's `tokenizers` (`Tokenizer.from_file`).
 
-mod dropout;
+mod sampling;
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-pub use dropout::BpeDropout;
+pub use sampling::SubwordSampling;
 
 /// Special tokens and their fixed ids, the same in every vocabulary rnmt writes.
 pub const PAD: &str = "<pad>";
@@ -172,9 +172,15 @@ impl SubwordModel {
             .collect()
     }
 
-    /// This model's segmentation with BPE-dropout `p` ([`BpeDropout`]), for training.
-    pub fn bpe_dropout(&self, p: f32) -> anyhow::Result<BpeDropout> {
-        BpeDropout::new(&self.tokenizer, p)
+    /// This model's segmentation with BPE-dropout `p`, for training (BPE models).
+    pub fn bpe_dropout(&self, p: f32) -> anyhow::Result<SubwordSampling> {
+        SubwordSampling::bpe_dropout(&self.tokenizer, p)
+    }
+
+    /// This model's segmentation sampled with smoothing `alpha`, for training (unigram
+    /// models).
+    pub fn unigram_sampling(&self, alpha: f64) -> anyhow::Result<SubwordSampling> {
+        SubwordSampling::unigram(&self.tokenizer, alpha)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -97,6 +97,10 @@ pub struct TrainConfig {
     /// anew, leaving out every possible merge with this probability (e.g. 0.1; 0 = off).
     /// Both sides; validation and search keep the deterministic segmentation.
     pub subword_dropout: f64,
+    /// Unigram sampling (Kudo 2018), unigram subwords' counterpart of `subword_dropout`:
+    /// each epoch draws every training sentence's segmentation with probability
+    /// ∝ P(x)^α (e.g. 0.2 or 0.5; smaller is more varied; 0 = off).
+    pub subword_alpha: f64,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).
     pub valid_every: u64,
@@ -157,6 +161,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.1,
             ema_decay: 0.0,
             subword_dropout: 0.0,
+            subword_alpha: 0.0,
             valid_every: 1000,
             valid_max_sentences: 500,
             valid_max_tokens: 4096,
@@ -221,6 +226,20 @@ impl TrainConfig {
         unit("label_smoothing", self.label_smoothing)?;
         unit("ema_decay", self.ema_decay)?;
         unit("subword_dropout", self.subword_dropout)?;
+        if !(self.subword_alpha >= 0.0 && self.subword_alpha.is_finite()) {
+            bail!(
+                "subword_alpha = {}: must be >= 0 (0 turns sampling off)",
+                self.subword_alpha
+            );
+        }
+        if self.subword_dropout > 0.0 && self.subword_alpha > 0.0 {
+            bail!(
+                "subword_dropout = {} and subword_alpha = {}: set one (BPE-dropout for BPE \
+                 subwords, sampling for unigram ones)",
+                self.subword_dropout,
+                self.subword_alpha
+            );
+        }
         if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             bail!("weight_decay = {}: must be >= 0", self.weight_decay);
         }
@@ -403,6 +422,8 @@ mod tests {
         assert!(e.contains("ema_decay = 1"), "{e}");
         let e = err("", &["subword_dropout=-0.1"]);
         assert!(e.contains("subword_dropout = -0.1"), "{e}");
+        let e = err("", &["subword_dropout=0.1", "subword_alpha=0.2"]);
+        assert!(e.contains("set one"), "{e}");
         let e = err("", &["decay_end_fraction=0.9"]);
         assert!(e.contains("max_minutes > 0"), "{e}");
         let e = err(
