@@ -62,14 +62,15 @@ pub struct ValidSet {
 /// Turns target ids (without BOS/EOS) into text for BLEU.
 pub type Detokenize<'a> = dyn Fn(&[u32]) -> Result<String> + 'a;
 
-/// An epoch's training pairs segmented anew (BPE-dropout), as a function of the epoch.
+/// An epoch's training pairs segmented anew (subword regularisation), as a function of
+/// the epoch.
 pub type Resample<'a> = dyn Fn(u64) -> Result<Vec<EncodedPair>> + 'a;
 
 /// What a training run reads besides the config.
 pub struct TrainData<'a> {
     pub train: Vec<EncodedPair>,
-    /// With `subword_dropout`: each epoch trains on these pairs instead of `train` (the
-    /// same sentences in the same order, other segmentations).
+    /// With `subword_dropout` or `subword_alpha`: each epoch trains on these pairs instead
+    /// of `train` (the same sentences in the same order, other segmentations).
     pub resample: Option<Box<Resample<'a>>>,
     pub valid: Option<ValidSet>,
     pub detokenize: Box<Detokenize<'a>>,
