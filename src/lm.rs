@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::model::{LanguageModel, LmState, WEIGHTS_FILE};
-use crate::subword::{SubwordModel, BOS_ID, EOS_ID};
+use crate::subword::{log_sum_exp, SubwordModel, BOS_ID, EOS_ID};
 
 /// The log-probability of one sentence.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -284,15 +284,6 @@ fn kth_largest(values: impl Iterator<Item = f64>, k: usize) -> f64 {
     }
     v.sort_by(|a, b| b.total_cmp(a));
     v[k - 1]
-}
-
-fn log_sum_exp(xs: impl Iterator<Item = f64>) -> f64 {
-    let xs: Vec<f64> = xs.collect();
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return max;
-    }
-    max + xs.iter().map(|x| (x - max).exp()).sum::<f64>().ln()
 }
 
 /// How [`generate`] draws each subword.

@@ -319,29 +319,22 @@ fn subword_dropout_segments_each_epoch_anew_and_resumes_exactly() {
         );
         sums
     };
-    let plain = tmp.path().join("plain");
-    ok(
-        &run_bounded(
-            &mut args(&plain, "max_steps=26", "subword_dropout=0"),
-            LIMIT,
-        ),
-        "no dropout",
-    );
-    let plain = tokens_per_epoch(&train_steps(&plain));
+    // A run of 26 steps with `dropout` in `name`: its steps.
+    let trained = |name: &str, dropout: &str| {
+        let run = tmp.path().join(name);
+        ok(
+            &run_bounded(&mut args(&run, "max_steps=26", dropout), LIMIT),
+            name,
+        );
+        (train_steps(&run), run)
+    };
+    let plain = tokens_per_epoch(&trained("plain", "subword_dropout=0").0);
     assert_eq!(
         plain[0], plain[1],
         "without dropout every epoch has the same subwords"
     );
 
-    let one = tmp.path().join("dropout");
-    ok(
-        &run_bounded(
-            &mut args(&one, "max_steps=26", "subword_dropout=0.1"),
-            LIMIT,
-        ),
-        "dropout",
-    );
-    let steps = train_steps(&one);
+    let (steps, one) = trained("dropout", "subword_dropout=0.1");
     let sampled = tokens_per_epoch(&steps);
     assert_ne!(
         sampled[0], sampled[1],

@@ -17,6 +17,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
+pub(crate) use sampling::log_sum_exp;
 pub use sampling::SubwordSampling;
 
 /// Special tokens and their fixed ids, the same in every vocabulary rnmt writes.
@@ -174,13 +175,13 @@ impl SubwordModel {
 
     /// This model's segmentation with BPE-dropout `p`, for training (BPE models).
     pub fn bpe_dropout(&self, p: f32) -> anyhow::Result<SubwordSampling> {
-        SubwordSampling::bpe_dropout(&self.tokenizer, p)
+        SubwordSampling::bpe_dropout(self, p)
     }
 
     /// This model's segmentation sampled with smoothing `alpha`, for training (unigram
     /// models).
     pub fn unigram_sampling(&self, alpha: f64) -> anyhow::Result<SubwordSampling> {
-        SubwordSampling::unigram(&self.tokenizer, alpha)
+        SubwordSampling::unigram(self, alpha)
     }
 
     pub fn vocab_size(&self) -> usize {

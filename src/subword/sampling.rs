@@ -18,15 +18,14 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 use rand::Rng;
-use tokenizers::{
-    ModelWrapper, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer,
-};
+use tokenizers::{ModelWrapper, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
-use super::{SPECIAL_TOKENS, UNK_ID};
+use super::{SubwordModel, SPECIAL_TOKENS, UNK_ID};
 
 /// A tokenizer whose segmentations are drawn: BPE-dropout or unigram sampling.
 pub struct SubwordSampling {
-    tokenizer: Tokenizer,
+    /// The model itself: its pre-tokenizer, and its segmentation where nothing is drawn.
+    model: SubwordModel,
     kind: Sampling,
 }
 
@@ -37,43 +36,43 @@ enum Sampling {
 
 impl SubwordSampling {
     /// BPE-dropout with `p` in [0, 1): the probability that a possible merge is left out.
-    pub(super) fn bpe_dropout(tokenizer: &Tokenizer, p: f32) -> anyhow::Result<Self> {
+    pub(super) fn bpe_dropout(model: &SubwordModel, p: f32) -> anyhow::Result<Self> {
         if !(0.0..1.0).contains(&p) {
             bail!("subword dropout must be in [0, 1), got {p}");
         }
-        let ModelWrapper::BPE(bpe) = tokenizer.get_model() else {
+        let ModelWrapper::BPE(bpe) = model.tokenizer.get_model() else {
             bail!(
                 "subword_dropout needs BPE subwords, and this vocabulary is unigram: \
                  use subword_alpha (unigram sampling) instead"
             );
         };
-        Self::new(tokenizer, Sampling::BpeDropout(BpeDropout::new(bpe, p)?))
+        Self::new(model, Sampling::BpeDropout(BpeDropout::new(bpe, p)?))
     }
 
     /// Unigram sampling with smoothing `alpha` > 0 (larger: closer to the best
     /// segmentation; Kudo 2018 uses 0.2 and 0.5).
-    pub(super) fn unigram(tokenizer: &Tokenizer, alpha: f64) -> anyhow::Result<Self> {
+    pub(super) fn unigram(model: &SubwordModel, alpha: f64) -> anyhow::Result<Self> {
         if !(alpha > 0.0 && alpha.is_finite()) {
             bail!("unigram sampling's alpha must be a positive number, got {alpha}");
         }
-        let ModelWrapper::Unigram(unigram) = tokenizer.get_model() else {
+        let ModelWrapper::Unigram(unigram) = model.tokenizer.get_model() else {
             bail!(
                 "subword_alpha needs unigram subwords, and this vocabulary is BPE: \
                  use subword_dropout (BPE-dropout) instead"
             );
         };
         Self::new(
-            tokenizer,
+            model,
             Sampling::Unigram(UnigramSampling::new(unigram, alpha)),
         )
     }
 
-    fn new(tokenizer: &Tokenizer, kind: Sampling) -> anyhow::Result<Self> {
-        if tokenizer.get_normalizer().is_some() {
+    fn new(model: &SubwordModel, kind: Sampling) -> anyhow::Result<Self> {
+        if model.tokenizer.get_normalizer().is_some() {
             bail!("subword sampling supports tokenizers without a normalizer only");
         }
         Ok(Self {
-            tokenizer: tokenizer.clone(),
+            model: model.clone(),
             kind,
         })
     }
@@ -83,11 +82,11 @@ impl SubwordSampling {
     pub fn encode(&self, text: &str, rng: &mut impl Rng) -> anyhow::Result<Vec<u32>> {
         let off = matches!(&self.kind, Sampling::BpeDropout(b) if b.p == 0.0);
         if off || SPECIAL_TOKENS.iter().any(|t| text.contains(t)) {
-            return plain_encode(&self.tokenizer, text);
+            return self.model.encode(text);
         }
         match self.segment(text, rng)? {
             Some(ids) => Ok(ids),
-            None => plain_encode(&self.tokenizer, text),
+            None => self.model.encode(text),
         }
     }
 
@@ -95,7 +94,7 @@ impl SubwordSampling {
     /// `None` when a word cannot be spelt in the vocabulary's pieces.
     fn segment(&self, text: &str, rng: &mut impl Rng) -> anyhow::Result<Option<Vec<u32>>> {
         let mut words = PreTokenizedString::from(text);
-        if let Some(pre) = self.tokenizer.get_pre_tokenizer() {
+        if let Some(pre) = self.model.tokenizer.get_pre_tokenizer() {
             pre.pre_tokenize(&mut words)
                 .map_err(|e| anyhow::anyhow!("pre-tokenizing {text:?}: {e}"))?;
         }
@@ -206,13 +205,6 @@ impl BpeDropout {
     }
 }
 
-fn plain_encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
-    let encoding = tokenizer
-        .encode_fast(text, false)
-        .map_err(|e| anyhow::anyhow!("encoding {text:?}: {e}"))?;
-    Ok(encoding.get_ids().to_vec())
-}
-
 /// A unigram model's pieces and their log-probabilities, for sampling.
 struct UnigramSampling {
     alpha: f64,
@@ -287,7 +279,9 @@ impl UnigramSampling {
     }
 }
 
-fn log_sum_exp(xs: impl Iterator<Item = f64> + Clone) -> f64 {
+/// `ln Σ exp(x)` without overflow; −∞ for no terms (the language model's next words use
+/// it too).
+pub(crate) fn log_sum_exp(xs: impl Iterator<Item = f64> + Clone) -> f64 {
     let max = xs.clone().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return max;
