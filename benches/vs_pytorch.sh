@@ -37,7 +37,7 @@
 # "--index-url https://download.pytorch.org/whl/cpu"), RNMT_CORPORA, WORK (default
 # target/vs_pytorch), CELL (lstm | gru), ROUNDS (3), STEPS (60), WARMUP (10),
 # MAX_TOKENS (1024), DECODE_TRAIN_STEPS (600), LIMIT (1000), MODEL, SHORTLIST,
-# SHORTLIST_SIZE, INT8.
+# SHORTLIST_SIZE, INT8, PRECISION (train: f32 or bf16, rnmt's `precision`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -92,6 +92,8 @@ sets=(--set "data=\"$data\"" --set "model.embedding_size=$width" --set "model.hi
   --set "threads=$threads" --set "max_tokens=${MAX_TOKENS:-1024}" --set valid_every=0
   --set max_epochs=0 --set max_minutes=0.0 --set log_every=1 --set "max_steps=$steps"
   --set "model.cell=\"$cell\"")
+# PRECISION=bf16: rnmt trains with the output layer's products in bf16 on AMX (PyTorch stays f32).
+[ -n "${PRECISION:-}" ] && sets+=(--set "precision=\"$PRECISION\"")
 config=configs/multi30k-de-en.toml
 
 peak_mib() { # the `time -v` report → peak RSS in MiB

@@ -45,6 +45,15 @@ fn errors_name_file_key_and_value() {
 
     let e = load_err("[model]\ndropout = 1.5\n", &[]);
     assert!(e.contains("dropout") && e.contains("1.5"), "{e}");
+    let e = load_err("", &["model.source_word_dropout=1"]);
+    assert!(
+        e.contains("source_word_dropout = 1 must be in [0, 1)"),
+        "{e}"
+    );
+    let e = load_err("", &["model.target_word_dropout=-0.1"]);
+    assert!(e.contains("target_word_dropout = -0.1"), "{e}");
+    let e = load_err("[model]\ntask = \"lm\"\nsource_word_dropout = 0.1\n", &[]);
+    assert!(e.contains("a language model has no source"), "{e}");
 
     let e = load_err("clip_norm = -2.0\n", &[]);
     assert!(e.contains("clip_norm = -2"), "{e}");

@@ -123,23 +123,46 @@ fn comparable(run_dir: &Path) -> Vec<String> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
-    resumed_equals_uninterrupted(Cell::Lstm, 1)
+    resumed_equals_uninterrupted(Cell::Lstm, 1, 0.0).map(drop)
+}
+
+/// Word dropout draws its masks from the same stream: a resumed run repeats them, and
+/// they do change the run (a word-dropout setting that reached no mask would not).
+#[test]
+fn resumed_run_with_word_dropout_equals_uninterrupted_run() -> anyhow::Result<()> {
+    let with = resumed_equals_uninterrupted(Cell::Lstm, 1, 0.2)?;
+    let without = resumed_equals_uninterrupted(Cell::Lstm, 1, 0.0)?;
+    assert_ne!(
+        with[0], without[0],
+        "step 1 should differ with word dropout"
+    );
+    Ok(())
 }
 
 /// Each batch worker draws its dropout masks from a stream of its own: resuming must
 /// restore those too.
 #[test]
 fn resumed_run_of_two_batch_workers_equals_uninterrupted_run() -> anyhow::Result<()> {
-    resumed_equals_uninterrupted(Cell::Lstm, 2)
+    resumed_equals_uninterrupted(Cell::Lstm, 2, 0.0).map(drop)
 }
 
 #[test]
 fn resumed_gru_run_equals_uninterrupted_run() -> anyhow::Result<()> {
-    resumed_equals_uninterrupted(Cell::Gru, 1)
+    resumed_equals_uninterrupted(Cell::Gru, 1, 0.0).map(drop)
 }
 
-fn resumed_equals_uninterrupted(cell: Cell, batch_workers: usize) -> anyhow::Result<()> {
-    let config = |run: &Path, n: u64| config_with(run, n, cell, batch_workers);
+/// Runs 14 steps at once and 7 + a resume from step 4; returns the run's comparable log.
+fn resumed_equals_uninterrupted(
+    cell: Cell,
+    batch_workers: usize,
+    word_dropout: f32,
+) -> anyhow::Result<Vec<String>> {
+    let config = |run: &Path, n: u64| {
+        let mut cfg = config_with(run, n, cell, batch_workers);
+        cfg.model.source_word_dropout = word_dropout;
+        cfg.model.target_word_dropout = word_dropout;
+        cfg
+    };
     let tmp = tempfile::tempdir()?;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let data = data();
@@ -186,7 +209,7 @@ fn resumed_equals_uninterrupted(cell: Cell, batch_workers: usize) -> anyhow::Res
     // `rnmt train` command, not the library trainer: tests/train_cli.rs checks it.)
     assert!(list_checkpoints(&b)?.len() <= 3);
     assert!(b.join("best").join(WEIGHTS_FILE).is_file());
-    Ok(())
+    Ok(reference)
 }
 
 #[test]

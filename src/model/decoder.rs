@@ -72,6 +72,7 @@ pub struct Decoder {
     bottom_projection: Option<BottomProjection>,
     input_feeding: bool,
     hidden_size: usize,
+    word_dropout: f32,
 }
 
 impl Decoder {
@@ -114,6 +115,7 @@ impl Decoder {
             bottom_projection: None,
             input_feeding: cfg.input_feeding,
             hidden_size: h,
+            word_dropout: cfg.target_word_dropout,
         })
     }
 
@@ -213,7 +215,8 @@ impl Decoder {
         tgt_mask: &Tensor,
         dropout: &mut Dropout,
     ) -> Result<(Tensor, Tensor)> {
-        let emb = dropout.apply(&self.embedding.forward(tgt_in)?)?;
+        let emb = dropout.drop_words(&self.embedding.forward(tgt_in)?, self.word_dropout)?;
+        let emb = dropout.apply(&emb)?;
         let (attentional, weights) = if self.input_feeding || self.conditional.is_some() {
             let (batch, steps, _) = emb.dims3()?;
             let mut state = self.init(batch, mem)?;

@@ -39,6 +39,7 @@ impl EncoderLayer {
 pub struct Encoder {
     embedding: Embedding,
     layers: Vec<EncoderLayer>,
+    word_dropout: f32,
 }
 
 impl Encoder {
@@ -77,13 +78,17 @@ impl Encoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { embedding, layers })
+        Ok(Self {
+            embedding,
+            layers,
+            word_dropout: cfg.source_word_dropout,
+        })
     }
 
     /// `src: u32 [batch, src]`, `mask: [batch, src]` in the model's dtype →
     /// memory `[batch, src, hidden]`, zero at padded positions.
     pub fn forward(&self, src: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
-        let mut xs = self.embedding.forward(src)?;
+        let mut xs = dropout.drop_words(&self.embedding.forward(src)?, self.word_dropout)?;
         for layer in &self.layers {
             xs = layer.forward(&dropout.apply(&xs)?, mask)?;
         }

@@ -97,7 +97,9 @@ impl LanguageModel {
     ) -> Result<Tensor> {
         let mut dropout = Dropout::new(self.cfg.dropout, dropout);
         let mask = batch.tgt_mask.to_dtype(self.dtype())?;
-        let mut h = dropout.apply(&self.embedding.forward(&batch.tgt_in)?)?;
+        let words = self.embedding.forward(&batch.tgt_in)?;
+        let words = dropout.drop_words(&words, self.cfg.target_word_dropout)?;
+        let mut h = dropout.apply(&words)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let input = if l == 0 {
                 h.clone()

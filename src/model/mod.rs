@@ -3,6 +3,7 @@
 
 pub mod additive_score;
 pub mod attention;
+pub mod bf16_matmul;
 pub mod config;
 pub mod decoder;
 pub mod dropout;

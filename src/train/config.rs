@@ -101,6 +101,12 @@ pub struct TrainConfig {
     /// each epoch draws every training sentence's segmentation with probability
     /// ∝ P(x)^α (e.g. 0.2 or 0.5; smaller is more varied; 0 = off).
     pub subword_alpha: f64,
+    /// `bf16`: the output layer's three products (its forward and the two of its
+    /// backward, the step's largest) with bf16 inputs and f32 sums on Intel AMX (Xeon of
+    /// the 4th generation, Sapphire Rapids, and later): mixed precision; the weights,
+    /// gradients, Adam and validation stay f32. Refused where the CPU has no AMX-BF16 and
+    /// on GPUs. `f32` (the default): every product in f32.
+    pub precision: Precision,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).
     pub valid_every: u64,
@@ -125,6 +131,15 @@ pub struct TrainConfig {
     /// other ranks wait for at their next step.
     pub collective_timeout_s: f64,
     pub model: ModelConfig,
+}
+
+/// The precision of the training step's largest products ([`TrainConfig::precision`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 impl Default for TrainConfig {
@@ -162,6 +177,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             subword_dropout: 0.0,
             subword_alpha: 0.0,
+            precision: Precision::F32,
             valid_every: 1000,
             valid_max_sentences: 500,
             valid_max_tokens: 4096,

@@ -33,13 +33,13 @@ use crate::batch::{Batch, EncodedPair, TokenBatcher};
 use crate::dist::{balanced_shards, Collective, SingleProcess};
 use crate::io::write_atomic;
 use crate::metrics::{Bleu, BleuConfig};
-use crate::model::{init_weights, save_model, Model, Task};
+use crate::model::{bf16_matmul, init_weights, save_model, Model, Task};
 use crate::search::{greedy_search, Ensemble, SearchConfig};
 use crate::train::checkpoint::{
     self, list_checkpoints, load_tensors, publish_checkpoint, read_state, save_tensors, RunLock,
     TrainState, CONFIG_FILE, MODEL_CARD_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE,
 };
-use crate::train::config::TrainConfig;
+use crate::train::config::{Precision, TrainConfig};
 use crate::train::data_parallel::{self, LookedUpRows, RootState};
 use crate::train::ema::{Ema, TRAINING_WEIGHTS_FILE};
 use crate::train::log::{MetricsLog, Progress, Record};
@@ -521,7 +521,18 @@ impl Trainer {
     /// has its share of the threads.
     fn batch_workers(&self) -> Result<Vec<BatchWorker>> {
         let n = crate::device::batch_workers(self.cfg.batch_workers, &self.device);
-        let loss = || OutputLoss::new(self.cfg.label_smoothing);
+        let bf16 = self.cfg.precision == Precision::Bf16;
+        if bf16 && !(self.device.is_cpu() && bf16_matmul::available()) {
+            bail!(
+                "precision = \"bf16\" runs the output layer's products on Intel AMX, and {}: \
+                 use precision = \"f32\"",
+                match self.device.is_cpu() {
+                    true => "this CPU has no AMX-BF16 (Xeon of the 4th generation, Sapphire Rapids, or later)",
+                    false => "this run is on a GPU",
+                }
+            );
+        }
+        let loss = || OutputLoss::new(self.cfg.label_smoothing).with_bf16_products(bf16);
         if n <= 1 {
             return Ok(vec![BatchWorker {
                 pool: None,
