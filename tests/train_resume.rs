@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rnmt::batch::EncodedPair;
 use rnmt::model::{Cell, ModelConfig};
 use rnmt::train::checkpoint::{self, list_checkpoints, OPTIMIZER_FILE, WEIGHTS_FILE};
-use rnmt::train::config::TrainConfig;
+use rnmt::train::config::{Precision, TrainConfig};
 use rnmt::train::log::{read_metrics, Record, METRICS_FILE};
 use rnmt::train::trainer::{TrainData, Trainer, ValidSet};
 
@@ -394,5 +394,46 @@ fn weight_average_is_validated_saved_and_resumed() -> anyhow::Result<()> {
     assert_eq!(resumed.state.step, 4);
     resumed.train(&data)?;
     assert_eq!(comparable(&cut), b, "the resumed run diverged");
+    Ok(())
+}
+
+/// `precision = "bf16"` trains where the CPU has AMX-BF16, close to the f32 run (the
+/// products' inputs lose bits, not the sums), and is refused with a clear error elsewhere.
+#[test]
+fn bf16_precision_trains_close_to_f32_or_is_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = data();
+    let run = |name: &str, precision: Precision| -> anyhow::Result<Vec<f64>> {
+        let dir = tmp.path().join(name);
+        let mut cfg = config(&dir, 8);
+        cfg.precision = precision;
+        Trainer::new(cfg, candle_core::Device::Cpu)?.train(&data)?;
+        Ok(read_metrics(&dir.join(METRICS_FILE))?
+            .iter()
+            .filter_map(|r| match r {
+                Record::Train { loss, .. } => Some(*loss),
+                _ => None,
+            })
+            .collect())
+    };
+    let f32_losses = run("f32", Precision::F32)?;
+    if !rnmt::model::bf16_matmul::available() {
+        let e = format!("{:#}", run("bf16", Precision::Bf16).unwrap_err());
+        assert!(e.contains("no AMX-BF16") && e.contains("precision"), "{e}");
+        return Ok(());
+    }
+    let bf16_losses = run("bf16", Precision::Bf16)?;
+    assert_eq!(bf16_losses.len(), f32_losses.len());
+    for (step, (a, b)) in f32_losses.iter().zip(&bf16_losses).enumerate() {
+        assert!(
+            (a - b).abs() < 0.01 * a,
+            "step {}: f32 {a}, bf16 {b}",
+            step + 1
+        );
+    }
+    assert_ne!(
+        f32_losses, bf16_losses,
+        "bf16 products should change the sums"
+    );
     Ok(())
 }

@@ -24,6 +24,7 @@
 
 use std::sync::OnceLock;
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Rows (and columns) of the block the kernel computes: two tiles by two.
@@ -49,13 +50,18 @@ pub fn available() -> bool {
     })
 }
 
-/// `x` rounded to the nearest bf16 (ties to even), as bits; NaN stays NaN.
+/// `x` rounded to the nearest bf16 (ties to even), as bits; NaN stays NaN. Branch-free,
+/// so that the loops over rows vectorise.
+#[inline(always)]
 pub fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x40;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x40;
+    (if bits & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }) as u16
 }
 
 /// The f32 value of bf16 bits.
@@ -63,16 +69,27 @@ pub fn bf16_value(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
+/// `src` rounded to bf16 into `dst`, elementwise.
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
+fn round_into(src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(x);
+    }
+}
+
+/// A matrix operand: its values, row stride and column stride.
+type Operand<'a> = (&'a [f32], usize, usize);
+
 /// `dst = A·B` for `A` `m × k` and `B` `k × n` given by their slices and row / column
 /// strides, `dst` with row stride `dst_rs`: the inputs rounded to bf16, the products
 /// summed in f32, on the current rayon pool. Panics where [`available`] is false (callers
 /// check it when the run starts) or an index falls outside a slice.
-pub(crate) fn matmul_bf16(
+pub fn matmul_bf16(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
+    lhs: Operand,
+    rhs: Operand,
 ) {
     assert!(available(), "bf16 matmul: this CPU has no AMX-BF16");
     if m == 0 || n == 0 {
@@ -88,6 +105,31 @@ pub(crate) fn matmul_bf16(
         }
         return;
     }
+    let (a, a_rs, a_cs) = lhs;
+    let (b, b_rs, b_cs) = rhs;
+    if a_cs != 1 && a_rs == 1 && b_cs == 1 {
+        // A column-major A (`Gᵀ` of `dW = Gᵀ·x`) would be packed by a gather of single
+        // values; `Cᵀ = Bᵀ·Aᵀ` reads both row by row instead (`Bᵀ` is the small one).
+        product(
+            (n, m, k),
+            dst,
+            (1, dst_rs),
+            (b, b_cs, b_rs),
+            (a, a_cs, a_rs),
+        );
+    } else {
+        product((m, n, k), dst, (dst_rs, 1), lhs, rhs);
+    }
+}
+
+/// [`matmul_bf16`] into `dst` with strides `(rs, cs)`, one of them 1.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: Operand,
+    rhs: Operand,
+) {
     let a = pack_rows(m, k, lhs);
     let b = pack_panels(k, n, rhs);
     let (blocks, depth) = (m.div_ceil(BLOCK), k.div_ceil(DEPTH) * DEPTH);
@@ -102,22 +144,47 @@ pub(crate) fn matmul_bf16(
             let _tiles = amx::Tiles::configure();
             for panel in pass.clone() {
                 let b_panel = &b[panel * BLOCK * depth..(panel + 1) * BLOCK * depth];
-                // SAFETY: `available()` held above, the tiles are configured on this
-                // thread, and both packed blocks hold `depth` (a multiple of 32) columns.
-                unsafe { amx::block(a_block, b_panel, depth, &mut out) };
                 let cols = BLOCK.min(n - panel * BLOCK);
-                for (r, sums) in out.chunks(BLOCK).take(rows).enumerate() {
-                    let start = (block * BLOCK + r) * dst_rs + panel * BLOCK;
-                    // SAFETY: in bounds (checked above), and each block writes rows of its
-                    // own, so no two threads write the same element.
-                    unsafe { dst.write(start, &sums[..cols]) };
+                let (row0, col0) = (block * BLOCK, panel * BLOCK);
+                if dst_cs == 1 && rows == BLOCK && cols == BLOCK {
+                    // A whole block of a row-major result: the tiles go straight to `dst`.
+                    let first = row0 * dst_rs + col0;
+                    assert!(
+                        first + (BLOCK - 1) * dst_rs + BLOCK <= dst.1,
+                        "bf16 matmul: dst out of bounds"
+                    );
+                    // SAFETY: `available()` held above, the tiles are configured on this
+                    // thread, both packed blocks hold `depth` (a multiple of 32) columns,
+                    // the block lies inside `dst` (just checked), and each task writes
+                    // rows of its own.
+                    unsafe { amx::block(a_block, b_panel, depth, dst.0.add(first), dst_rs) };
+                    continue;
+                }
+                // SAFETY: as above, into `out`, 32 × 32.
+                unsafe { amx::block(a_block, b_panel, depth, out.as_mut_ptr(), BLOCK) };
+                if dst_cs == 1 {
+                    for (r, sums) in out.chunks(BLOCK).take(rows).enumerate() {
+                        // SAFETY: in bounds (checked by the caller), and each block
+                        // writes rows of its own, so no two threads write one element.
+                        unsafe { dst.write((row0 + r) * dst_rs + col0, &sums[..cols]) };
+                    }
+                } else {
+                    // The result transposed: column c of the block is a row of `dst`.
+                    let mut column = [0f32; BLOCK];
+                    for c in 0..cols {
+                        for (r, v) in column.iter_mut().enumerate().take(rows) {
+                            *v = out[r * BLOCK + c];
+                        }
+                        // SAFETY: as above, with rows and columns swapped.
+                        unsafe { dst.write((col0 + c) * dst_cs + row0, &column[..rows]) };
+                    }
                 }
             }
         });
     }
 }
 
-/// `dst`'s buffer shared by the threads that write disjoint rows of it.
+/// `dst`'s buffer shared by the threads that write disjoint parts of it.
 struct SharedRows(*mut f32, usize);
 unsafe impl Sync for SharedRows {}
 
@@ -126,14 +193,17 @@ impl SharedRows {
     /// `start + values.len()` must be within the buffer and no other thread may write
     /// those elements at the same time.
     unsafe fn write(&self, start: usize, values: &[f32]) {
-        debug_assert!(start + values.len() <= self.1);
+        assert!(
+            start + values.len() <= self.1,
+            "bf16 matmul: dst out of bounds"
+        );
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(start), values.len());
     }
 }
 
 /// `A` (`m × k`, strides `rs`, `cs`) as bf16, row-major, `m` padded to a multiple of
 /// [`BLOCK`] and `k` to one of [`DEPTH`], zeros in the padding.
-fn pack_rows(m: usize, k: usize, (a, rs, cs): (&[f32], usize, usize)) -> Vec<u16> {
+fn pack_rows(m: usize, k: usize, (a, rs, cs): Operand) -> Vec<u16> {
     assert!(
         (m - 1) * rs + (k - 1) * cs < a.len(),
         "bf16 matmul: lhs out of bounds"
@@ -145,18 +215,14 @@ fn pack_rows(m: usize, k: usize, (a, rs, cs): (&[f32], usize, usize)) -> Vec<u16
         .enumerate()
         .for_each(|(block, out)| {
             let rows = BLOCK.min(m - block * BLOCK);
-            if cs == 1 {
-                for (r, row) in out.chunks_mut(depth).take(rows).enumerate() {
-                    let src = &a[(block * BLOCK + r) * rs..][..k];
-                    for (o, &x) in row.iter_mut().zip(src) {
-                        *o = bf16_bits(x);
-                    }
-                }
-            } else {
-                // Column-major source (a transposed matrix): read along the columns.
-                for col in 0..k {
-                    for r in 0..rows {
-                        out[r * depth + col] = bf16_bits(a[(block * BLOCK + r) * rs + col * cs]);
+            for (r, row) in out.chunks_mut(depth).take(rows).enumerate() {
+                let first = (block * BLOCK + r) * rs;
+                if cs == 1 {
+                    round_into(&a[first..first + k], &mut row[..k]);
+                } else {
+                    // A transposed source: the small operand here (see matmul_bf16).
+                    for (col, o) in row[..k].iter_mut().enumerate() {
+                        *o = bf16_bits(a[first + col * cs]);
                     }
                 }
             }
@@ -166,33 +232,70 @@ fn pack_rows(m: usize, k: usize, (a, rs, cs): (&[f32], usize, usize)) -> Vec<u16
 
 /// `B` (`k × n`, strides `rs`, `cs`) in panels of [`BLOCK`] columns, each `[depth/2]
 /// [BLOCK][2]` (see the module's notes), zeros in the padding.
-fn pack_panels(k: usize, n: usize, (b, rs, cs): (&[f32], usize, usize)) -> Vec<u16> {
+fn pack_panels(k: usize, n: usize, (b, rs, cs): Operand) -> Vec<u16> {
     assert!(
         (k - 1) * rs + (n - 1) * cs < b.len(),
         "bf16 matmul: rhs out of bounds"
     );
     let depth = k.div_ceil(DEPTH) * DEPTH;
     let mut packed = vec![0u16; n.div_ceil(BLOCK) * BLOCK * depth];
+    if cs == 1 {
+        // Rows of B are contiguous: each task takes a group of panels and walks the rows
+        // in pairs, rounding both rows' part once (long runs that vectorise) and
+        // interleaving them, 32 columns at a time, into each panel's row.
+        const GROUP: usize = 8;
+        packed
+            .par_chunks_mut(GROUP * BLOCK * depth)
+            .enumerate()
+            .for_each(|(group, out)| {
+                let first_col = group * GROUP * BLOCK;
+                let cols = (GROUP * BLOCK).min(n - first_col);
+                let mut pair = [vec![0u16; GROUP * BLOCK], vec![0u16; GROUP * BLOCK]];
+                for i in 0..k.div_ceil(2) {
+                    for (half, rounded) in pair.iter_mut().enumerate() {
+                        let row = 2 * i + half;
+                        if row < k {
+                            let first = row * rs + first_col;
+                            round_into(&b[first..first + cols], &mut rounded[..cols]);
+                        } else {
+                            rounded.fill(0);
+                        }
+                    }
+                    for (panel, panel_out) in out.chunks_exact_mut(BLOCK * depth).enumerate() {
+                        let dst = &mut panel_out[i * 2 * BLOCK..(i + 1) * 2 * BLOCK];
+                        let (top, bottom) = (
+                            &pair[0][panel * BLOCK..(panel + 1) * BLOCK],
+                            &pair[1][panel * BLOCK..(panel + 1) * BLOCK],
+                        );
+                        for ((two, &upper), &lower) in dst.chunks_exact_mut(2).zip(top).zip(bottom)
+                        {
+                            two[0] = upper;
+                            two[1] = lower;
+                        }
+                    }
+                }
+            });
+        return packed;
+    }
     packed
         .par_chunks_mut(BLOCK * depth)
         .enumerate()
         .for_each(|(panel, out)| {
             let cols = BLOCK.min(n - panel * BLOCK);
-            let at = |row: usize, c: usize| (row / 2) * 2 * BLOCK + c * 2 + row % 2;
-            if rs == 1 {
-                // Each column of B is contiguous (a transposed matrix: Wᵀ of x·Wᵀ).
-                for c in 0..cols {
-                    let col = &b[(panel * BLOCK + c) * cs..];
-                    for row in 0..k {
-                        out[at(row, c)] = bf16_bits(col[row]);
+            // Columns of B are contiguous (`Wᵀ` of `x·Wᵀ`): a column, rounded, goes to
+            // every other value of the panel's column.
+            let mut column = vec![0u16; k];
+            for c in 0..cols {
+                let first = (panel * BLOCK + c) * cs;
+                if rs == 1 {
+                    round_into(&b[first..first + k], &mut column);
+                } else {
+                    for (row, o) in column.iter_mut().enumerate() {
+                        *o = bf16_bits(b[first + row * rs]);
                     }
                 }
-            } else {
-                for row in 0..k {
-                    let src = &b[row * rs + panel * BLOCK * cs..];
-                    for c in 0..cols {
-                        out[at(row, c)] = bf16_bits(src[c * cs]);
-                    }
+                for (row, &v) in column.iter().enumerate() {
+                    out[(row / 2) * 2 * BLOCK + c * 2 + row % 2] = v;
                 }
             }
         });
@@ -280,21 +383,28 @@ mod amx {
         }
     }
 
-    /// `out (32 × 32) = a_block (32 × depth, bf16, row-major) · b_panel (depth/2 × 32 × 2)`.
+    /// `out (32 × 32, row stride out_rs floats) = a_block (32 × depth, bf16, row-major) ·
+    /// b_panel (depth/2 × 32 × 2)`.
     ///
     /// # Safety
     /// The tiles must be configured on this thread ([`Tiles`]); `depth` must be a positive
-    /// multiple of 32 and both blocks hold `32 · depth` values.
-    pub unsafe fn block(a_block: &[u16], b_panel: &[u16], depth: usize, out: &mut [f32]) {
+    /// multiple of 32, both blocks hold `32 · depth` values, and `out` must be valid for
+    /// writes of 32 rows of 32 floats, `out_rs` floats apart.
+    pub unsafe fn block(
+        a_block: &[u16],
+        b_panel: &[u16],
+        depth: usize,
+        out: *mut f32,
+        out_rs: usize,
+    ) {
         debug_assert!(depth > 0 && depth.is_multiple_of(32));
         debug_assert!(a_block.len() >= BLOCK * depth && b_panel.len() >= BLOCK * depth);
-        debug_assert!(out.len() >= BLOCK * BLOCK);
         let a_top = a_block.as_ptr();
         let a_bottom = a_block.as_ptr().add(16 * depth);
         let b_left = b_panel.as_ptr();
         // Column 16's pair starts 32 values into a panel row.
         let b_right = b_panel.as_ptr().add(32);
-        let c = out.as_mut_ptr();
+        let c = out;
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -330,9 +440,9 @@ mod amx {
             b_step = in(reg) 16 * BLOCK * 4,
             c_top_left = in(reg) c,
             c_top_right = in(reg) c.add(16),
-            c_bottom_left = in(reg) c.add(16 * BLOCK),
-            c_bottom_right = in(reg) c.add(16 * BLOCK + 16),
-            c_stride = in(reg) BLOCK * 4,
+            c_bottom_left = in(reg) c.add(16 * out_rs),
+            c_bottom_right = in(reg) c.add(16 * out_rs + 16),
+            c_stride = in(reg) out_rs * 4,
             options(nostack),
         );
     }
@@ -346,7 +456,7 @@ mod amx {
             unreachable!("AMX is x86-64 Linux only")
         }
     }
-    pub unsafe fn block(_: &[u16], _: &[u16], _: usize, _: &mut [f32]) {
+    pub unsafe fn block(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize) {
         unreachable!("AMX is x86-64 Linux only")
     }
 }

@@ -581,6 +581,11 @@ mod tests {
             data["output.bias"]
                 .set(&Tensor::randn(0f32, 0.5, vocab, &dev).unwrap())
                 .unwrap();
+            // A random weight (the layer starts at zero), so that the features' gradient
+            // `G·W` is not zero and is checked.
+            data["output.weight"]
+                .set(&Tensor::randn(0f32, 0.5, (vocab, hidden), &dev).unwrap())
+                .unwrap();
             (data["output.weight"].clone(), data["output.bias"].clone())
         };
         let features =
@@ -668,8 +673,10 @@ mod tests {
                 assert_eq!(got.dims(), want.dims(), "{name}");
                 let diff = max_diff(got, want);
                 let largest = f64_of(want).abs().unwrap().max_all().unwrap();
+                let largest = largest.to_scalar::<f64>().unwrap();
+                assert!(largest > 1e-3, "{name}: a gradient of zeros checks nothing");
                 let tolerance = match bf16 {
-                    true => largest.to_scalar::<f64>().unwrap() / 256.0,
+                    true => largest / 256.0,
                     false => 1e-5,
                 };
                 assert!(
