@@ -22,7 +22,10 @@
 //! state only to a process that asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which
 //! [`available`] does once.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -119,6 +122,99 @@ pub fn matmul_bf16(
         );
     } else {
         product((m, n, k), dst, (dst_rs, 1), lhs, rhs);
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside a training step with bf16 products.
+    static BF16_PRODUCTS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a training step's forward and backward pass) with its large products in
+/// bf16 on this thread when `on`: the output layer's ([`crate::train::loss::OutputLoss`])
+/// and the recurrent layers' input projections ([`xs_times_w_t`]). Validation and search
+/// never run inside it, so they stay f32.
+pub fn with_bf16_products<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_PRODUCTS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(BF16_PRODUCTS.with(|c| c.replace(on)));
+    f()
+}
+
+/// Whether products on this thread run in bf16 ([`with_bf16_products`]).
+pub fn bf16_products() -> bool {
+    BF16_PRODUCTS.with(|c| c.get())
+}
+
+/// `x·Wᵀ` for `x [rows, input]` and `W [outputs, input]` (f32 on the CPU) with the
+/// product and the two of its backward in bf16: the recurrent layers' input projection
+/// over a whole sequence inside [`with_bf16_products`].
+pub fn xs_times_w_t(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.apply_op2(weight, XsTimesWt)
+}
+
+struct XsTimesWt;
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("bf16 product: the operands must be contiguous"),
+    }
+}
+
+impl CustomOp2 for XsTimesWt {
+    fn name(&self) -> &'static str {
+        "bf16-x-times-w-transposed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (m, k) = l1.shape().dims2()?;
+        let (n, w_k) = l2.shape().dims2()?;
+        if w_k != k {
+            candle_core::bail!("bf16 product: x [{m}, {k}] and W [{n}, {w_k}]");
+        }
+        let mut out = vec![0f32; m * n];
+        matmul_bf16((m, n, k), &mut out, n, (x, k, 1), (w, 1, k));
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (m, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws)) = (&*gs, &*xs, &*ws) else {
+            candle_core::bail!("bf16 product: not on the CPU");
+        };
+        let (g, x_data, w_data) = (f32_slice(gs, gl)?, f32_slice(xs, xl)?, f32_slice(ws, wl)?);
+        let mut dx = vec![0f32; m * k];
+        matmul_bf16((m, k, n), &mut dx, k, (g, n, 1), (w_data, k, 1));
+        let mut dw = vec![0f32; n * k];
+        matmul_bf16((n, k, m), &mut dw, k, (g, 1, n), (x_data, k, 1));
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (m, k), device)?),
+            Some(Tensor::from_vec(dw, (n, k), device)?),
+        ))
     }
 }
 
@@ -497,6 +593,67 @@ mod tests {
                 (s % 20_001) as f32 / 10_000.0 - 1.0
             })
             .collect()
+    }
+
+    /// The recurrent layers' bf16 input projection and its backward, through candle's
+    /// autograd, against f64 products of the bf16-rounded operands (the upstream gradient
+    /// is rounded too, as the backward's products round it).
+    #[test]
+    fn bf16_projection_and_its_gradients_match_the_rounded_f64_products() {
+        if !available() {
+            eprintln!("no AMX-BF16 on this CPU: the op is not run");
+            return;
+        }
+        use candle_core::{DType, Device, Var};
+        let (m, n, k) = (37, 45, 70);
+        let dev = Device::Cpu;
+        let tensor = |v: Vec<f32>, shape: (usize, usize)| Tensor::from_vec(v, shape, &dev).unwrap();
+        let x = Var::from_tensor(&tensor(values(m * k, 5), (m, k))).unwrap();
+        let w = Var::from_tensor(&tensor(values(n * k, 6), (n, k))).unwrap();
+        let upstream = tensor(values(m * n, 7), (m, n));
+        let y = xs_times_w_t(x.as_tensor(), w.as_tensor()).unwrap();
+        let grads = (&y * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let rounded = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let (x64, w64, g64) = (
+            rounded(x.as_tensor()),
+            rounded(w.as_tensor()),
+            rounded(&upstream),
+        );
+        let cases = [
+            (y, x64.matmul(&w64.t().unwrap()).unwrap(), "y"),
+            (
+                grads.get(x.as_tensor()).unwrap().clone(),
+                g64.matmul(&w64).unwrap(),
+                "dx",
+            ),
+            (
+                grads.get(w.as_tensor()).unwrap().clone(),
+                g64.t().unwrap().matmul(&x64).unwrap(),
+                "dW",
+            ),
+        ];
+        for (got, want, name) in cases {
+            let got = got.to_dtype(DType::F64).unwrap();
+            let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let largest = want.abs().unwrap().max_all().unwrap();
+            let (diff, largest) = (
+                diff.to_scalar::<f64>().unwrap(),
+                largest.to_scalar::<f64>().unwrap(),
+            );
+            assert!(largest > 0.1, "{name}: nothing to compare");
+            // f32 sums of at most 70 products of values below 1.
+            assert!(diff < 1e-5 * largest, "{name}: {diff} of {largest}");
+        }
     }
 
     #[test]

@@ -304,6 +304,12 @@ impl OutputLoss {
         self
     }
 
+    /// Whether this loss's step runs its products in bf16 (the trainer then runs the
+    /// whole step inside [`bf16_matmul::with_bf16_products`]).
+    pub fn bf16_products(&self) -> bool {
+        self.bf16
+    }
+
     /// `features [batch, len, hidden]` (the output layer's input), `targets u32 [batch,
     /// len]`, `mask [batch, len]` (1 for real tokens).
     pub fn forward(

@@ -160,14 +160,16 @@ fn part_gradients(
     loss_fn: &OutputLoss,
 ) -> Result<PartGradients> {
     let t = Batch::new(pairs, indices).to_tensors(device)?;
-    let features = model.forward_features(&t, Some(rng))?;
-    let batch = loss_fn.forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
-    let objective = (&batch.sum * scale)?;
-    let grads = objective.backward()?;
-    Ok(PartGradients {
-        grads,
-        sum: batch.sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-        nll: batch.nll,
+    bf16_matmul::with_bf16_products(loss_fn.bf16_products(), || {
+        let features = model.forward_features(&t, Some(rng))?;
+        let batch = loss_fn.forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
+        let objective = (&batch.sum * scale)?;
+        let grads = objective.backward()?;
+        Ok(PartGradients {
+            grads,
+            sum: batch.sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            nll: batch.nll,
+        })
     })
 }
 

@@ -369,9 +369,16 @@ pub(crate) fn xs_times_w_ih(x: &Tensor, weight_ih: &Tensor) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let input = dims.pop().unwrap_or(0);
     dims.push(weight_ih.dim(0)?);
-    x.reshape(((), input))?
-        .matmul(&weight_ih.t()?)?
-        .reshape(dims)
+    let rows = x.reshape(((), input))?;
+    let bf16 = super::bf16_matmul::bf16_products()
+        && rows.device().is_cpu()
+        && rows.dtype() == candle_core::DType::F32
+        && weight_ih.dtype() == candle_core::DType::F32;
+    match bf16 {
+        true => super::bf16_matmul::xs_times_w_t(&rows.contiguous()?, &weight_ih.contiguous()?)?,
+        false => rows.matmul(&weight_ih.t()?)?,
+    }
+    .reshape(dims)
 }
 
 /// `(z - mean) / sqrt(var + eps)` over the last dimension, with differentiable candle ops.
