@@ -101,11 +101,12 @@ pub struct TrainConfig {
     /// each epoch draws every training sentence's segmentation with probability
     /// ∝ P(x)^α (e.g. 0.2 or 0.5; smaller is more varied; 0 = off).
     pub subword_alpha: f64,
-    /// `bf16`: the output layer's three products (its forward and the two of its
-    /// backward, the step's largest) with bf16 inputs and f32 sums on Intel AMX (Xeon of
-    /// the 4th generation, Sapphire Rapids, and later): mixed precision; the weights,
-    /// gradients, Adam and validation stay f32. Refused where the CPU has no AMX-BF16 and
-    /// on GPUs. `f32` (the default): every product in f32.
+    /// `bf16`: the training step's large products (the output layer's forward and the two
+    /// of its backward, the recurrent layers' input projections and their backward) with
+    /// bf16 inputs and f32 sums on Intel AMX (Xeon of the 4th generation, Sapphire Rapids,
+    /// and later): mixed precision; the weights, gradients, Adam, validation and search
+    /// stay f32. Refused where the CPU has no AMX-BF16 and on GPUs. `f32` (the default):
+    /// every product in f32.
     pub precision: Precision,
 
     /// Validate (and checkpoint) every N updates (0 = only at the end).

@@ -526,7 +526,7 @@ impl Trainer {
         let bf16 = self.cfg.precision == Precision::Bf16;
         if bf16 && !(self.device.is_cpu() && bf16_matmul::available()) {
             bail!(
-                "precision = \"bf16\" runs the output layer's products on Intel AMX, and {}: \
+                "precision = \"bf16\" runs the training step's products on Intel AMX, and {}: \
                  use precision = \"f32\"",
                 match self.device.is_cpu() {
                     true => "this CPU has no AMX-BF16 (Xeon of the 4th generation, Sapphire Rapids, or later)",
