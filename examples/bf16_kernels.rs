@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rnmt::model::bf16_matmul::{available, matmul_bf16};
+use rnmt::model::lstm::product::matmul_on_threads;
 
 fn parse_args() -> Result<[usize; 4]> {
     let mut args = [700, 8000, 256, 7];
@@ -37,44 +38,15 @@ fn parse_args() -> Result<[usize; 4]> {
     Ok(args)
 }
 
-/// `dst = lhs · rhs` through gemm on the current rayon pool's threads.
+/// `dst = lhs · rhs` through gemm (as training runs it in f32) on the pool's threads.
 fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
 ) {
-    let threads = rayon::current_num_threads();
-    let parallelism = match threads {
-        1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
-    // SAFETY: the slices hold the strided matrices (checked above for these layouts).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    matmul_on_threads(rayon::current_num_threads(), shape, dst, dst_rs, lhs, rhs)
 }
 
 type Product =

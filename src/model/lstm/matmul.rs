@@ -21,7 +21,7 @@ pub(crate) fn matmul<T: Real>(
 }
 
 /// [`matmul`] split over `threads` rayon threads by gemm itself, for one large product.
-pub(crate) fn matmul_on_threads<T: Real>(
+pub fn matmul_on_threads<T: Real>(
     threads: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],

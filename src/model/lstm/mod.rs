@@ -51,6 +51,12 @@ pub(crate) mod shared {
     pub(crate) use super::recurrence::normalise as normalise_row;
 }
 
+/// The product the fused ops use (`dst = lhs·rhs` on slices with strides, through gemm), for
+/// the benchmarks.
+pub mod product {
+    pub use super::matmul::matmul_on_threads;
+}
+
 /// The recurrent state of one layer for a batch: `h` and `c` are `[batch, hidden]`.
 #[derive(Clone, Debug)]
 pub struct LstmState {
