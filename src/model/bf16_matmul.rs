@@ -13,9 +13,9 @@
 //! `A` is packed row-major in bf16, rows padded to a multiple of 32 and the shared
 //! dimension to a multiple of 32 (the padding is zero, so it adds nothing). `B` is packed
 //! in panels of 32 columns, each panel `[k/2][32][2]`: the two values of a column at rows
-//! `2i` and `2i + 1` side by side, the layout `tdpbf16ps` reads. A panel is contiguous, so
-//! a block's tiles of `B` come from 16 KB (for k = 256) that stay in the L1 cache while the
-//! kernel walks the rows of `A`.
+//! `2i` and `2i + 1` side by side, the layout `tdpbf16ps` reads. A panel is contiguous (16
+//! KB for k = 256). Each task keeps one block of 32 rows of `A` in the L1 cache and walks a
+//! pass of panels that stays in the L2 cache ([`PANELS_PER_PASS`]).
 //!
 //! Written by hand: the gemm crate and candle have no AMX kernels, and Rust's AMX
 //! intrinsics are not stable, hence inline assembly. Linux hands out the 8 KB of tile
