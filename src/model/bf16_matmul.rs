@@ -27,6 +27,8 @@ use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
+use super::fused::slice_of;
+
 use multiversion::multiversion;
 use rayon::prelude::*;
 
@@ -159,13 +161,6 @@ pub fn xs_times_w_t(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> 
 
 struct XsTimesWt;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("bf16 product: the operands must be contiguous"),
-    }
-}
-
 impl CustomOp2 for XsTimesWt {
     fn name(&self) -> &'static str {
         "bf16-x-times-w-transposed"
@@ -178,7 +173,7 @@ impl CustomOp2 for XsTimesWt {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, w) = (slice_of(s1, l1, "x")?, slice_of(s2, l2, "W")?);
         let (m, k) = l1.shape().dims2()?;
         let (n, w_k) = l2.shape().dims2()?;
         if w_k != k {
@@ -205,7 +200,11 @@ impl CustomOp2 for XsTimesWt {
         let (Storage::Cpu(gs), Storage::Cpu(xs), Storage::Cpu(ws)) = (&*gs, &*xs, &*ws) else {
             candle_core::bail!("bf16 product: not on the CPU");
         };
-        let (g, x_data, w_data) = (f32_slice(gs, gl)?, f32_slice(xs, xl)?, f32_slice(ws, wl)?);
+        let (g, x_data, w_data) = (
+            slice_of(gs, gl, "the gradient")?,
+            slice_of(xs, xl, "x")?,
+            slice_of(ws, wl, "W")?,
+        );
         let mut dx = vec![0f32; m * k];
         matmul_bf16((m, k, n), &mut dx, k, (g, n, 1), (w_data, k, 1));
         let mut dw = vec![0f32; n * k];

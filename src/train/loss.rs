@@ -282,8 +282,6 @@ pub struct OutputLoss {
     /// The last batch's logits, then their gradient: `[real tokens, vocab]`, the step's
     /// largest buffer, allocated once.
     scratch: Arc<Mutex<Vec<f32>>>,
-    /// The fused op's three products in bf16 on AMX ([`OutputLoss::with_bf16_products`]).
-    bf16: bool,
 }
 
 impl OutputLoss {
@@ -291,23 +289,7 @@ impl OutputLoss {
         Self {
             smoothing,
             scratch: Arc::new(Mutex::new(Vec::new())),
-            bf16: false,
         }
-    }
-
-    /// The fused op's three products (the logits, and the gradients of the features and
-    /// of the weight) with bf16 inputs and f32 sums on Intel AMX (`precision = "bf16"`):
-    /// the step's largest products, several times faster. Needs
-    /// [`crate::model::bf16_matmul::available`].
-    pub fn with_bf16_products(mut self, bf16: bool) -> Self {
-        self.bf16 = bf16;
-        self
-    }
-
-    /// Whether this loss's step runs its products in bf16 (the trainer then runs the
-    /// whole step inside [`bf16_matmul::with_bf16_products`]).
-    pub fn bf16_products(&self) -> bool {
-        self.bf16
     }
 
     /// `features [batch, len, hidden]` (the output layer's input), `targets u32 [batch,
@@ -358,7 +340,9 @@ impl OutputLoss {
         let tokens = weights.iter().map(|&w| w as f64).sum::<f64>().round() as usize;
         let nll = Arc::new(Mutex::new(0.0));
         let op = FusedOutputLoss {
-            bf16: self.bf16,
+            // The fused op's three products in bf16 on AMX inside a training step that asks
+            // for it (`precision = "bf16"`, [`bf16_matmul::with_bf16_products`]).
+            bf16: bf16_matmul::bf16_products(),
             targets,
             weights,
             coefficients: Coefficients::new(self.smoothing, vocab),
@@ -627,10 +611,10 @@ mod tests {
             false => &[false],
         };
         for (&bf16, smoothing) in precisions.iter().flat_map(|p| [(p, 0.0), (p, 0.1)]) {
-            let fused = OutputLoss::new(smoothing)
-                .with_bf16_products(bf16)
-                .forward(features.as_tensor(), &layer, &targets, &mask)
-                .unwrap();
+            let fused = bf16_matmul::with_bf16_products(bf16, || {
+                OutputLoss::new(smoothing).forward(features.as_tensor(), &layer, &targets, &mask)
+            })
+            .unwrap();
             assert_eq!(fused.tokens, batch * len - 5 - 12);
             let grads = fused.sum.backward().unwrap();
 

@@ -146,6 +146,8 @@ struct PartGradients {
 struct BatchWorker {
     pool: Option<rayon::ThreadPool>,
     loss: OutputLoss,
+    /// `precision = "bf16"`: the step's products in bf16 on AMX.
+    bf16: bool,
 }
 
 /// The gradient of `scale` × the summed loss of the pairs `indices`, dropout masks
@@ -157,12 +159,15 @@ fn part_gradients(
     indices: &[usize],
     scale: f64,
     rng: &mut ChaCha8Rng,
-    loss_fn: &OutputLoss,
+    worker: &BatchWorker,
 ) -> Result<PartGradients> {
     let t = Batch::new(pairs, indices).to_tensors(device)?;
-    bf16_matmul::with_bf16_products(loss_fn.bf16_products(), || {
+    bf16_matmul::with_bf16_products(worker.bf16, || {
         let features = model.forward_features(&t, Some(rng))?;
-        let batch = loss_fn.forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
+        let batch =
+            worker
+                .loss
+                .forward(&features, model.output_layer(), &t.tgt_out, &t.tgt_mask)?;
         let objective = (&batch.sum * scale)?;
         let grads = objective.backward()?;
         Ok(PartGradients {
@@ -379,7 +384,7 @@ impl Trainer {
                     global,
                     per_token,
                     &mut self.rng,
-                    &one.loss,
+                    one,
                 )?,
                 _ => self.worker_gradients(pairs, global, per_token, workers)?,
             };
@@ -441,7 +446,7 @@ impl Trainer {
         let (model, device) = (&self.model, &self.device);
         if let [worker] = workers {
             let mut rng = data_parallel::dropout_rng(seed, step, first_stream);
-            return part_gradients(model, device, pairs, indices, scale, &mut rng, &worker.loss);
+            return part_gradients(model, device, pairs, indices, scale, &mut rng, worker);
         }
         let tokens: Vec<usize> = indices.iter().map(|&i| pairs[i].tgt_len()).collect();
         let ranges = balanced_shards(&tokens, workers.len());
@@ -456,15 +461,7 @@ impl Trainer {
                     scope.spawn(move || {
                         let run = || {
                             let mut rng = data_parallel::dropout_rng(seed, step, first_stream + w);
-                            part_gradients(
-                                model,
-                                device,
-                                pairs,
-                                part,
-                                scale,
-                                &mut rng,
-                                &worker.loss,
-                            )
+                            part_gradients(model, device, pairs, part, scale, &mut rng, worker)
                         };
                         match &worker.pool {
                             Some(pool) => pool.install(run),
@@ -534,11 +531,12 @@ impl Trainer {
                 }
             );
         }
-        let loss = || OutputLoss::new(self.cfg.label_smoothing).with_bf16_products(bf16);
+        let loss = || OutputLoss::new(self.cfg.label_smoothing);
         if n <= 1 {
             return Ok(vec![BatchWorker {
                 pool: None,
                 loss: loss(),
+                bf16,
             }]);
         }
         Ok(crate::device::worker_pools(n, "train")?
@@ -546,6 +544,7 @@ impl Trainer {
             .map(|pool| BatchWorker {
                 pool: Some(pool),
                 loss: loss(),
+                bf16,
             })
             .collect())
     }
